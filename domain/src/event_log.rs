@@ -6,16 +6,16 @@
 //! changes shape, its `event_version` is bumped and the old version is converted here, so stored
 //! events never need rewriting.
 
+use cqrs_es::Aggregate;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::agent::AgentEvent;
-use crate::api_token::ApiTokenEvent;
+use crate::agent::{Agent, AgentEvent};
+use crate::api_token::{ApiToken, ApiTokenEvent};
 use crate::checkin::{CHECKIN_STREAM, CheckinEvent};
-use crate::client::ClientEvent;
-use crate::enrollment::EnrollmentTokenEvent;
-use crate::site::SiteEvent;
-use cqrs_es::Aggregate;
+use crate::client::{Client, ClientEvent};
+use crate::enrollment::{EnrollmentToken, EnrollmentTokenEvent};
+use crate::site::{Site, SiteEvent};
 
 /// Any event Logbook stores.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,12 +59,49 @@ pub enum DecodeError {
     },
 }
 
+/// A payload in either of the forms readers hold.
+enum Payload<'a> {
+    Value(Value),
+    Text(&'a str),
+}
+
+impl Payload<'_> {
+    fn parse<E: DeserializeOwned>(self, aggregate_type: &str) -> Result<E, DecodeError> {
+        match self {
+            Payload::Value(v) => serde_json::from_value(v),
+            Payload::Text(t) => serde_json::from_str(t),
+        }
+        .map_err(|source| DecodeError::Payload {
+            aggregate_type: aggregate_type.to_string(),
+            source,
+        })
+    }
+}
+
 impl LogbookEvent {
-    /// Decodes one stored event.
+    /// Decodes one stored event from its JSON payload.
     pub fn decode(
         aggregate_type: &str,
         event_version: &str,
         payload: Value,
+    ) -> Result<Self, DecodeError> {
+        Self::decode_payload(aggregate_type, event_version, Payload::Value(payload))
+    }
+
+    /// Decodes one stored event from its JSON payload as text (faster than going through a
+    /// [`Value`] when reading many events).
+    pub fn decode_str(
+        aggregate_type: &str,
+        event_version: &str,
+        payload: &str,
+    ) -> Result<Self, DecodeError> {
+        Self::decode_payload(aggregate_type, event_version, Payload::Text(payload))
+    }
+
+    fn decode_payload(
+        aggregate_type: &str,
+        event_version: &str,
+        payload: Payload<'_>,
     ) -> Result<Self, DecodeError> {
         // Every event type is at version 1; a later version adds its upcaster here.
         if event_version != "1" {
@@ -73,24 +110,14 @@ impl LogbookEvent {
                 version: event_version.to_string(),
             });
         }
-        fn parse<E: DeserializeOwned>(
-            aggregate_type: &str,
-            payload: Value,
-        ) -> Result<E, DecodeError> {
-            serde_json::from_value(payload).map_err(|source| DecodeError::Payload {
-                aggregate_type: aggregate_type.to_string(),
-                source,
-            })
-        }
-        Ok(match aggregate_type {
-            t if t == crate::client::Client::TYPE => Self::Client(parse(t, payload)?),
-            t if t == crate::site::Site::TYPE => Self::Site(parse(t, payload)?),
-            t if t == crate::enrollment::EnrollmentToken::TYPE => {
-                Self::EnrollmentToken(parse(t, payload)?)
-            }
-            t if t == crate::agent::Agent::TYPE => Self::Agent(parse(t, payload)?),
-            t if t == CHECKIN_STREAM => Self::Checkin(parse(t, payload)?),
-            t if t == crate::api_token::ApiToken::TYPE => Self::ApiToken(parse(t, payload)?),
+        let t = aggregate_type;
+        Ok(match t {
+            Client::TYPE => Self::Client(payload.parse(t)?),
+            Site::TYPE => Self::Site(payload.parse(t)?),
+            EnrollmentToken::TYPE => Self::EnrollmentToken(payload.parse(t)?),
+            Agent::TYPE => Self::Agent(payload.parse(t)?),
+            CHECKIN_STREAM => Self::Checkin(payload.parse(t)?),
+            ApiToken::TYPE => Self::ApiToken(payload.parse(t)?),
             other => return Err(DecodeError::UnknownAggregateType(other.to_string())),
         })
     }

@@ -1,0 +1,557 @@
+//! The `fleet` projection: clients, sites and the agent list (`clients_view`, `sites_view`,
+//! `agents_view`), and the queries that read them.
+//!
+//! An agent's status (online, overdue, offline) depends on the time of the question, so it is not
+//! stored: the view keeps the server time of the newest check-in and the query compares it with
+//! the configured thresholds. Check-ins in a batch are folded per agent and written with one
+//! statement, so a burst of check-ins costs one row update per agent, not one per check-in.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use logbook_domain::agent::AgentEvent;
+use logbook_domain::checkin::{CheckinEvent, CheckinReport};
+use logbook_domain::client::ClientEvent;
+use logbook_domain::event_log::LogbookEvent;
+use logbook_domain::site::SiteEvent;
+use serde::{Deserialize, Serialize};
+use sqlx::types::Json;
+use sqlx::postgres::PgRow;
+use sqlx::{FromRow, PgConnection, PgPool, Row};
+use uuid::Uuid;
+
+use crate::log::StoredEvent;
+use crate::runner::Projection;
+
+/// The fleet projection.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FleetProjection;
+
+impl FleetProjection {
+    /// Its name.
+    pub const NAME: &'static str = "fleet";
+}
+
+/// The newest check-in of one agent within a batch.
+struct LatestCheckin<'a> {
+    count: i64,
+    last_recorded_at: DateTime<Utc>,
+    report: &'a CheckinReport,
+}
+
+impl Projection for FleetProjection {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["clients_view", "sites_view", "agents_view"]
+    }
+
+    async fn apply(&self, conn: &mut PgConnection, events: &[StoredEvent]) -> Result<(), sqlx::Error> {
+        let mut checkins: HashMap<Uuid, LatestCheckin<'_>> = HashMap::new();
+        for stored in events {
+            let Some(event) = &stored.event else { continue };
+            let at = stored.metadata.recorded_at;
+            let id = || Uuid::parse_str(&stored.aggregate_id).ok();
+            match event {
+                LogbookEvent::Client(ClientEvent::ClientCreated { client_id, name }) => {
+                    sqlx::query(
+                        "INSERT INTO clients_view (client_id, name, created_at) VALUES ($1, $2, $3) \
+                         ON CONFLICT (client_id) DO NOTHING",
+                    )
+                    .bind(client_id.as_uuid())
+                    .bind(name)
+                    .bind(at)
+                    .execute(&mut *conn)
+                    .await?;
+                }
+                LogbookEvent::Client(ClientEvent::ClientRenamed { name }) => {
+                    sqlx::query("UPDATE clients_view SET name = $2 WHERE client_id = $1")
+                        .bind(id())
+                        .bind(name)
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                LogbookEvent::Site(SiteEvent::SiteCreated {
+                    site_id,
+                    client_id,
+                    name,
+                }) => {
+                    sqlx::query(
+                        "INSERT INTO sites_view (site_id, client_id, name, created_at) \
+                         VALUES ($1, $2, $3, $4) ON CONFLICT (site_id) DO NOTHING",
+                    )
+                    .bind(site_id.as_uuid())
+                    .bind(client_id.as_uuid())
+                    .bind(name)
+                    .bind(at)
+                    .execute(&mut *conn)
+                    .await?;
+                }
+                LogbookEvent::Site(SiteEvent::SiteRenamed { name }) => {
+                    sqlx::query("UPDATE sites_view SET name = $2 WHERE site_id = $1")
+                        .bind(id())
+                        .bind(name)
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                LogbookEvent::Agent(event) => {
+                    // Check-ins folded so far belong before this lifecycle event.
+                    flush_checkins(conn, &mut checkins).await?;
+                    apply_agent_event(conn, id(), event, at).await?;
+                }
+                LogbookEvent::Checkin(CheckinEvent::AgentCheckedIn { report, .. }) => {
+                    let Some(agent) = id() else { continue };
+                    let latest = checkins.entry(agent).or_insert(LatestCheckin {
+                        count: 0,
+                        last_recorded_at: at,
+                        report,
+                    });
+                    latest.count += 1;
+                    latest.last_recorded_at = latest.last_recorded_at.max(at);
+                    if report.collected_at >= latest.report.collected_at {
+                        latest.report = report;
+                    }
+                }
+                LogbookEvent::EnrollmentToken(_) | LogbookEvent::ApiToken(_) => {}
+            }
+        }
+        flush_checkins(conn, &mut checkins).await
+    }
+}
+
+async fn apply_agent_event(
+    conn: &mut PgConnection,
+    agent_id: Option<Uuid>,
+    event: &AgentEvent,
+    at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    match event {
+        AgentEvent::AgentEnrolled {
+            agent_id,
+            client_id,
+            site_id,
+            identity,
+            ..
+        } => {
+            sqlx::query(
+                "INSERT INTO agents_view (agent_id, client_id, site_id, hostname, display_name, \
+                     os_family, arch, agent_version, enrolled_at) \
+                 VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8) ON CONFLICT (agent_id) DO NOTHING",
+            )
+            .bind(agent_id.as_uuid())
+            .bind(client_id.as_uuid())
+            .bind(site_id.as_uuid())
+            .bind(&identity.hostname)
+            .bind(&identity.os)
+            .bind(&identity.arch)
+            .bind(&identity.agent_version)
+            .bind(at)
+            .execute(&mut *conn)
+            .await?;
+        }
+        AgentEvent::AgentRenamed { display_name } => {
+            sqlx::query("UPDATE agents_view SET display_name = $2 WHERE agent_id = $1")
+                .bind(agent_id)
+                .bind(display_name)
+                .execute(&mut *conn)
+                .await?;
+        }
+        AgentEvent::AgentMoved {
+            to_client_id,
+            to_site_id,
+            ..
+        } => {
+            sqlx::query("UPDATE agents_view SET client_id = $2, site_id = $3 WHERE agent_id = $1")
+                .bind(agent_id)
+                .bind(to_client_id.as_uuid())
+                .bind(to_site_id.as_uuid())
+                .execute(&mut *conn)
+                .await?;
+        }
+        AgentEvent::AgentDecommissioned { .. } => {
+            sqlx::query("UPDATE agents_view SET decommissioned_at = $2 WHERE agent_id = $1")
+                .bind(agent_id)
+                .bind(at)
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn flush_checkins(
+    conn: &mut PgConnection,
+    checkins: &mut HashMap<Uuid, LatestCheckin<'_>>,
+) -> Result<(), sqlx::Error> {
+    if checkins.is_empty() {
+        return Ok(());
+    }
+    let n = checkins.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut counts = Vec::with_capacity(n);
+    let mut recorded = Vec::with_capacity(n);
+    let mut collected = Vec::with_capacity(n);
+    let mut hostnames = Vec::with_capacity(n);
+    let mut families = Vec::with_capacity(n);
+    let mut os_names = Vec::with_capacity(n);
+    let mut os_versions = Vec::with_capacity(n);
+    let mut kernels = Vec::with_capacity(n);
+    let mut arches = Vec::with_capacity(n);
+    let mut versions = Vec::with_capacity(n);
+    let mut reports = Vec::with_capacity(n);
+    for (id, latest) in checkins.drain() {
+        let r = latest.report;
+        ids.push(id);
+        counts.push(latest.count);
+        recorded.push(latest.last_recorded_at);
+        collected.push(r.collected_at);
+        hostnames.push(r.hostname.clone());
+        families.push(r.os.family.clone());
+        os_names.push(r.os.name.clone());
+        os_versions.push(r.os.version.clone());
+        kernels.push(r.os.kernel_version.clone());
+        arches.push(r.os.arch.clone());
+        versions.push(r.agent_version.clone());
+        reports.push(serde_json::to_string(r).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
+    }
+    // A report collected before the one already shown (sent late after an outage) counts as a
+    // check-in but does not replace the newer facts.
+    sqlx::query(
+        "UPDATE agents_view a SET \
+            checkins = a.checkins + u.n, \
+            last_checkin_at = GREATEST(a.last_checkin_at, u.recorded_at), \
+            hostname = CASE WHEN u.newer THEN u.hostname ELSE a.hostname END, \
+            os_family = CASE WHEN u.newer THEN u.os_family ELSE a.os_family END, \
+            os_name = CASE WHEN u.newer THEN u.os_name ELSE a.os_name END, \
+            os_version = CASE WHEN u.newer THEN u.os_version ELSE a.os_version END, \
+            kernel_version = CASE WHEN u.newer THEN u.kernel_version ELSE a.kernel_version END, \
+            arch = CASE WHEN u.newer THEN u.arch ELSE a.arch END, \
+            agent_version = CASE WHEN u.newer THEN u.agent_version ELSE a.agent_version END, \
+            last_collected_at = CASE WHEN u.newer THEN u.collected_at ELSE a.last_collected_at END, \
+            latest_report = CASE WHEN u.newer THEN u.report ELSE a.latest_report END \
+         FROM ( \
+            SELECT i.*, (v.last_collected_at IS NULL OR i.collected_at >= v.last_collected_at) AS newer \
+              FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[], $4::timestamptz[], $5::text[], \
+                          $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], \
+                          $12::text[]::jsonb[]) \
+                   AS i(agent_id, n, recorded_at, collected_at, hostname, os_family, os_name, \
+                        os_version, kernel_version, arch, agent_version, report) \
+              JOIN agents_view v ON v.agent_id = i.agent_id \
+         ) u \
+         WHERE a.agent_id = u.agent_id",
+    )
+    .bind(ids)
+    .bind(counts)
+    .bind(recorded)
+    .bind(collected)
+    .bind(hostnames)
+    .bind(families)
+    .bind(os_names)
+    .bind(os_versions)
+    .bind(kernels)
+    .bind(arches)
+    .bind(versions)
+    .bind(reports)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A client, as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClientRow {
+    /// Its id.
+    pub client_id: Uuid,
+    /// Its name.
+    pub name: String,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A site, as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SiteRow {
+    /// Its id.
+    pub site_id: Uuid,
+    /// Its client.
+    pub client_id: Uuid,
+    /// Its name.
+    pub name: String,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Whether an agent is checking in as expected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentStatus {
+    /// Checked in within the overdue threshold.
+    Online,
+    /// Silent for longer than the overdue threshold, not yet the offline one.
+    Overdue,
+    /// Silent for longer than the offline threshold.
+    Offline,
+    /// Retired.
+    Decommissioned,
+}
+
+impl AgentStatus {
+    /// Its name in the API and in SQL.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Online => "online",
+            Self::Overdue => "overdue",
+            Self::Offline => "offline",
+            Self::Decommissioned => "decommissioned",
+        }
+    }
+}
+
+impl std::str::FromStr for AgentStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "online" => Ok(Self::Online),
+            "overdue" => Ok(Self::Overdue),
+            "offline" => Ok(Self::Offline),
+            "decommissioned" => Ok(Self::Decommissioned),
+            other => Err(format!(
+                "unknown status {other:?}; expected online, overdue, offline or decommissioned"
+            )),
+        }
+    }
+}
+
+/// When a silent agent counts as overdue, then offline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusThresholds {
+    /// Silence after which an agent is overdue.
+    pub overdue_after: Duration,
+    /// Silence after which an agent is offline.
+    pub offline_after: Duration,
+}
+
+/// One row of the agent list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentRow {
+    /// Its id.
+    pub agent_id: Uuid,
+    /// Its client.
+    pub client_id: Uuid,
+    /// Its client's name.
+    pub client_name: Option<String>,
+    /// Its site.
+    pub site_id: Uuid,
+    /// Its site's name.
+    pub site_name: Option<String>,
+    /// The hostname it reports.
+    pub hostname: String,
+    /// The name operators gave it (its hostname until renamed).
+    pub display_name: String,
+    /// OS family.
+    pub os_family: String,
+    /// OS name.
+    pub os_name: String,
+    /// OS version.
+    pub os_version: String,
+    /// Kernel version.
+    pub kernel_version: String,
+    /// CPU architecture.
+    pub arch: String,
+    /// Agent version.
+    pub agent_version: String,
+    /// When it enrolled.
+    pub enrolled_at: DateTime<Utc>,
+    /// When it was retired.
+    pub decommissioned_at: Option<DateTime<Utc>>,
+    /// Server time of its newest check-in.
+    pub last_checkin_at: Option<DateTime<Utc>>,
+    /// How many check-ins it has made.
+    pub checkins: i64,
+    /// Its status now.
+    pub status: AgentStatus,
+    /// Its newest report.
+    pub latest_report: Option<Json<CheckinReport>>,
+}
+
+/// Where the next page of the agent list starts: after this hostname and id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentPageCursor {
+    /// Hostname of the last row of the previous page.
+    pub hostname: String,
+    /// Id of the last row of the previous page.
+    pub agent_id: Uuid,
+}
+
+/// Which agents to list.
+#[derive(Debug, Clone, Default)]
+pub struct AgentFilter {
+    /// Only this client's agents.
+    pub client_id: Option<Uuid>,
+    /// Only this site's agents.
+    pub site_id: Option<Uuid>,
+    /// Only agents with this status.
+    pub status: Option<AgentStatus>,
+    /// Only this OS family.
+    pub os_family: Option<String>,
+    /// Hostname or display name contains this (case-insensitive).
+    pub search: Option<String>,
+    /// Include decommissioned agents (excluded unless asked for, or filtered by status).
+    pub include_decommissioned: bool,
+    /// Start after this row.
+    pub after: Option<AgentPageCursor>,
+    /// Page size.
+    pub limit: i64,
+}
+
+const AGENT_COLUMNS: &str = "a.agent_id, a.client_id, c.name AS client_name, a.site_id, s.name AS site_name, \
+     a.hostname, a.display_name, a.os_family, a.os_name, a.os_version, a.kernel_version, a.arch, \
+     a.agent_version, a.enrolled_at, a.decommissioned_at, a.last_checkin_at, a.checkins, a.latest_report";
+
+/// SQL for an agent's status, with `$1`/`$2` the overdue/offline thresholds in seconds.
+const STATUS_SQL: &str = "CASE WHEN a.decommissioned_at IS NOT NULL THEN 'decommissioned' \
+     WHEN COALESCE(a.last_checkin_at, a.enrolled_at) >= now() - make_interval(secs => $1) THEN 'online' \
+     WHEN COALESCE(a.last_checkin_at, a.enrolled_at) >= now() - make_interval(secs => $2) THEN 'overdue' \
+     ELSE 'offline' END";
+
+/// Lists agents in hostname order, one page at a time.
+pub async fn list_agents(
+    pool: &PgPool,
+    filter: &AgentFilter,
+    thresholds: StatusThresholds,
+) -> Result<Vec<AgentRow>, sqlx::Error> {
+    let sql = format!(
+        "SELECT * FROM ( \
+            SELECT {AGENT_COLUMNS}, {STATUS_SQL} AS status \
+              FROM agents_view a \
+              LEFT JOIN clients_view c ON c.client_id = a.client_id \
+              LEFT JOIN sites_view s ON s.site_id = a.site_id \
+             WHERE ($3::uuid IS NULL OR a.client_id = $3) \
+               AND ($4::uuid IS NULL OR a.site_id = $4) \
+               AND ($5::text IS NULL OR a.os_family = $5) \
+               AND ($6::text IS NULL OR a.hostname ILIKE $6 OR a.display_name ILIKE $6) \
+               AND ($7 OR $8::text IS NOT NULL OR a.decommissioned_at IS NULL) \
+               AND ($9::text IS NULL OR (a.hostname, a.agent_id) > ($9, $10::uuid)) \
+         ) page \
+         WHERE ($8::text IS NULL OR status = $8) \
+         ORDER BY hostname, agent_id \
+         LIMIT $11"
+    );
+    let search = filter.search.as_ref().map(|s| {
+        let escaped = s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+        format!("%{escaped}%")
+    });
+    let status = filter.status.map(AgentStatus::as_str);
+    sqlx::query_as::<_, AgentRow>(&sql)
+        .bind(thresholds.overdue_after.as_secs_f64())
+        .bind(thresholds.offline_after.as_secs_f64())
+        .bind(filter.client_id)
+        .bind(filter.site_id)
+        .bind(&filter.os_family)
+        .bind(search)
+        .bind(filter.include_decommissioned)
+        .bind(status)
+        .bind(filter.after.as_ref().map(|c| c.hostname.clone()))
+        .bind(filter.after.as_ref().map(|c| c.agent_id))
+        .bind(filter.limit)
+        .fetch_all(pool)
+        .await
+}
+
+/// One agent.
+pub async fn get_agent(
+    pool: &PgPool,
+    agent_id: Uuid,
+    thresholds: StatusThresholds,
+) -> Result<Option<AgentRow>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {AGENT_COLUMNS}, {STATUS_SQL} AS status \
+           FROM agents_view a \
+           LEFT JOIN clients_view c ON c.client_id = a.client_id \
+           LEFT JOIN sites_view s ON s.site_id = a.site_id \
+          WHERE a.agent_id = $3"
+    );
+    sqlx::query_as::<_, AgentRow>(&sql)
+        .bind(thresholds.overdue_after.as_secs_f64())
+        .bind(thresholds.offline_after.as_secs_f64())
+        .bind(agent_id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// All clients, by name.
+pub async fn list_clients(pool: &PgPool) -> Result<Vec<ClientRow>, sqlx::Error> {
+    sqlx::query_as("SELECT client_id, name, created_at FROM clients_view ORDER BY name, client_id")
+        .fetch_all(pool)
+        .await
+}
+
+/// One client.
+pub async fn get_client(pool: &PgPool, client_id: Uuid) -> Result<Option<ClientRow>, sqlx::Error> {
+    sqlx::query_as("SELECT client_id, name, created_at FROM clients_view WHERE client_id = $1")
+        .bind(client_id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Sites, of one client or all, by name.
+pub async fn list_sites(pool: &PgPool, client_id: Option<Uuid>) -> Result<Vec<SiteRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT site_id, client_id, name, created_at FROM sites_view \
+          WHERE ($1::uuid IS NULL OR client_id = $1) ORDER BY name, site_id",
+    )
+    .bind(client_id)
+    .fetch_all(pool)
+    .await
+}
+
+impl FromRow<'_, PgRow> for ClientRow {
+    fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            client_id: row.try_get("client_id")?,
+            name: row.try_get("name")?,
+            created_at: row.try_get("created_at")?,
+        })
+    }
+}
+
+impl FromRow<'_, PgRow> for SiteRow {
+    fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            site_id: row.try_get("site_id")?,
+            client_id: row.try_get("client_id")?,
+            name: row.try_get("name")?,
+            created_at: row.try_get("created_at")?,
+        })
+    }
+}
+
+impl FromRow<'_, PgRow> for AgentRow {
+    fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
+        let status: &str = row.try_get("status")?;
+        Ok(Self {
+            agent_id: row.try_get("agent_id")?,
+            client_id: row.try_get("client_id")?,
+            client_name: row.try_get("client_name")?,
+            site_id: row.try_get("site_id")?,
+            site_name: row.try_get("site_name")?,
+            hostname: row.try_get("hostname")?,
+            display_name: row.try_get("display_name")?,
+            os_family: row.try_get("os_family")?,
+            os_name: row.try_get("os_name")?,
+            os_version: row.try_get("os_version")?,
+            kernel_version: row.try_get("kernel_version")?,
+            arch: row.try_get("arch")?,
+            agent_version: row.try_get("agent_version")?,
+            enrolled_at: row.try_get("enrolled_at")?,
+            decommissioned_at: row.try_get("decommissioned_at")?,
+            last_checkin_at: row.try_get("last_checkin_at")?,
+            checkins: row.try_get("checkins")?,
+            status: status.parse().map_err(|e: String| sqlx::Error::Decode(e.into()))?,
+            latest_report: row.try_get("latest_report")?,
+        })
+    }
+}

@@ -1,0 +1,23 @@
+//! Read models built from the event log, and the machinery that keeps them up to date.
+//!
+//! - [`log`] reads the global log in order without ever skipping an event that commits late.
+//! - [`runner`] tails the log for one projection: one leader per projection across processes,
+//!   woken by `NOTIFY`, with its checkpoint stored in the same transaction as its read model.
+//! - [`rebuild`] recreates a projection's tables from zero beside the live ones and swaps them in
+//!   once caught up.
+//! - [`fleet`] (clients, sites, the agent list) and [`timeline`] (per-agent history) are the
+//!   projections, each with the queries that read them.
+//!
+//! This crate never appends events and knows nothing of HTTP, gRPC or NATS.
+
+pub mod fleet;
+pub mod log;
+pub mod rebuild;
+pub mod runner;
+pub mod timeline;
+
+pub use log::{LogCursor, StoredEvent};
+pub use runner::{Projection, RunnerConfig};
+
+/// The projections this build has, by name.
+pub const PROJECTION_NAMES: &[&str] = &[fleet::FleetProjection::NAME, timeline::TimelineProjection::NAME];

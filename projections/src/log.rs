@@ -1,0 +1,210 @@
+//! Gap-free, in-order reading of the global event log.
+//!
+//! Events are ordered by `(tx_id, position)`: the id of the transaction that wrote them, then
+//! their identity value. A reader only reads rows whose `tx_id` is below
+//! `pg_snapshot_xmin(pg_current_snapshot())`, the oldest transaction still running. Every
+//! transaction below that horizon has finished, and any transaction that starts later gets a
+//! larger id, so no row can ever appear behind a cursor that a reader has passed: the reader
+//! skips nothing and sees nothing twice (docs/adr/0001-global-event-order.md).
+//!
+//! One consequence for writers: a transaction's id is assigned at its first write, so an append
+//! must be the first write of its transaction. Then an aggregate's later events always carry a
+//! larger `tx_id` than its earlier ones, and the global order agrees with every stream's order.
+
+use std::collections::HashMap;
+
+use logbook_domain::event_log::{DecodeError, LogbookEvent};
+use logbook_domain::metadata::{EventMetadata, MetadataError};
+use sqlx::{PgConnection, Row};
+
+/// A place in the log: everything up to and including this event has been read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LogCursor {
+    /// The writing transaction's id (`xid8`).
+    pub tx_id: i64,
+    /// The event's identity value.
+    pub position: i64,
+}
+
+impl LogCursor {
+    /// The cursor before the first event.
+    pub const START: LogCursor = LogCursor {
+        tx_id: 0,
+        position: 0,
+    };
+}
+
+impl std::fmt::Display for LogCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.tx_id, self.position)
+    }
+}
+
+impl std::str::FromStr for LogCursor {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (tx, pos) = s.split_once('.').ok_or(())?;
+        Ok(Self {
+            tx_id: tx.parse().map_err(|_| ())?,
+            position: pos.parse().map_err(|_| ())?,
+        })
+    }
+}
+
+/// One event read from the log.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    /// Where it is in the global order.
+    pub cursor: LogCursor,
+    /// Its aggregate type (stream kind).
+    pub aggregate_type: String,
+    /// Its aggregate id.
+    pub aggregate_id: String,
+    /// Its sequence number within the aggregate.
+    pub sequence: i64,
+    /// Its event type.
+    pub event_type: String,
+    /// Its metadata.
+    pub metadata: EventMetadata,
+    /// The typed event, or `None` for aggregate types this build does not know.
+    pub event: Option<LogbookEvent>,
+}
+
+/// Why the log could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The database failed.
+    #[error("reading the event log")]
+    Database(#[from] sqlx::Error),
+    /// An event of a known type could not be decoded.
+    #[error("event at {cursor} ({aggregate_type} {aggregate_id} #{sequence}) cannot be decoded")]
+    Decode {
+        /// Where it is.
+        cursor: LogCursor,
+        /// Its stream kind.
+        aggregate_type: String,
+        /// Its stream.
+        aggregate_id: String,
+        /// Its sequence.
+        sequence: i64,
+        /// What was wrong.
+        #[source]
+        source: DecodeError,
+    },
+    /// An event's metadata could not be read.
+    #[error("event at {cursor} has unreadable metadata")]
+    Metadata {
+        /// Where it is.
+        cursor: LogCursor,
+        /// What was wrong.
+        #[source]
+        source: MetadataError,
+    },
+}
+
+/// Reads up to `limit` events after `after`, in log order, stopping at the commit-safe horizon.
+pub async fn read_after(
+    conn: &mut PgConnection,
+    after: LogCursor,
+    limit: i64,
+) -> Result<Vec<StoredEvent>, LogError> {
+    let rows = sqlx::query(
+        "SELECT tx_id::text::bigint AS tx, position, aggregate_type, aggregate_id, sequence, \
+                event_type, event_version, payload::text AS payload, metadata::text AS metadata \
+           FROM events \
+          WHERE (tx_id, position) > ($1::bigint::text::xid8, $2) \
+            AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
+          ORDER BY tx_id, position \
+          LIMIT $3",
+    )
+    .bind(after.tx_id)
+    .bind(after.position)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(decode_row).collect()
+}
+
+fn decode_row(row: &sqlx::postgres::PgRow) -> Result<StoredEvent, LogError> {
+    let cursor = LogCursor {
+        tx_id: row.try_get("tx")?,
+        position: row.try_get("position")?,
+    };
+    let aggregate_type: String = row.try_get("aggregate_type")?;
+    let aggregate_id: String = row.try_get("aggregate_id")?;
+    let sequence: i64 = row.try_get("sequence")?;
+    let event_version: String = row.try_get("event_version")?;
+    let payload: &str = row.try_get("payload")?;
+    let metadata: &str = row.try_get("metadata")?;
+    let map: HashMap<String, String> =
+        serde_json::from_str(metadata).map_err(|_| LogError::Metadata {
+            cursor,
+            source: MetadataError {
+                key: "metadata",
+                value: Some(metadata.to_string()),
+            },
+        })?;
+    let metadata =
+        EventMetadata::from_map(&map).map_err(|source| LogError::Metadata { cursor, source })?;
+    let event = match LogbookEvent::decode_str(&aggregate_type, &event_version, payload) {
+        Ok(event) => Some(event),
+        // Written by a newer build: not ours to interpret; projections pass over it.
+        Err(DecodeError::UnknownAggregateType(_)) => None,
+        Err(source) => {
+            return Err(LogError::Decode {
+                cursor,
+                aggregate_type,
+                aggregate_id,
+                sequence,
+                source,
+            });
+        }
+    };
+    Ok(StoredEvent {
+        cursor,
+        aggregate_type,
+        aggregate_id,
+        sequence,
+        event_type: row.try_get("event_type")?,
+        metadata,
+        event,
+    })
+}
+
+/// Whether any committed event lies after `after` but beyond the horizon, held back by an older
+/// transaction that is still running. A reader that finds one should look again shortly.
+pub async fn has_events_beyond_horizon(
+    conn: &mut PgConnection,
+    after: LogCursor,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM events WHERE (tx_id, position) > ($1::bigint::text::xid8, $2))",
+    )
+    .bind(after.tx_id)
+    .bind(after.position)
+    .fetch_one(conn)
+    .await
+}
+
+/// How far behind `after` is: the number of committed events after it (counting at most
+/// `cap`), and the recorded time of the oldest of them.
+pub async fn backlog(
+    conn: &mut PgConnection,
+    after: LogCursor,
+    cap: i64,
+) -> Result<(i64, Option<chrono::DateTime<chrono::Utc>>), sqlx::Error> {
+    let row = sqlx::query(
+        "WITH pending AS ( \
+            SELECT metadata FROM events \
+             WHERE (tx_id, position) > ($1::bigint::text::xid8, $2) \
+             ORDER BY tx_id, position LIMIT $3) \
+         SELECT (SELECT count(*) FROM pending) AS n, \
+                (SELECT min((metadata->>'recorded_at')::timestamptz) FROM pending) AS oldest",
+    )
+    .bind(after.tx_id)
+    .bind(after.position)
+    .bind(cap)
+    .fetch_one(conn)
+    .await?;
+    Ok((row.try_get("n")?, row.try_get("oldest")?))
+}

@@ -1,0 +1,396 @@
+//! Keeping one projection up to date by tailing the log.
+//!
+//! Each batch is one transaction: lock the projection's checkpoint row, read the events after it
+//! (below the commit-safe horizon, see [`crate::log`]), apply them to the read model, move the
+//! checkpoint, commit. The read model and the checkpoint move together or not at all, so every
+//! event takes effect exactly once whatever crashes in between.
+//!
+//! Several gateway processes may run the same projection. A session advisory lock elects one
+//! leader per projection so that the others do not contend; correctness does not depend on it,
+//! because the checkpoint row lock already serialises batches (a process that lost leadership
+//! without noticing re-reads the checkpoint under the lock and applies nothing twice).
+//!
+//! The leader sleeps until a `NOTIFY logbook_events` (sent by a trigger on every append) or the
+//! poll interval, whichever comes first; the poll is the fallback when a notification is lost.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::PgListener;
+use sqlx::{Connection, PgConnection, PgPool, Row};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::log::{self, LogCursor, LogError, StoredEvent};
+
+/// A read model maintained from the log.
+pub trait Projection: Send + Sync + 'static {
+    /// Stable name: the checkpoint key and the name on the command line.
+    fn name(&self) -> &'static str;
+
+    /// The tables this projection owns and writes (and a rebuild recreates).
+    fn tables(&self) -> &'static [&'static str];
+
+    /// Applies events, in log order, inside the caller's transaction. Must be idempotent per
+    /// event only in the sense that it never sees an event twice; it may assume that.
+    fn apply(
+        &self,
+        conn: &mut PgConnection,
+        events: &[StoredEvent],
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+}
+
+/// How a runner paces itself.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// Most events applied per transaction.
+    pub batch_size: i64,
+    /// How long to sleep when no notification arrives.
+    pub poll_interval: Duration,
+    /// How long to wait after an error before trying again.
+    pub retry_after: Duration,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 1000,
+            poll_interval: Duration::from_secs(1),
+            retry_after: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Why a batch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Reading the log failed.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// Applying or checkpointing failed.
+    #[error("applying events to projection {projection}")]
+    Apply {
+        /// The projection.
+        projection: &'static str,
+        /// The database error.
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+impl From<sqlx::Error> for RunError {
+    fn from(e: sqlx::Error) -> Self {
+        RunError::Log(LogError::Database(e))
+    }
+}
+
+/// The result of one batch.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchOutcome {
+    /// Events applied.
+    pub applied: usize,
+    /// The checkpoint after the batch.
+    pub cursor: LogCursor,
+}
+
+/// Makes sure the checkpoint row for `checkpoint` exists.
+pub async fn ensure_checkpoint(pool: &PgPool, checkpoint: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO projection_checkpoints (projection) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(checkpoint)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Reads a checkpoint without locking it.
+pub async fn checkpoint(pool: &PgPool, checkpoint: &str) -> Result<Option<LogCursor>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT tx_id::text::bigint AS tx, position FROM projection_checkpoints WHERE projection = $1",
+    )
+    .bind(checkpoint)
+    .fetch_optional(pool)
+    .await?;
+    row.map(|r| {
+        Ok(LogCursor {
+            tx_id: r.try_get("tx")?,
+            position: r.try_get("position")?,
+        })
+    })
+    .transpose()
+}
+
+/// Locks the checkpoint row inside `conn`'s transaction and returns it.
+pub(crate) async fn lock_checkpoint(
+    conn: &mut PgConnection,
+    checkpoint: &str,
+) -> Result<LogCursor, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT tx_id::text::bigint AS tx, position FROM projection_checkpoints \
+          WHERE projection = $1 FOR UPDATE",
+    )
+    .bind(checkpoint)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(LogCursor {
+        tx_id: row.try_get("tx")?,
+        position: row.try_get("position")?,
+    })
+}
+
+/// Applies events after `cursor` to `projection` inside `conn`'s open transaction and moves the
+/// checkpoint named `checkpoint` past them. Does not commit.
+pub(crate) async fn apply_batch<P: Projection>(
+    conn: &mut PgConnection,
+    projection: &P,
+    checkpoint: &str,
+    cursor: LogCursor,
+    limit: i64,
+) -> Result<BatchOutcome, RunError> {
+    let events = log::read_after(conn, cursor, limit).await?;
+    let Some(last) = events.last() else {
+        return Ok(BatchOutcome {
+            applied: 0,
+            cursor,
+        });
+    };
+    let new_cursor = last.cursor;
+    let last_recorded_at = last.metadata.recorded_at;
+    let apply_error = |source| RunError::Apply {
+        projection: projection.name(),
+        source,
+    };
+    projection.apply(conn, &events).await.map_err(apply_error)?;
+    sqlx::query(
+        "UPDATE projection_checkpoints \
+            SET tx_id = $2::bigint::text::xid8, position = $3, \
+                events_applied = events_applied + $4, last_recorded_at = $5, updated_at = now() \
+          WHERE projection = $1",
+    )
+    .bind(checkpoint)
+    .bind(new_cursor.tx_id)
+    .bind(new_cursor.position)
+    .bind(events.len() as i64)
+    .bind(last_recorded_at)
+    .execute(&mut *conn)
+    .await
+    .map_err(apply_error)?;
+    let now = chrono::Utc::now();
+    for event in &events {
+        let delay = (now - event.metadata.recorded_at).to_std().unwrap_or_default();
+        metrics::histogram!("logbook_projection_apply_delay_seconds", "projection" => projection.name())
+            .record(delay.as_secs_f64());
+    }
+    Ok(BatchOutcome {
+        applied: events.len(),
+        cursor: new_cursor,
+    })
+}
+
+/// Runs one batch for the live projection in its own transaction.
+pub async fn run_batch<P: Projection>(
+    pool: &PgPool,
+    projection: &P,
+    limit: i64,
+) -> Result<BatchOutcome, RunError> {
+    let mut tx = pool.begin().await?;
+    let cursor = lock_checkpoint(&mut tx, projection.name()).await?;
+    let outcome = apply_batch(&mut tx, projection, projection.name(), cursor, limit).await?;
+    if outcome.applied > 0 {
+        tx.commit().await?;
+        metrics::counter!("logbook_projection_events_applied_total", "projection" => projection.name())
+            .increment(outcome.applied as u64);
+    }
+    Ok(outcome)
+}
+
+/// Applies everything currently below the horizon. Returns the number of events applied.
+pub async fn catch_up<P: Projection>(
+    pool: &PgPool,
+    projection: &P,
+    config: &RunnerConfig,
+) -> Result<usize, RunError> {
+    let mut total = 0;
+    let mut held_back_since: Option<Instant> = None;
+    loop {
+        let outcome = run_batch(pool, projection, config.batch_size).await?;
+        total += outcome.applied;
+        if (outcome.applied as i64) == config.batch_size {
+            continue;
+        }
+        // Committed events held back by an older, still running transaction become readable
+        // as soon as it ends; look again shortly rather than at the next poll, for a while.
+        let mut conn = pool.acquire().await?;
+        let held_back = log::has_events_beyond_horizon(&mut conn, outcome.cursor).await?;
+        drop(conn);
+        let since = *held_back_since.get_or_insert_with(Instant::now);
+        if held_back && since.elapsed() < HELD_BACK_RETRY {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            continue;
+        }
+        return Ok(total);
+    }
+}
+
+/// How long a reader keeps looking again for events held back by a running transaction before
+/// it leaves them to the next notification or poll.
+const HELD_BACK_RETRY: Duration = Duration::from_millis(500);
+
+/// Wakes log readers when new events commit. One per process; cheap to clone receivers from.
+#[derive(Debug, Clone)]
+pub struct LogWaker {
+    rx: watch::Receiver<u64>,
+}
+
+impl LogWaker {
+    /// Listens for `NOTIFY logbook_events` until `shutdown`. Reconnects on its own; while it is
+    /// disconnected readers fall back to polling.
+    pub fn spawn(pool: PgPool, shutdown: CancellationToken) -> Self {
+        let (tx, rx) = watch::channel(0u64);
+        tokio::spawn(async move {
+            let mut count = 0u64;
+            loop {
+                let listener = async {
+                    let mut listener = PgListener::connect_with(&pool).await?;
+                    listener.listen("logbook_events").await?;
+                    loop {
+                        listener.recv().await?;
+                        count += 1;
+                        tx.send_replace(count);
+                    }
+                    #[expect(unreachable_code, reason = "the loop only ends with an error")]
+                    Ok::<(), sqlx::Error>(())
+                };
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    result = listener => {
+                        if let Err(e) = result {
+                            tracing::warn!(error = %e, "event notifications interrupted; polling until they resume");
+                        }
+                    }
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        });
+        Self { rx }
+    }
+
+    /// A waker that never fires (readers poll).
+    pub fn polling_only() -> Self {
+        let (tx, rx) = watch::channel(0u64);
+        std::mem::forget(tx);
+        Self { rx }
+    }
+
+    /// Waits for the next notification or `timeout`.
+    pub async fn wait(&mut self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.rx.changed()).await;
+    }
+}
+
+fn lock_key(name: &str) -> i64 {
+    // FNV-1a: stable across builds and processes, unlike the std hasher.
+    let mut hash: u64 = 0xcbf29ce484222325;
+    for byte in b"logbook.projection.".iter().chain(name.as_bytes()) {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x100000001b3);
+    }
+    hash as i64
+}
+
+/// Runs `projection` until `shutdown`: competes for leadership, and while leading, applies new
+/// events as they arrive. Errors are logged and retried; this never returns early.
+pub async fn run<P: Projection>(
+    pool: PgPool,
+    projection: P,
+    mut waker: LogWaker,
+    config: RunnerConfig,
+    shutdown: CancellationToken,
+) {
+    let name = projection.name();
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        match lead(&pool, &projection, &mut waker, &config, &shutdown).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(projection = name, error = %error_chain(&e), "projection runner failed; retrying");
+                metrics::counter!("logbook_projection_errors_total", "projection" => name).increment(1);
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(config.retry_after) => {}
+        }
+    }
+}
+
+async fn lead<P: Projection>(
+    pool: &PgPool,
+    projection: &P,
+    waker: &mut LogWaker,
+    config: &RunnerConfig,
+    shutdown: &CancellationToken,
+) -> Result<(), RunError> {
+    let name = projection.name();
+    ensure_checkpoint(pool, name).await?;
+    // A connection of its own: a session advisory lock must not travel back into the pool.
+    let mut lock_conn = PgConnection::connect_with(&pool.connect_options()).await?;
+    loop {
+        let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(lock_key(name))
+            .fetch_one(&mut lock_conn)
+            .await?;
+        if leader {
+            break;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(config.poll_interval) => {}
+        }
+    }
+    tracing::info!(projection = name, "leading projection");
+    metrics::gauge!("logbook_projection_leader", "projection" => name).set(1.0);
+    let result = async {
+        loop {
+            catch_up(pool, projection, config).await?;
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = waker.wait(config.poll_interval) => {}
+            }
+            // Losing the lock connection means losing leadership; find out now rather than
+            // keep working as a leader that is not one.
+            sqlx::query("SELECT 1").execute(&mut lock_conn).await?;
+        }
+    }
+    .await;
+    metrics::gauge!("logbook_projection_leader", "projection" => name).set(0.0);
+    let _ = lock_conn.close().await;
+    result
+}
+
+/// Formats an error with its sources, for log lines.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_keys_are_stable_and_distinct() {
+        assert_eq!(lock_key("fleet"), lock_key("fleet"));
+        assert_ne!(lock_key("fleet"), lock_key("timeline"));
+    }
+}

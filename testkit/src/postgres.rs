@@ -1,0 +1,176 @@
+//! One fresh, migrated Postgres database per test.
+//!
+//! The schema is migrated once into a template database named after a hash of the migrations;
+//! each test then gets `CREATE DATABASE ... TEMPLATE`, which takes milliseconds. Test processes
+//! run in parallel (nextest runs one process per test), so template creation is serialised with
+//! an advisory lock and published with an atomic rename.
+
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, Executor, PgConnection, PgPool};
+
+/// The server tests use: `LOGBOOK_TEST_DATABASE_URL`, or the local default.
+pub fn server_url() -> String {
+    std::env::var("LOGBOOK_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+const HINT: &str = "tests need PostgreSQL on 127.0.0.1:5432 (set LOGBOOK_TEST_DATABASE_URL to use another); \
+                    install and start it with `ops/dev/services.sh`";
+
+/// A database that exists for the duration of one test and is dropped afterwards.
+pub struct TestDb {
+    /// A pool connected to it.
+    pub pool: PgPool,
+    /// Its connection URL, for child processes.
+    pub url: String,
+    name: String,
+}
+
+impl std::fmt::Debug for TestDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestDb").field("name", &self.name).finish()
+    }
+}
+
+impl TestDb {
+    /// Creates a migrated database for this test.
+    pub async fn new() -> Self {
+        let server = server_url();
+        let base: PgConnectOptions = server
+            .parse()
+            .unwrap_or_else(|e| panic!("LOGBOOK_TEST_DATABASE_URL {server:?} is invalid: {e}"));
+        let template = ensure_template(&base).await;
+        let name = format!("logbook_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = connect(&base).await;
+        admin
+            .execute(format!(r#"CREATE DATABASE "{name}" TEMPLATE "{template}""#).as_str())
+            .await
+            .unwrap_or_else(|e| panic!("creating test database {name}: {e}"));
+        let options = base.clone().database(&name);
+        let url = options.to_url_lossy().to_string();
+        let pool = PgPoolOptions::new()
+            .max_connections(20)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {name}: {e}"));
+        Self { pool, url, name }
+    }
+
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let server = server_url();
+        // Drop runs outside any async context we could borrow; a short-lived thread with its own
+        // runtime does the cleanup. FORCE ends connections the test left open.
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                let Ok(base) = server.parse::<PgConnectOptions>() else {
+                    return;
+                };
+                if let Ok(mut admin) = base.connect().await {
+                    let _ = admin
+                        .execute(
+                            format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#).as_str(),
+                        )
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+async fn connect(options: &PgConnectOptions) -> PgConnection {
+    match options.connect().await {
+        Ok(conn) => conn,
+        Err(e) => panic!("cannot connect to PostgreSQL: {e}. {HINT}"),
+    }
+}
+
+fn template_name() -> String {
+    let mut hash = Sha256::new();
+    for (version, file, sql) in logbook_migrations::MIGRATIONS {
+        hash.update(version.to_le_bytes());
+        hash.update(file.as_bytes());
+        hash.update(sql.as_bytes());
+    }
+    format!("logbook_template_{}", &hex::encode(hash.finalize())[..16])
+}
+
+async fn ensure_template(base: &PgConnectOptions) -> String {
+    let template = template_name();
+    let mut admin = connect(base).await;
+    if database_exists(&mut admin, &template).await {
+        return template;
+    }
+    // Serialise template creation across test processes.
+    sqlx::query("SELECT pg_advisory_lock(7366101)")
+        .execute(&mut admin)
+        .await
+        .expect("advisory lock");
+    if !database_exists(&mut admin, &template).await {
+        let building = format!("{template}_building");
+        admin
+            .execute(format!(r#"DROP DATABASE IF EXISTS "{building}" WITH (FORCE)"#).as_str())
+            .await
+            .expect("drop stale template build");
+        admin
+            .execute(format!(r#"CREATE DATABASE "{building}""#).as_str())
+            .await
+            .expect("create template database");
+        {
+            let mut conn = connect(&base.clone().database(&building)).await;
+            logbook_migrations::migrator()
+                .run(&mut conn)
+                .await
+                .unwrap_or_else(|e| panic!("migrating the test template: {e}"));
+            conn.close().await.expect("close template connection");
+        }
+        admin
+            .execute(format!(r#"ALTER DATABASE "{building}" RENAME TO "{template}""#).as_str())
+            .await
+            .expect("publish template");
+        // Templates of older schemas are of no further use.
+        let stale: Vec<String> = sqlx::query_scalar(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'logbook_template_%' AND datname <> $1",
+        )
+        .bind(&template)
+        .fetch_all(&mut admin)
+        .await
+        .expect("list templates");
+        for name in stale {
+            let _ = admin
+                .execute(format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#).as_str())
+                .await;
+        }
+    }
+    sqlx::query("SELECT pg_advisory_unlock(7366101)")
+        .execute(&mut admin)
+        .await
+        .expect("advisory unlock");
+    template
+}
+
+async fn database_exists(conn: &mut PgConnection, name: &str) -> bool {
+    sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(name)
+        .fetch_one(conn)
+        .await
+        .expect("query pg_database")
+}
