@@ -184,7 +184,9 @@ fn env_value(raw: &str) -> Value {
     // Parse as a TOML value by embedding it in a one-key document; anything that is not valid
     // TOML (a bare host:port, a path) is taken as a string.
     match format!("v = {raw}").parse::<Table>() {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| Value::String(raw.to_string())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| Value::String(raw.to_string())),
         Err(_) => Value::String(raw.to_string()),
     }
 }
@@ -272,7 +274,11 @@ mod tests {
 
     #[test]
     fn defaults_apply_and_env_overrides_file() {
-        let c = from("[http]\nport = 8080\n", &[("LOGBOOK_HTTP__HOST", "0.0.0.0")]).expect("ok");
+        let c = from(
+            "[http]\nport = 8080\n",
+            &[("LOGBOOK_HTTP__HOST", "0.0.0.0")],
+        )
+        .expect("ok");
         assert_eq!(c.http.port, 8080);
         assert_eq!(c.http.host, "0.0.0.0");
         assert_eq!(c.name, "x");

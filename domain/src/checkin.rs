@@ -168,10 +168,7 @@ impl CheckinReport {
         }
         for (i, disk) in self.disks.iter().enumerate().take(MAX_DISKS) {
             if disk.mount_point.is_empty() || disk.mount_point.len() > MAX_TEXT_LEN {
-                problem(
-                    format!("disks[{i}].mount_point"),
-                    "must be 1 to 1024 bytes",
-                );
+                problem(format!("disks[{i}].mount_point"), "must be 1 to 1024 bytes");
             }
             if disk.file_system.len() > MAX_TEXT_LEN {
                 problem(format!("disks[{i}].file_system"), "is too long");

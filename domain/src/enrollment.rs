@@ -361,7 +361,10 @@ mod tests {
             .when(EnrollmentTokenCommand::RevokeEnrollmentToken)
             .then_expect_events(vec![EnrollmentTokenEvent::EnrollmentTokenRevoked]);
         Given::with(())
-            .given(vec![issued(5), EnrollmentTokenEvent::EnrollmentTokenRevoked])
+            .given(vec![
+                issued(5),
+                EnrollmentTokenEvent::EnrollmentTokenRevoked,
+            ])
             .when(redeem(SECRET, 11))
             .then_expect_error(EnrollmentTokenError::Revoked);
     }

@@ -90,26 +90,19 @@ impl EventMetadata {
     pub fn to_map(&self) -> HashMap<String, String> {
         HashMap::from([
             (ACTOR.to_string(), self.actor.to_string()),
-            (
-                CORRELATION_ID.to_string(),
-                self.correlation_id.to_string(),
-            ),
+            (CORRELATION_ID.to_string(), self.correlation_id.to_string()),
             (REQUEST_ID.to_string(), self.request_id.clone()),
             (
                 RECORDED_AT.to_string(),
-                self.recorded_at.to_rfc3339_opts(SecondsFormat::Micros, true),
+                self.recorded_at
+                    .to_rfc3339_opts(SecondsFormat::Micros, true),
             ),
         ])
     }
 
     /// Reads the map back.
     pub fn from_map(map: &HashMap<String, String>) -> Result<Self, MetadataError> {
-        let get = |key: &'static str| {
-            map.get(key).ok_or(MetadataError {
-                key,
-                value: None,
-            })
-        };
+        let get = |key: &'static str| map.get(key).ok_or(MetadataError { key, value: None });
         let bad = |key: &'static str, v: &str| MetadataError {
             key,
             value: Some(v.to_string()),

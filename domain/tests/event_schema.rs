@@ -41,7 +41,9 @@ fn client_events() {
             client_id: ClientId::from(id(1)),
             name: "Acme".into(),
         },
-        expect![[r#"ClientCreated v1 {"ClientCreated":{"client_id":"00000000-0000-0000-0000-000000000001","name":"Acme"}}"#]],
+        expect![[
+            r#"ClientCreated v1 {"ClientCreated":{"client_id":"00000000-0000-0000-0000-000000000001","name":"Acme"}}"#
+        ]],
     );
     check(
         "client",
@@ -61,7 +63,9 @@ fn site_events() {
             client_id: ClientId::from(id(1)),
             name: "HQ".into(),
         },
-        expect![[r#"SiteCreated v1 {"SiteCreated":{"client_id":"00000000-0000-0000-0000-000000000001","name":"HQ","site_id":"00000000-0000-0000-0000-000000000002"}}"#]],
+        expect![[
+            r#"SiteCreated v1 {"SiteCreated":{"client_id":"00000000-0000-0000-0000-000000000001","name":"HQ","site_id":"00000000-0000-0000-0000-000000000002"}}"#
+        ]],
     );
     check(
         "site",
@@ -87,7 +91,9 @@ fn enrollment_token_events() {
                 .expect("time"),
             max_uses: 10,
         },
-        expect![[r#"EnrollmentTokenIssued v1 {"EnrollmentTokenIssued":{"client_id":"00000000-0000-0000-0000-000000000001","expires_at":"2026-01-01T00:00:00Z","max_uses":10,"secret_hash":"abababababababababababababababababababababababababababababababab","site_id":"00000000-0000-0000-0000-000000000002","token_id":"00000000-0000-0000-0000-000000000003"}}"#]],
+        expect![[
+            r#"EnrollmentTokenIssued v1 {"EnrollmentTokenIssued":{"client_id":"00000000-0000-0000-0000-000000000001","expires_at":"2026-01-01T00:00:00Z","max_uses":10,"secret_hash":"abababababababababababababababababababababababababababababababab","site_id":"00000000-0000-0000-0000-000000000002","token_id":"00000000-0000-0000-0000-000000000003"}}"#
+        ]],
     );
     check(
         "enrollment_token",
@@ -95,7 +101,9 @@ fn enrollment_token_events() {
             agent_id: AgentId::from(id(4)),
             use_number: 1,
         },
-        expect![[r#"EnrollmentTokenRedeemed v1 {"EnrollmentTokenRedeemed":{"agent_id":"00000000-0000-0000-0000-000000000004","use_number":1}}"#]],
+        expect![[
+            r#"EnrollmentTokenRedeemed v1 {"EnrollmentTokenRedeemed":{"agent_id":"00000000-0000-0000-0000-000000000004","use_number":1}}"#
+        ]],
     );
     check(
         "enrollment_token",
@@ -121,7 +129,9 @@ fn agent_events() {
                 agent_version: "0.1.0".into(),
             },
         },
-        expect![[r#"AgentEnrolled v1 {"AgentEnrolled":{"agent_id":"00000000-0000-0000-0000-000000000004","client_id":"00000000-0000-0000-0000-000000000001","credential_hash":"cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd","enrollment_token_id":"00000000-0000-0000-0000-000000000003","identity":{"agent_version":"0.1.0","arch":"x86_64","hostname":"web-01","os":"linux"},"site_id":"00000000-0000-0000-0000-000000000002"}}"#]],
+        expect![[
+            r#"AgentEnrolled v1 {"AgentEnrolled":{"agent_id":"00000000-0000-0000-0000-000000000004","client_id":"00000000-0000-0000-0000-000000000001","credential_hash":"cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd","enrollment_token_id":"00000000-0000-0000-0000-000000000003","identity":{"agent_version":"0.1.0","arch":"x86_64","hostname":"web-01","os":"linux"},"site_id":"00000000-0000-0000-0000-000000000002"}}"#
+        ]],
     );
     check(
         "agent",
@@ -138,7 +148,9 @@ fn agent_events() {
             to_client_id: ClientId::from(id(5)),
             to_site_id: SiteId::from(id(6)),
         },
-        expect![[r#"AgentMoved v1 {"AgentMoved":{"from_client_id":"00000000-0000-0000-0000-000000000001","from_site_id":"00000000-0000-0000-0000-000000000002","to_client_id":"00000000-0000-0000-0000-000000000005","to_site_id":"00000000-0000-0000-0000-000000000006"}}"#]],
+        expect![[
+            r#"AgentMoved v1 {"AgentMoved":{"from_client_id":"00000000-0000-0000-0000-000000000001","from_site_id":"00000000-0000-0000-0000-000000000002","to_client_id":"00000000-0000-0000-0000-000000000005","to_site_id":"00000000-0000-0000-0000-000000000006"}}"#
+        ]],
     );
     check(
         "agent",
@@ -192,7 +204,9 @@ fn checkin_events() {
                 ip_addresses: vec!["192.0.2.1".into()],
             },
         },
-        expect![[r#"AgentCheckedIn v1 {"AgentCheckedIn":{"checkin_id":"00000000-0000-0000-0000-000000000007","report":{"agent_version":"0.1.0","collected_at":"2026-01-01T12:00:00Z","cpu":{"load_15m":0.125,"load_1m":0.5,"load_5m":0.25,"logical_cores":2},"disks":[{"file_system":"ext4","mount_point":"/","total_bytes":2000,"used_bytes":1000}],"hostname":"web-01","ip_addresses":["192.0.2.1"],"logged_in_users":["alice"],"memory":{"swap_total_bytes":0,"swap_used_bytes":0,"total_bytes":1000,"used_bytes":500},"os":{"arch":"x86_64","family":"linux","kernel_version":"6.1.0","name":"Debian GNU/Linux","version":"12"},"uptime_secs":60}}}"#]],
+        expect![[
+            r#"AgentCheckedIn v1 {"AgentCheckedIn":{"checkin_id":"00000000-0000-0000-0000-000000000007","report":{"agent_version":"0.1.0","collected_at":"2026-01-01T12:00:00Z","cpu":{"load_15m":0.125,"load_1m":0.5,"load_5m":0.25,"logical_cores":2},"disks":[{"file_system":"ext4","mount_point":"/","total_bytes":2000,"used_bytes":1000}],"hostname":"web-01","ip_addresses":["192.0.2.1"],"logged_in_users":["alice"],"memory":{"swap_total_bytes":0,"swap_used_bytes":0,"total_bytes":1000,"used_bytes":500},"os":{"arch":"x86_64","family":"linux","kernel_version":"6.1.0","name":"Debian GNU/Linux","version":"12"},"uptime_secs":60}}}"#
+        ]],
     );
 }
 
@@ -205,7 +219,9 @@ fn api_token_events() {
             name: "bootstrap".into(),
             secret_hash: SecretHash::from_bytes([0x01; 32]),
         },
-        expect![[r#"ApiTokenIssued v1 {"ApiTokenIssued":{"name":"bootstrap","secret_hash":"0101010101010101010101010101010101010101010101010101010101010101","token_id":"00000000-0000-0000-0000-000000000008"}}"#]],
+        expect![[
+            r#"ApiTokenIssued v1 {"ApiTokenIssued":{"name":"bootstrap","secret_hash":"0101010101010101010101010101010101010101010101010101010101010101","token_id":"00000000-0000-0000-0000-000000000008"}}"#
+        ]],
     );
     check(
         "api_token",

@@ -16,8 +16,8 @@ use logbook_domain::client::ClientEvent;
 use logbook_domain::event_log::LogbookEvent;
 use logbook_domain::site::SiteEvent;
 use serde::{Deserialize, Serialize};
-use sqlx::types::Json;
 use sqlx::postgres::PgRow;
+use sqlx::types::Json;
 use sqlx::{FromRow, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
@@ -49,7 +49,11 @@ impl Projection for FleetProjection {
         &["clients_view", "sites_view", "agents_view"]
     }
 
-    async fn apply(&self, conn: &mut PgConnection, events: &[StoredEvent]) -> Result<(), sqlx::Error> {
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        events: &[StoredEvent],
+    ) -> Result<(), sqlx::Error> {
         let mut checkins: HashMap<Uuid, LatestCheckin<'_>> = HashMap::new();
         for stored in events {
             let Some(event) = &stored.event else { continue };
@@ -441,7 +445,10 @@ pub async fn list_agents(
          LIMIT $11"
     );
     let search = filter.search.as_ref().map(|s| {
-        let escaped = s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+        let escaped = s
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
         format!("%{escaped}%")
     });
     let status = filter.status.map(AgentStatus::as_str);
@@ -498,7 +505,10 @@ pub async fn get_client(pool: &PgPool, client_id: Uuid) -> Result<Option<ClientR
 }
 
 /// Sites, of one client or all, by name.
-pub async fn list_sites(pool: &PgPool, client_id: Option<Uuid>) -> Result<Vec<SiteRow>, sqlx::Error> {
+pub async fn list_sites(
+    pool: &PgPool,
+    client_id: Option<Uuid>,
+) -> Result<Vec<SiteRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT site_id, client_id, name, created_at FROM sites_view \
           WHERE ($1::uuid IS NULL OR client_id = $1) ORDER BY name, site_id",
@@ -550,7 +560,9 @@ impl FromRow<'_, PgRow> for AgentRow {
             decommissioned_at: row.try_get("decommissioned_at")?,
             last_checkin_at: row.try_get("last_checkin_at")?,
             checkins: row.try_get("checkins")?,
-            status: status.parse().map_err(|e: String| sqlx::Error::Decode(e.into()))?,
+            status: status
+                .parse()
+                .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
             latest_report: row.try_get("latest_report")?,
         })
     }

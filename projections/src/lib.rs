@@ -20,4 +20,7 @@ pub use log::{LogCursor, StoredEvent};
 pub use runner::{Projection, RunnerConfig};
 
 /// The projections this build has, by name.
-pub const PROJECTION_NAMES: &[&str] = &[fleet::FleetProjection::NAME, timeline::TimelineProjection::NAME];
+pub const PROJECTION_NAMES: &[&str] = &[
+    fleet::FleetProjection::NAME,
+    timeline::TimelineProjection::NAME,
+];

@@ -49,7 +49,9 @@ pub async fn rebuild<P: Projection>(
     let checkpoint = rebuild_checkpoint(name);
     ensure_checkpoint(pool, name).await?;
 
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(pool).await?;
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(pool)
+        .await?;
     let total = total as u64;
 
     let mut setup = pool.begin().await?;
@@ -84,10 +86,14 @@ pub async fn rebuild<P: Projection>(
         tx.execute(format!("SET LOCAL search_path TO {REBUILD_SCHEMA}, public").as_str())
             .await?;
         let cursor = lock_checkpoint(&mut tx, &checkpoint).await?;
-        let outcome = runner::apply_batch(&mut tx, projection, &checkpoint, cursor, batch_size).await?;
+        let outcome =
+            runner::apply_batch(&mut tx, projection, &checkpoint, cursor, batch_size).await?;
         tx.commit().await?;
         applied += outcome.applied as u64;
-        progress(Progress { applied, total: total.max(applied) });
+        progress(Progress {
+            applied,
+            total: total.max(applied),
+        });
         if (outcome.applied as i64) < batch_size {
             break;
         }
@@ -100,15 +106,19 @@ pub async fn rebuild<P: Projection>(
         .await?;
     let mut cursor = lock_checkpoint(&mut tx, &checkpoint).await?;
     loop {
-        let outcome = runner::apply_batch(&mut tx, projection, &checkpoint, cursor, batch_size).await?;
+        let outcome =
+            runner::apply_batch(&mut tx, projection, &checkpoint, cursor, batch_size).await?;
         applied += outcome.applied as u64;
         cursor = outcome.cursor;
         if (outcome.applied as i64) < batch_size {
             break;
         }
     }
-    tx.execute(format!("SET LOCAL search_path TO public; CREATE SCHEMA IF NOT EXISTS {RETIRED_SCHEMA}").as_str())
-        .await?;
+    tx.execute(
+        format!("SET LOCAL search_path TO public; CREATE SCHEMA IF NOT EXISTS {RETIRED_SCHEMA}")
+            .as_str(),
+    )
+    .await?;
     for table in projection.tables() {
         tx.execute(
             format!(
@@ -127,7 +137,8 @@ pub async fn rebuild<P: Projection>(
     .fetch_one(&mut *tx)
     .await?;
     let events_applied: i64 = row.try_get("events_applied")?;
-    let last_recorded_at: Option<chrono::DateTime<chrono::Utc>> = row.try_get("last_recorded_at")?;
+    let last_recorded_at: Option<chrono::DateTime<chrono::Utc>> =
+        row.try_get("last_recorded_at")?;
     sqlx::query(
         "UPDATE projection_checkpoints \
             SET tx_id = $2::bigint::text::xid8, position = $3, events_applied = $4, \
@@ -146,7 +157,10 @@ pub async fn rebuild<P: Projection>(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    progress(Progress { applied, total: total.max(applied) });
+    progress(Progress {
+        applied,
+        total: total.max(applied),
+    });
 
     // The old tables are no longer read by anyone.
     for table in projection.tables() {

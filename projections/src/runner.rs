@@ -95,10 +95,12 @@ pub struct BatchOutcome {
 
 /// Makes sure the checkpoint row for `checkpoint` exists.
 pub async fn ensure_checkpoint(pool: &PgPool, checkpoint: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO projection_checkpoints (projection) VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind(checkpoint)
-        .execute(pool)
-        .await?;
+    sqlx::query(
+        "INSERT INTO projection_checkpoints (projection) VALUES ($1) ON CONFLICT DO NOTHING",
+    )
+    .bind(checkpoint)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
@@ -148,10 +150,7 @@ pub(crate) async fn apply_batch<P: Projection>(
 ) -> Result<BatchOutcome, RunError> {
     let events = log::read_after(conn, cursor, limit).await?;
     let Some(last) = events.last() else {
-        return Ok(BatchOutcome {
-            applied: 0,
-            cursor,
-        });
+        return Ok(BatchOutcome { applied: 0, cursor });
     };
     let new_cursor = last.cursor;
     let last_recorded_at = last.metadata.recorded_at;
@@ -176,7 +175,9 @@ pub(crate) async fn apply_batch<P: Projection>(
     .map_err(apply_error)?;
     let now = chrono::Utc::now();
     for event in &events {
-        let delay = (now - event.metadata.recorded_at).to_std().unwrap_or_default();
+        let delay = (now - event.metadata.recorded_at)
+            .to_std()
+            .unwrap_or_default();
         metrics::histogram!("logbook_projection_apply_delay_seconds", "projection" => projection.name())
             .record(delay.as_secs_f64());
     }
@@ -318,7 +319,8 @@ pub async fn run<P: Projection>(
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(projection = name, error = %error_chain(&e), "projection runner failed; retrying");
-                metrics::counter!("logbook_projection_errors_total", "projection" => name).increment(1);
+                metrics::counter!("logbook_projection_errors_total", "projection" => name)
+                    .increment(1);
             }
         }
         tokio::select! {

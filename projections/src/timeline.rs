@@ -27,7 +27,9 @@ impl TimelineProjection {
 /// The agent an event is about, if any.
 fn subject_agent(event: &StoredEvent) -> Option<Uuid> {
     match event.event.as_ref()? {
-        LogbookEvent::Agent(_) | LogbookEvent::Checkin(_) => Uuid::parse_str(&event.aggregate_id).ok(),
+        LogbookEvent::Agent(_) | LogbookEvent::Checkin(_) => {
+            Uuid::parse_str(&event.aggregate_id).ok()
+        }
         LogbookEvent::Client(_)
         | LogbookEvent::Site(_)
         | LogbookEvent::EnrollmentToken(_)
@@ -44,7 +46,11 @@ impl Projection for TimelineProjection {
         &["agent_timeline_view"]
     }
 
-    async fn apply(&self, conn: &mut PgConnection, events: &[StoredEvent]) -> Result<(), sqlx::Error> {
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        events: &[StoredEvent],
+    ) -> Result<(), sqlx::Error> {
         let mut agents = Vec::new();
         let mut txs = Vec::new();
         let mut positions = Vec::new();
@@ -55,7 +61,9 @@ impl Projection for TimelineProjection {
         let mut actors = Vec::new();
         let mut recorded = Vec::new();
         for event in events {
-            let Some(agent) = subject_agent(event) else { continue };
+            let Some(agent) = subject_agent(event) else {
+                continue;
+            };
             agents.push(agent);
             txs.push(event.cursor.tx_id);
             positions.push(event.cursor.position);
@@ -200,5 +208,8 @@ pub async fn checkin_at(
         },
     )
     .await?;
-    Ok(page.into_iter().next().filter(|e| e.aggregate_type == CHECKIN_STREAM))
+    Ok(page
+        .into_iter()
+        .next()
+        .filter(|e| e.aggregate_type == CHECKIN_STREAM))
 }

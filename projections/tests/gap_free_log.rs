@@ -42,13 +42,25 @@ async fn concurrent_writers_with_delays_and_rollbacks_lose_nothing() {
             for _ in 0..TXS_PER_WRITER {
                 let (events, delay_ms, rollback) = {
                     let mut rng = rand::rng();
-                    (rng.random_range(1..=3), rng.random_range(0..15u64), rng.random_bool(0.2))
+                    (
+                        rng.random_range(1..=3),
+                        rng.random_range(0..15u64),
+                        rng.random_bool(0.2),
+                    )
                 };
                 let mut tx = pool.begin().await.expect("begin");
                 let mut written = Vec::new();
                 for i in 0..events {
                     let seq = next_seq + i;
-                    common::append(&mut tx, "test_stream", &stream, seq, &Ping(seq as u32), chrono::Utc::now()).await;
+                    common::append(
+                        &mut tx,
+                        "test_stream",
+                        &stream,
+                        seq,
+                        &Ping(seq as u32),
+                        chrono::Utc::now(),
+                    )
+                    .await;
                     written.push((stream.clone(), seq));
                     // Hold the transaction open between and after writes so that other writers
                     // take later positions and commit first.
@@ -107,8 +119,14 @@ async fn concurrent_writers_with_delays_and_rollbacks_lose_nothing() {
         &skipped[..skipped.len().min(5)]
     );
     let phantom: Vec<_> = unique.difference(&committed).collect();
-    assert!(phantom.is_empty(), "the reader saw rolled-back events: {phantom:?}");
-    assert!(committed.len() > 100, "the test wrote too little to mean anything");
+    assert!(
+        phantom.is_empty(),
+        "the reader saw rolled-back events: {phantom:?}"
+    );
+    assert!(
+        committed.len() > 100,
+        "the test wrote too little to mean anything"
+    );
 
     // Within each stream, the global order agrees with the stream's own order.
     let mut last: std::collections::HashMap<String, i64> = Default::default();
@@ -131,19 +149,27 @@ async fn an_event_that_commits_late_is_read_after_it_commits_not_skipped() {
     common::append(&mut fast, "test_stream", "fast", 1, &Ping(2), now).await;
 
     let mut reader = db.pool.acquire().await.expect("reader");
-    let early = log::read_after(&mut reader, LogCursor::START, 100).await.expect("read");
+    let early = log::read_after(&mut reader, LogCursor::START, 100)
+        .await
+        .expect("read");
     assert!(
         early.is_empty(),
         "nothing may be read while an older transaction is open, else the reader would pass it: {early:?}"
     );
-    assert!(log::has_events_beyond_horizon(&mut reader, LogCursor::START).await.expect("check"));
+    assert!(
+        log::has_events_beyond_horizon(&mut reader, LogCursor::START)
+            .await
+            .expect("check")
+    );
 
     slow.commit().await.expect("commit slow");
     // Transactions of other tests on the same server can hold the horizon back for a moment
     // (transaction ids are server-wide), so wait for both events to become readable.
     let mut late = Vec::new();
     for _ in 0..500 {
-        late = log::read_after(&mut reader, LogCursor::START, 100).await.expect("read");
+        late = log::read_after(&mut reader, LogCursor::START, 100)
+            .await
+            .expect("read");
         if late.len() == 2 {
             break;
         }

@@ -19,7 +19,9 @@ pub struct NatsServer {
 
 impl std::fmt::Debug for NatsServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NatsServer").field("port", &self.port).finish()
+        f.debug_struct("NatsServer")
+            .field("port", &self.port)
+            .finish()
     }
 }
 
@@ -73,8 +75,13 @@ impl NatsServer {
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if !sent && let Some(rest) = line.split("Listening for client connections on ").nth(1) {
-                    let port = rest.rsplit(':').next().and_then(|p| p.trim().parse::<u16>().ok());
+                if !sent
+                    && let Some(rest) = line.split("Listening for client connections on ").nth(1)
+                {
+                    let port = rest
+                        .rsplit(':')
+                        .next()
+                        .and_then(|p| p.trim().parse::<u16>().ok());
                     let _ = tx.send(port);
                     sent = true;
                 }
@@ -125,7 +132,8 @@ impl NatsServer {
         let port = self.port;
         // The port may take a moment to be free again.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while std::net::TcpListener::bind(("127.0.0.1", port)).is_err() && Instant::now() < deadline {
+        while std::net::TcpListener::bind(("127.0.0.1", port)).is_err() && Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(50));
         }
         self.spawn(port);
