@@ -1,0 +1,501 @@
+//! Application services: each operator or agent action as one function that loads what it
+//! needs, asks the domain to decide, and records the outcome (events, and credential changes in
+//! the same transaction). HTTP handlers and `logbook admin` both call these, so the two can never
+//! behave differently.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
+use logbook_domain::agent::{Agent, AgentCommand, AgentError, AgentIdentity};
+use logbook_domain::api_token::{ApiToken, ApiTokenCommand, ApiTokenError};
+use logbook_domain::client::{Client, ClientCommand, ClientError};
+use logbook_domain::enrollment::{EnrollmentToken, EnrollmentTokenCommand, EnrollmentTokenError};
+use logbook_domain::ids::*;
+use logbook_domain::metadata::{Actor, EventMetadata};
+use logbook_domain::site::{Site, SiteCommand, SiteError};
+use uuid::Uuid;
+
+use crate::credentials;
+use crate::secrets::{self, SecretKind};
+use crate::store::{EventStore, Loaded, StoreError};
+
+/// How many times a command is retried after losing an optimistic-concurrency race.
+const CONFLICT_RETRIES: usize = 5;
+
+/// Who is acting, and on behalf of which request.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    /// Who.
+    pub actor: Actor,
+    /// The request id (`x-request-id`).
+    pub request_id: String,
+    /// The larger action this belongs to.
+    pub correlation_id: CorrelationId,
+}
+
+impl Ctx {
+    /// A context for `actor` with a fresh correlation id.
+    pub fn new(actor: Actor, request_id: impl Into<String>) -> Self {
+        Self {
+            actor,
+            request_id: request_id.into(),
+            correlation_id: CorrelationId::from(Uuid::now_v7()),
+        }
+    }
+
+    fn metadata(&self, now: DateTime<Utc>) -> EventMetadata {
+        EventMetadata {
+            actor: self.actor.clone(),
+            correlation_id: self.correlation_id,
+            request_id: self.request_id.clone(),
+            recorded_at: now,
+        }
+    }
+}
+
+/// Why a command was not carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The request is invalid; `field` names the offending input when there is one.
+    #[error("{message}")]
+    Invalid {
+        /// The input field at fault.
+        field: Option<&'static str>,
+        /// What is wrong.
+        message: String,
+    },
+    /// Something the command refers to does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The command conflicts with the current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// The presented secret is not valid for this.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for CommandError {
+    fn from(error: sqlx::Error) -> Self {
+        CommandError::Store(error.into())
+    }
+}
+
+/// How a domain rejection reads to a caller.
+trait Rejection: std::error::Error {
+    fn into_command_error(self) -> CommandError;
+}
+
+fn invalid(field: &'static str, e: impl std::fmt::Display) -> CommandError {
+    CommandError::Invalid {
+        field: Some(field),
+        message: format!("{field} {e}"),
+    }
+}
+
+impl Rejection for ClientError {
+    fn into_command_error(self) -> CommandError {
+        match self {
+            ClientError::NotFound => CommandError::NotFound(self.to_string()),
+            ClientError::InvalidName(e) => invalid("name", e),
+            ClientError::AlreadyExists | ClientError::Unchanged(_) => {
+                CommandError::Conflict(self.to_string())
+            }
+        }
+    }
+}
+
+impl Rejection for SiteError {
+    fn into_command_error(self) -> CommandError {
+        match self {
+            SiteError::NotFound => CommandError::NotFound(self.to_string()),
+            SiteError::InvalidName(e) => invalid("name", e),
+            SiteError::AlreadyExists | SiteError::Unchanged(_) => {
+                CommandError::Conflict(self.to_string())
+            }
+        }
+    }
+}
+
+impl Rejection for AgentError {
+    fn into_command_error(self) -> CommandError {
+        match self {
+            AgentError::NotFound => CommandError::NotFound(self.to_string()),
+            AgentError::InvalidName(e) => invalid("display_name", e),
+            AgentError::InvalidHostname => CommandError::Invalid {
+                field: Some("hostname"),
+                message: self.to_string(),
+            },
+            AgentError::AlreadyEnrolled
+            | AgentError::Decommissioned
+            | AgentError::AlreadyInSite(_)
+            | AgentError::Unchanged(_) => CommandError::Conflict(self.to_string()),
+        }
+    }
+}
+
+impl Rejection for EnrollmentTokenError {
+    fn into_command_error(self) -> CommandError {
+        match self {
+            EnrollmentTokenError::Unknown
+            | EnrollmentTokenError::Expired(_)
+            | EnrollmentTokenError::UsedUp(_)
+            | EnrollmentTokenError::Revoked => CommandError::Unauthorized(self.to_string()),
+            EnrollmentTokenError::ExpiryNotInFuture => invalid("expires_in", "must be positive"),
+            EnrollmentTokenError::InvalidMaxUses(_) => CommandError::Invalid {
+                field: Some("max_uses"),
+                message: self.to_string(),
+            },
+            EnrollmentTokenError::AlreadyIssued => CommandError::Conflict(self.to_string()),
+        }
+    }
+}
+
+impl Rejection for ApiTokenError {
+    fn into_command_error(self) -> CommandError {
+        match self {
+            ApiTokenError::NotFound => CommandError::NotFound(self.to_string()),
+            ApiTokenError::InvalidName(e) => invalid("name", e),
+            ApiTokenError::AlreadyIssued | ApiTokenError::AlreadyRevoked => {
+                CommandError::Conflict(self.to_string())
+            }
+        }
+    }
+}
+
+/// Carries out Logbook's commands.
+#[derive(Debug, Clone)]
+pub struct Commands {
+    store: EventStore,
+}
+
+/// Runs `attempt` again when it loses an optimistic-concurrency race.
+async fn retry_on_conflict<T, F, Fut>(mut attempt: F) -> Result<T, CommandError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, CommandError>>,
+{
+    let mut tries = 0;
+    loop {
+        match attempt().await {
+            Err(CommandError::Store(StoreError::Conflict { .. })) if tries < CONFLICT_RETRIES => {
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn decide<A>(loaded: &mut Loaded<A>, command: A::Command) -> Result<Vec<A::Event>, CommandError>
+where
+    A: Aggregate<Services = ()>,
+    A::Error: Rejection,
+{
+    loaded.decide(command).await.map_err(Rejection::into_command_error)
+}
+
+/// A new enrollment token, shown once.
+#[derive(Debug, Clone)]
+pub struct IssuedEnrollmentToken {
+    /// Its id.
+    pub token_id: EnrollmentTokenId,
+    /// The secret to give to agents.
+    pub token: String,
+    /// When it stops working.
+    pub expires_at: DateTime<Utc>,
+    /// How many agents it may enroll.
+    pub max_uses: u32,
+    /// The site it enrolls into.
+    pub site_id: SiteId,
+    /// The site's client.
+    pub client_id: ClientId,
+}
+
+/// A newly enrolled agent and its credential, shown once.
+#[derive(Debug, Clone)]
+pub struct EnrolledAgent {
+    /// Its id.
+    pub agent_id: AgentId,
+    /// Its bearer credential.
+    pub credential: String,
+    /// Its client.
+    pub client_id: ClientId,
+    /// Its site.
+    pub site_id: SiteId,
+}
+
+/// A new API token, shown once.
+#[derive(Debug, Clone)]
+pub struct IssuedApiToken {
+    /// Its id.
+    pub token_id: ApiTokenId,
+    /// The secret.
+    pub token: String,
+}
+
+impl Commands {
+    /// Commands recorded in `store`.
+    pub fn new(store: EventStore) -> Self {
+        Self { store }
+    }
+
+    /// The event store.
+    pub fn store(&self) -> &EventStore {
+        &self.store
+    }
+
+    /// Runs a command against one aggregate and appends its events.
+    async fn execute<A>(&self, ctx: &Ctx, id: &str, command: A::Command) -> Result<Vec<A::Event>, CommandError>
+    where
+        A: Aggregate<Services = ()>,
+        A::Command: Clone,
+        A::Error: Rejection,
+    {
+        retry_on_conflict(|| async {
+            let mut loaded = self.store.load::<A>(id).await?;
+            let events = decide(&mut loaded, command.clone()).await?;
+            let mut tx = self.store.pool().begin().await?;
+            EventStore::append::<A>(&mut tx, id, loaded.version, &events, &ctx.metadata(Utc::now())).await?;
+            tx.commit().await?;
+            Ok(events)
+        })
+        .await
+    }
+
+    /// Creates a client.
+    pub async fn create_client(&self, ctx: &Ctx, name: &str) -> Result<ClientId, CommandError> {
+        let client_id = ClientId::from(Uuid::now_v7());
+        self.execute::<Client>(
+            ctx,
+            &client_id.to_string(),
+            ClientCommand::CreateClient { client_id, name: name.to_string() },
+        )
+        .await?;
+        Ok(client_id)
+    }
+
+    /// Renames a client.
+    pub async fn rename_client(&self, ctx: &Ctx, client_id: ClientId, name: &str) -> Result<(), CommandError> {
+        self.execute::<Client>(ctx, &client_id.to_string(), ClientCommand::RenameClient { name: name.to_string() })
+            .await
+            .map(drop)
+    }
+
+    /// Creates a site under an existing client.
+    pub async fn create_site(&self, ctx: &Ctx, client_id: ClientId, name: &str) -> Result<SiteId, CommandError> {
+        let client = self.store.load::<Client>(&client_id.to_string()).await?;
+        if !client.state.exists() {
+            return Err(CommandError::NotFound(format!("client {client_id} not found")));
+        }
+        let site_id = SiteId::from(Uuid::now_v7());
+        self.execute::<Site>(
+            ctx,
+            &site_id.to_string(),
+            SiteCommand::CreateSite { site_id, client_id, name: name.to_string() },
+        )
+        .await?;
+        Ok(site_id)
+    }
+
+    /// Renames a site.
+    pub async fn rename_site(&self, ctx: &Ctx, site_id: SiteId, name: &str) -> Result<(), CommandError> {
+        self.execute::<Site>(ctx, &site_id.to_string(), SiteCommand::RenameSite { name: name.to_string() })
+            .await
+            .map(drop)
+    }
+
+    async fn site_client(&self, site_id: SiteId) -> Result<ClientId, CommandError> {
+        let site = self.store.load::<Site>(&site_id.to_string()).await?;
+        site.state
+            .client_id()
+            .ok_or_else(|| CommandError::NotFound(format!("site {site_id} not found")))
+    }
+
+    /// Issues an enrollment token for a site.
+    pub async fn issue_enrollment_token(
+        &self,
+        ctx: &Ctx,
+        site_id: SiteId,
+        expires_in: Duration,
+        max_uses: u32,
+    ) -> Result<IssuedEnrollmentToken, CommandError> {
+        let client_id = self.site_client(site_id).await?;
+        let token_id = EnrollmentTokenId::from(Uuid::now_v7());
+        let secret = secrets::generate(SecretKind::EnrollmentToken);
+        let now = Utc::now();
+        let expires_at = now
+            + chrono::Duration::from_std(expires_in)
+                .map_err(|_| invalid("expires_in", "is too long"))?;
+        let mut loaded = Loaded { state: EnrollmentToken::default(), version: 0 };
+        let events = decide(
+            &mut loaded,
+            EnrollmentTokenCommand::IssueEnrollmentToken {
+                token_id,
+                client_id,
+                site_id,
+                secret_hash: secret.hash,
+                expires_at,
+                max_uses,
+                now,
+            },
+        )
+        .await?;
+        let mut tx = self.store.pool().begin().await?;
+        EventStore::append::<EnrollmentToken>(&mut tx, &token_id.to_string(), 0, &events, &ctx.metadata(now)).await?;
+        credentials::insert(&mut tx, &secret.hash, SecretKind::EnrollmentToken, token_id.as_uuid(), now).await?;
+        tx.commit().await?;
+        Ok(IssuedEnrollmentToken { token_id, token: secret.plaintext, expires_at, max_uses, site_id, client_id })
+    }
+
+    /// Revokes an enrollment token.
+    pub async fn revoke_enrollment_token(&self, ctx: &Ctx, token_id: EnrollmentTokenId) -> Result<(), CommandError> {
+        retry_on_conflict(|| async {
+            let id = token_id.to_string();
+            let mut loaded = self.store.load::<EnrollmentToken>(&id).await?;
+            let events = decide(&mut loaded, EnrollmentTokenCommand::RevokeEnrollmentToken)
+                .await
+                .map_err(|e| match e {
+                    CommandError::Unauthorized(_) if loaded.version == 0 => {
+                        CommandError::NotFound(format!("enrollment token {token_id} not found"))
+                    }
+                    CommandError::Unauthorized(m) => CommandError::Conflict(m),
+                    other => other,
+                })?;
+            let now = Utc::now();
+            let mut tx = self.store.pool().begin().await?;
+            EventStore::append::<EnrollmentToken>(&mut tx, &id, loaded.version, &events, &ctx.metadata(now)).await?;
+            credentials::revoke(&mut tx, SecretKind::EnrollmentToken, token_id.as_uuid(), now).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Enrolls an agent with an enrollment token: redeems the token, enrolls the agent and
+    /// records its credential, all in one transaction.
+    pub async fn enroll_agent(
+        &self,
+        request_id: &str,
+        presented_token: &str,
+        identity: AgentIdentity,
+    ) -> Result<EnrolledAgent, CommandError> {
+        let unknown = || CommandError::Unauthorized("unknown enrollment token".to_string());
+        let presented = secrets::hash(presented_token);
+        let token_id = credentials::subject(self.store.pool(), &presented, SecretKind::EnrollmentToken)
+            .await?
+            .map(EnrollmentTokenId::from)
+            .ok_or_else(unknown)?;
+        let agent_id = AgentId::from(Uuid::now_v7());
+        let credential = secrets::generate(SecretKind::Agent);
+        let ctx = Ctx {
+            actor: Actor::Enrollment,
+            request_id: request_id.to_string(),
+            correlation_id: CorrelationId::from(agent_id.as_uuid()),
+        };
+        retry_on_conflict(|| async {
+            let now = Utc::now();
+            let mut token = self.store.load::<EnrollmentToken>(&token_id.to_string()).await?;
+            let token_events = decide(
+                &mut token,
+                EnrollmentTokenCommand::RedeemEnrollmentToken { presented, agent_id, now },
+            )
+            .await?;
+            let (client_id, site_id) = token.state.target().ok_or_else(unknown)?;
+            let mut agent = Loaded { state: Agent::default(), version: 0 };
+            let agent_events = decide(
+                &mut agent,
+                AgentCommand::EnrollAgent {
+                    agent_id,
+                    client_id,
+                    site_id,
+                    enrollment_token_id: token_id,
+                    credential_hash: credential.hash,
+                    identity: identity.clone(),
+                },
+            )
+            .await?;
+            let meta = ctx.metadata(now);
+            let mut tx = self.store.pool().begin().await?;
+            EventStore::append::<EnrollmentToken>(&mut tx, &token_id.to_string(), token.version, &token_events, &meta)
+                .await?;
+            EventStore::append::<Agent>(&mut tx, &agent_id.to_string(), 0, &agent_events, &meta).await?;
+            credentials::insert(&mut tx, &credential.hash, SecretKind::Agent, agent_id.as_uuid(), now).await?;
+            tx.commit().await?;
+            Ok(EnrolledAgent { agent_id, credential: credential.plaintext.clone(), client_id, site_id })
+        })
+        .await
+    }
+
+    /// Sets an agent's display name.
+    pub async fn rename_agent(&self, ctx: &Ctx, agent_id: AgentId, display_name: &str) -> Result<(), CommandError> {
+        self.execute::<Agent>(
+            ctx,
+            &agent_id.to_string(),
+            AgentCommand::RenameAgent { display_name: display_name.to_string() },
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Moves an agent to another site.
+    pub async fn move_agent(&self, ctx: &Ctx, agent_id: AgentId, to_site_id: SiteId) -> Result<(), CommandError> {
+        let to_client_id = self.site_client(to_site_id).await?;
+        self.execute::<Agent>(ctx, &agent_id.to_string(), AgentCommand::MoveAgent { to_client_id, to_site_id })
+            .await
+            .map(drop)
+    }
+
+    /// Retires an agent; its credential stops working in the same transaction.
+    pub async fn decommission_agent(&self, ctx: &Ctx, agent_id: AgentId, reason: &str) -> Result<(), CommandError> {
+        retry_on_conflict(|| async {
+            let id = agent_id.to_string();
+            let mut loaded = self.store.load::<Agent>(&id).await?;
+            let events = decide(&mut loaded, AgentCommand::DecommissionAgent { reason: reason.to_string() }).await?;
+            let now = Utc::now();
+            let mut tx = self.store.pool().begin().await?;
+            EventStore::append::<Agent>(&mut tx, &id, loaded.version, &events, &ctx.metadata(now)).await?;
+            credentials::revoke(&mut tx, SecretKind::Agent, agent_id.as_uuid(), now).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Issues an API token.
+    pub async fn issue_api_token(&self, ctx: &Ctx, name: &str) -> Result<IssuedApiToken, CommandError> {
+        let token_id = ApiTokenId::from(Uuid::now_v7());
+        let secret = secrets::generate(SecretKind::ApiToken);
+        let mut loaded = Loaded { state: ApiToken::default(), version: 0 };
+        let events = decide(
+            &mut loaded,
+            ApiTokenCommand::IssueApiToken { token_id, name: name.to_string(), secret_hash: secret.hash },
+        )
+        .await?;
+        let now = Utc::now();
+        let mut tx = self.store.pool().begin().await?;
+        EventStore::append::<ApiToken>(&mut tx, &token_id.to_string(), 0, &events, &ctx.metadata(now)).await?;
+        credentials::insert(&mut tx, &secret.hash, SecretKind::ApiToken, token_id.as_uuid(), now).await?;
+        tx.commit().await?;
+        Ok(IssuedApiToken { token_id, token: secret.plaintext })
+    }
+
+    /// Revokes an API token.
+    pub async fn revoke_api_token(&self, ctx: &Ctx, token_id: ApiTokenId) -> Result<(), CommandError> {
+        retry_on_conflict(|| async {
+            let id = token_id.to_string();
+            let mut loaded = self.store.load::<ApiToken>(&id).await?;
+            let events = decide(&mut loaded, ApiTokenCommand::RevokeApiToken).await?;
+            let now = Utc::now();
+            let mut tx = self.store.pool().begin().await?;
+            EventStore::append::<ApiToken>(&mut tx, &id, loaded.version, &events, &ctx.metadata(now)).await?;
+            credentials::revoke(&mut tx, SecretKind::ApiToken, token_id.as_uuid(), now).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+}

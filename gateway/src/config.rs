@@ -1,0 +1,369 @@
+//! The gateway's configuration: one TOML file (`--config`, or `LOGBOOK_CONFIG`) plus
+//! `LOGBOOK_<SECTION>__<KEY>` environment overrides, with defaults that work on a developer
+//! machine (Postgres and NATS on localhost).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use logbook_config::{ConfigError, Problems, Sources};
+use logbook_projections::fleet::StatusThresholds;
+use serde::Deserialize;
+
+/// Everything `logbook` can be configured with.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// The HTTP API.
+    pub http: HttpConfig,
+    /// The event store and read models.
+    pub database: DatabaseConfig,
+    /// The command transport.
+    pub nats: NatsConfig,
+    /// Agent status rules.
+    pub agents: AgentsConfig,
+    /// The check-in ingest path.
+    pub ingest: IngestConfig,
+    /// Projection runners.
+    pub projections: ProjectionsConfig,
+    /// The bootstrap admin token.
+    pub admin: AdminConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// HTTP settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes (check-ins, enrollments, admin requests).
+    pub max_body_bytes: usize,
+    /// Longest a request may take before it is answered with 503.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// How long shutdown waits for requests in flight.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Postgres settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// Connection URL.
+    pub url: String,
+    /// Most connections in the pool.
+    pub max_connections: u32,
+    /// How long a request waits for a connection before it is answered with 503.
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+    /// Apply pending migrations when `serve` starts.
+    pub migrate_on_start: bool,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "postgres://postgres@127.0.0.1:5432/logbook".to_string(),
+            max_connections: 32,
+            acquire_timeout: Duration::from_secs(3),
+            migrate_on_start: true,
+        }
+    }
+}
+
+/// NATS settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// Server URL.
+    pub url: String,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".to_string(),
+        }
+    }
+}
+
+/// When silent agents are shown as overdue and offline.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentsConfig {
+    /// Silence after which an agent is overdue.
+    #[serde(with = "humantime_serde")]
+    pub overdue_after: Duration,
+    /// Silence after which an agent is offline.
+    #[serde(with = "humantime_serde")]
+    pub offline_after: Duration,
+}
+
+impl Default for AgentsConfig {
+    fn default() -> Self {
+        Self {
+            overdue_after: Duration::from_secs(3 * 60),
+            offline_after: Duration::from_secs(10 * 60),
+        }
+    }
+}
+
+impl AgentsConfig {
+    /// The thresholds as the read model takes them.
+    pub fn thresholds(&self) -> StatusThresholds {
+        StatusThresholds {
+            overdue_after: self.overdue_after,
+            offline_after: self.offline_after,
+        }
+    }
+}
+
+/// Group commit of check-ins.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Most check-ins appended by one statement.
+    pub max_batch: usize,
+    /// How long a batch may wait for more check-ins once it has one (0: flush at once when a
+    /// flush slot is free; batches still grow under load while all slots are busy).
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// Batches being appended at the same time.
+    pub concurrent_flushes: usize,
+    /// Check-ins waiting to be appended before new ones are refused with 503.
+    pub queue_capacity: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 500,
+            max_wait: Duration::ZERO,
+            concurrent_flushes: 4,
+            queue_capacity: 50_000,
+        }
+    }
+}
+
+/// Projection runners.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProjectionsConfig {
+    /// Run the projections in this process (several gateways may; one leads each projection).
+    pub enabled: bool,
+    /// Most events per projection transaction.
+    pub batch_size: i64,
+    /// Fallback poll when no notification arrives.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+impl Default for ProjectionsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            batch_size: 2000,
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Where the first start writes the bootstrap admin token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// File (mode 0600) that receives the bootstrap admin API token.
+    pub token_file: PathBuf,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            token_file: PathBuf::from(".logbook/admin-token"),
+        }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `logbook_gateway=debug,info`. `RUST_LOG` wins.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            filter: "info".to_string(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl GatewayConfig {
+    /// Loads and checks the configuration, reporting every problem at once.
+    pub fn load(sources: &Sources) -> Result<Self, ConfigError> {
+        logbook_config::load(sources, Self::validate)
+    }
+
+    fn validate(&self, p: &mut Problems) {
+        p.check(
+            self.http.max_body_bytes >= 1024,
+            "http.max_body_bytes",
+            "must be at least 1024",
+        );
+        p.check(
+            !self.http.request_timeout.is_zero(),
+            "http.request_timeout",
+            "must be more than 0",
+        );
+        p.check(
+            self.database.url.starts_with("postgres://")
+                || self.database.url.starts_with("postgresql://"),
+            "database.url",
+            "must start with postgres:// or postgresql://",
+        );
+        p.check(
+            self.database.max_connections >= 4,
+            "database.max_connections",
+            "must be at least 4 (ingest, projections and the API share the pool)",
+        );
+        p.check(
+            self.nats.url.starts_with("nats://") || self.nats.url.starts_with("tls://"),
+            "nats.url",
+            "must start with nats:// or tls://",
+        );
+        p.check(
+            !self.agents.overdue_after.is_zero(),
+            "agents.overdue_after",
+            "must be more than 0",
+        );
+        p.check(
+            self.agents.offline_after > self.agents.overdue_after,
+            "agents.offline_after",
+            format!(
+                "must be longer than agents.overdue_after ({})",
+                humantime::format_duration(self.agents.overdue_after)
+            ),
+        );
+        p.check(
+            (1..=10_000).contains(&self.ingest.max_batch),
+            "ingest.max_batch",
+            "must be between 1 and 10000",
+        );
+        p.check(
+            (1..=64).contains(&self.ingest.concurrent_flushes),
+            "ingest.concurrent_flushes",
+            "must be between 1 and 64",
+        );
+        p.check(
+            self.ingest.queue_capacity >= self.ingest.max_batch,
+            "ingest.queue_capacity",
+            "must be at least ingest.max_batch",
+        );
+        p.check(
+            (1..=100_000).contains(&self.projections.batch_size),
+            "projections.batch_size",
+            "must be between 1 and 100000",
+        );
+        p.check(
+            !self.admin.token_file.as_os_str().is_empty(),
+            "admin.token_file",
+            "must not be empty",
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml: &str, env: &[(&str, &str)]) -> Result<GatewayConfig, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("logbook.toml");
+        std::fs::write(&path, toml).expect("write");
+        GatewayConfig::load(&Sources {
+            file: Some(path),
+            file_required: true,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        })
+    }
+
+    #[test]
+    fn defaults_work_on_a_developer_machine() {
+        let config = load("", &[]).expect("defaults are valid");
+        assert_eq!(config.http.listen.port(), 8080);
+        assert!(config.database.url.contains("127.0.0.1:5432"));
+        assert!(config.nats.url.contains("127.0.0.1:4222"));
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let config = load(
+            "[agents]\noverdue_after = \"1m\"\noffline_after = \"5m\"\n",
+            &[("LOGBOOK_AGENTS__OVERDUE_AFTER", "2m")],
+        )
+        .expect("valid");
+        assert_eq!(config.agents.overdue_after, Duration::from_secs(120));
+        assert_eq!(config.agents.offline_after, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn every_problem_is_named() {
+        let err = load(
+            "[http]\nlisten = \"nowhere\"\n[agents]\noverdue_after = \"10m\"\noffline_after = \"5m\"\n[database]\nurl = \"mysql://x\"\nbogus = 1\n",
+            &[],
+        )
+        .expect_err("invalid");
+        let text = err.to_string();
+        for needle in [
+            "http.listen",
+            "database.bogus",
+            "database.url",
+            "agents.offline_after",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from: {text}");
+        }
+    }
+
+    #[test]
+    fn the_example_config_under_ops_parses() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/logbook.toml");
+        GatewayConfig::load(&Sources {
+            file: Some(path.clone()),
+            file_required: true,
+            env: Vec::new(),
+        })
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+}

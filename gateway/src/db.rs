@@ -1,0 +1,56 @@
+//! The Postgres pool and the classification of database failures.
+//!
+//! A request that fails because Postgres is down or saturated is answered with 503 and can be
+//! retried; the pool reconnects on its own when Postgres returns. Everything else is a bug or a
+//! constraint violation and is handled where it happens.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use crate::config::DatabaseConfig;
+
+/// Builds the pool without connecting: the gateway starts, and answers health checks, while
+/// Postgres is still unreachable.
+pub fn pool(config: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
+    let options: PgConnectOptions = config.url.parse()?;
+    let options = options
+        .application_name("logbook")
+        // A transaction left open would hold back every log reader (see projections::log).
+        .options([("idle_in_transaction_session_timeout", "60s")]);
+    Ok(PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        .min_connections(0)
+        .acquire_timeout(config.acquire_timeout)
+        .idle_timeout(Some(Duration::from_secs(300)))
+        .connect_lazy_with(options))
+}
+
+/// Applies pending migrations.
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    logbook_migrations::migrator().run(pool).await
+}
+
+/// Whether a failure means "Postgres is not available right now" (retry later) rather than a
+/// problem with the request or the code.
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exception; 53: insufficient resources; 57P01-57P03: shutting down
+            // or starting up.
+            code.starts_with("08") || code.starts_with("53") || code.starts_with("57P")
+        }),
+        _ => false,
+    }
+}
+
+/// Whether a failure is a unique-key violation (an optimistic-concurrency conflict on `events`).
+pub fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+}

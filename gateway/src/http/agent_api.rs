@@ -1,0 +1,104 @@
+//! The endpoints agents call: enrollment and check-ins.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use logbook_domain::checkin::CheckinEvent;
+use logbook_domain::ids::AgentId;
+use logbook_proto::agent::v1 as pb;
+
+use super::AppState;
+use super::auth::AgentCredential;
+use super::error::{ApiError, ErrorBody};
+use super::wire::{Reply, Wire};
+use crate::convert;
+use crate::ingest::{IngestError, Submission};
+
+fn request_id(headers: &HeaderMap) -> String {
+    headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+}
+
+/// Parses an id from the path, naming the parameter when it is not a UUID.
+pub(super) fn path_id<T: std::str::FromStr>(name: &str, raw: &str) -> Result<T, ApiError> {
+    raw.parse().map_err(|_| ApiError::invalid_field(name, format!("must be a UUID, got {raw:?}")))
+}
+
+/// Exchanges an enrollment token for an agent id and credential.
+#[utoipa::path(
+    post, path = "/api/v1/enroll", tag = "agents",
+    request_body(content = inline(Object), description = "`logbook.agent.v1.EnrollRequest` as JSON or protobuf (`application/x-protobuf`)"),
+    responses(
+        (status = 201, description = "`logbook.agent.v1.EnrollResponse`: the agent id and its credential (shown once)"),
+        (status = 400, body = ErrorBody, description = "Malformed request"),
+        (status = 401, body = ErrorBody, description = "Unknown, expired, revoked or used-up token; nothing is recorded"),
+        (status = 503, body = ErrorBody, description = "Database unavailable; retry"),
+    )
+)]
+pub(super) async fn enroll(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Wire { message, reply_as }: Wire<pb::EnrollRequest>,
+) -> Result<Reply<pb::EnrollResponse>, ApiError> {
+    let (token, identity) = convert::enrollment(message)
+        .map_err(|problems| ApiError::invalid_fields("the enrollment request is invalid", problems))?;
+    let enrolled = state.commands().enroll_agent(&request_id(&headers), &token, identity).await?;
+    tracing::info!(agent_id = %enrolled.agent_id, site_id = %enrolled.site_id, "agent enrolled");
+    Ok(Reply {
+        status: StatusCode::CREATED,
+        format: reply_as,
+        message: pb::EnrollResponse {
+            agent_id: enrolled.agent_id.to_string(),
+            credential: enrolled.credential,
+            client_id: enrolled.client_id.to_string(),
+            site_id: enrolled.site_id.to_string(),
+        },
+    })
+}
+
+/// Records one check-in. Answers only after it is committed to the event log.
+#[utoipa::path(
+    post, path = "/api/v1/agents/{agent_id}/checkins", tag = "agents",
+    params(("agent_id" = String, Path, description = "The agent's id")),
+    request_body(content = inline(Object), description = "`logbook.agent.v1.CheckinRequest` as JSON or protobuf (`application/x-protobuf`), at most `http.max_body_bytes`"),
+    responses(
+        (status = 201, description = "`logbook.agent.v1.CheckinResponse`: recorded"),
+        (status = 200, description = "`logbook.agent.v1.CheckinResponse` with `duplicate: true`: this check-in id was already recorded"),
+        (status = 400, body = ErrorBody, description = "Malformed report; every offending field is named; nothing is recorded"),
+        (status = 401, body = ErrorBody, description = "Missing credential, or not this agent's live credential; nothing is recorded"),
+        (status = 413, body = ErrorBody, description = "Body too large; nothing is recorded"),
+        (status = 503, body = ErrorBody, description = "Database unavailable or ingest saturated; retry with the same check-in id"),
+    ),
+    security(("agent_credential" = []))
+)]
+pub(super) async fn checkin(
+    State(state): State<AppState>,
+    Path(agent_id): Path<String>,
+    headers: HeaderMap,
+    AgentCredential(credential): AgentCredential,
+    Wire { message, reply_as }: Wire<pb::CheckinRequest>,
+) -> Result<Reply<pb::CheckinResponse>, ApiError> {
+    let agent_id: AgentId = path_id("agent_id", &agent_id)?;
+    let (checkin_id, report) = convert::checkin(message)
+        .map_err(|problems| ApiError::invalid_fields("the check-in is invalid", problems))?;
+    let payload = serde_json::to_string(&CheckinEvent::AgentCheckedIn { checkin_id, report })
+        .map_err(ApiError::internal)?;
+    let recorded = state
+        .ingest()
+        .submit(Submission { agent_id, credential, checkin_id, payload, request_id: request_id(&headers) })
+        .await
+        .map_err(|e| match e {
+            IngestError::Unauthorized => ApiError::Unauthorized(format!("{e} for agent {agent_id}")),
+            IngestError::Unavailable | IngestError::Overloaded | IngestError::ShuttingDown => {
+                ApiError::Unavailable(e.to_string())
+            }
+            IngestError::Internal => ApiError::internal(e),
+        })?;
+    Ok(Reply {
+        status: if recorded.duplicate { StatusCode::OK } else { StatusCode::CREATED },
+        format: reply_as,
+        message: pb::CheckinResponse {
+            sequence: recorded.sequence as u64,
+            duplicate: recorded.duplicate,
+            recorded_at_unix_ms: recorded.recorded_at.timestamp_millis(),
+        },
+    })
+}

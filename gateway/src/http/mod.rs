@@ -1,0 +1,201 @@
+//! The HTTP API (axum): routes, shared state, middleware.
+//!
+//! `router(state)` is the whole API; tests drive it with `oneshot` and `serve` binds it to a
+//! socket. Handlers stay thin: they parse and authenticate, then call [`crate::commands`],
+//! [`crate::ingest`] or a read-model query in `logbook_projections`.
+
+mod admin;
+mod agent_api;
+mod agents;
+mod auth;
+pub mod error;
+mod health;
+mod openapi;
+mod wire;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use logbook_projections::fleet::StatusThresholds;
+use sqlx::PgPool;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::commands::Commands;
+use crate::ingest::Ingest;
+use error::ApiError;
+
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+struct Inner {
+    pool: PgPool,
+    commands: Commands,
+    ingest: Ingest,
+    thresholds: StatusThresholds,
+    nats: Option<async_nats::Client>,
+    max_body_bytes: usize,
+    request_timeout: Duration,
+    started: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+/// The parts an [`AppState`] is made of.
+#[derive(Debug)]
+pub struct StateParts {
+    /// The database pool.
+    pub pool: PgPool,
+    /// The command side.
+    pub commands: Commands,
+    /// The check-in ingest.
+    pub ingest: Ingest,
+    /// Agent status thresholds.
+    pub thresholds: StatusThresholds,
+    /// The NATS client, for readiness.
+    pub nats: Option<async_nats::Client>,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Longest a request may take.
+    pub request_timeout: Duration,
+    /// Set once migrations and bootstrap have finished.
+    pub started: Arc<AtomicBool>,
+}
+
+impl AppState {
+    /// Assembles the state.
+    pub fn new(parts: StateParts) -> Self {
+        AppState(Arc::new(Inner {
+            pool: parts.pool,
+            commands: parts.commands,
+            ingest: parts.ingest,
+            thresholds: parts.thresholds,
+            nats: parts.nats,
+            max_body_bytes: parts.max_body_bytes,
+            request_timeout: parts.request_timeout,
+            started: parts.started,
+        }))
+    }
+
+    fn pool(&self) -> &PgPool {
+        &self.0.pool
+    }
+
+    fn commands(&self) -> &Commands {
+        &self.0.commands
+    }
+
+    fn ingest(&self) -> &Ingest {
+        &self.0.ingest
+    }
+
+    fn thresholds(&self) -> StatusThresholds {
+        self.0.thresholds
+    }
+
+    fn nats(&self) -> Option<&async_nats::Client> {
+        self.0.nats.as_ref()
+    }
+
+    fn max_body_bytes(&self) -> usize {
+        self.0.max_body_bytes
+    }
+
+    fn is_started(&self) -> bool {
+        self.0.started.load(Ordering::Acquire)
+    }
+}
+
+/// The whole HTTP API.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/api/v1/enroll", post(agent_api::enroll))
+        .route("/api/v1/agents/{agent_id}/checkins", post(agent_api::checkin))
+        .route("/api/v1/clients", get(admin::list_clients).post(admin::create_client))
+        .route("/api/v1/clients/{client_id}", axum::routing::patch(admin::rename_client))
+        .route("/api/v1/clients/{client_id}/sites", post(admin::create_site))
+        .route("/api/v1/sites", get(admin::list_sites))
+        .route("/api/v1/sites/{site_id}", axum::routing::patch(admin::rename_site))
+        .route("/api/v1/sites/{site_id}/enrollment-tokens", post(admin::create_enrollment_token))
+        .route("/api/v1/enrollment-tokens/{token_id}/revoke", post(admin::revoke_enrollment_token))
+        .route("/api/v1/api-tokens", post(admin::create_api_token))
+        .route("/api/v1/api-tokens/{token_id}/revoke", post(admin::revoke_api_token))
+        .route("/api/v1/agents", get(agents::list))
+        .route("/api/v1/agents/{agent_id}", get(agents::get).patch(agents::rename))
+        .route("/api/v1/agents/{agent_id}/move", post(agents::move_agent))
+        .route("/api/v1/agents/{agent_id}/decommission", post(agents::decommission))
+        .route("/api/v1/agents/{agent_id}/timeline", get(agents::timeline))
+        .route("/api/v1/agents/{agent_id}/state", get(agents::state_at))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_started));
+
+    let timeout = state.0.request_timeout;
+    let max_body = state.0.max_body_bytes;
+    Router::new()
+        .merge(api)
+        .route("/api/v1/openapi.json", get(openapi::document))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .fallback(not_found)
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(PropagateRequestIdLayer::x_request_id())
+                .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                    let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
+                    tracing::debug_span!("request", method = %request.method(), uri = %request.uri(), request_id = %id)
+                }))
+                .layer(CatchPanicLayer::custom(|_| {
+                    ApiError::Internal("a request handler panicked".into()).into_response()
+                }))
+                .layer(middleware::from_fn(track))
+                .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::SERVICE_UNAVAILABLE, timeout))
+                .layer(DefaultBodyLimit::max(max_body)),
+        )
+        .with_state(state)
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::NotFound(format!("no route for {} {}", request.method(), request.uri().path()))
+}
+
+/// API requests wait for start-up (migrations, bootstrap) to finish; health checks do not.
+async fn require_started(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if state.is_started() {
+        next.run(request).await
+    } else {
+        ApiError::Unavailable("the gateway is starting (waiting for the database)".into()).into_response()
+    }
+}
+
+/// Request counts and latencies per route and status.
+async fn track(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("logbook_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("logbook_http_request_duration_seconds", "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}

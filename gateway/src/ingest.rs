@@ -1,0 +1,364 @@
+//! Check-in ingest with group commit.
+//!
+//! Check-ins arrive far faster than one transaction each could record them, so concurrent
+//! check-ins are collected and appended by one multi-row statement. The statement does all of
+//! the work that must be atomic with the append:
+//!
+//! - **authentication**: it joins `credentials`, so a check-in whose credential is unknown,
+//!   belongs to another agent or was revoked (decommissioned agent) is simply not inserted;
+//! - **idempotency**: a check-in id already recorded for the agent is skipped (and the unique
+//!   index `events_idempotency` settles races);
+//! - **ordering**: each agent's sequence numbers continue from its current maximum (an index
+//!   probe, so an agent with 100,000 check-ins costs the same as a new one), in arrival order.
+//!
+//! Rows the statement did not insert are then classified (duplicate, unauthorised, or a sequence
+//! race with a concurrent batch, which is retried). Every caller is answered only after its
+//! batch committed; synchronous commit stays on.
+//!
+//! Batching needs no timer: a collector takes a flush slot, then everything already queued (up
+//! to `max_batch`); while all slots are busy, the queue grows and the next batch is bigger.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use logbook_domain::checkin::CHECKIN_STREAM;
+use logbook_domain::ids::{AgentId, CheckinId};
+use logbook_domain::metadata::{Actor, EventMetadata};
+use logbook_domain::secret::SecretHash;
+use sqlx::{PgPool, Row};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::config::IngestConfig;
+use crate::db;
+
+/// How many times a check-in that lost a sequence race is retried.
+const MAX_ATTEMPTS: u8 = 5;
+
+/// A check-in on its way to the log.
+#[derive(Debug)]
+pub struct Submission {
+    /// The agent it claims to come from (from the URL).
+    pub agent_id: AgentId,
+    /// Hash of the credential it presented.
+    pub credential: SecretHash,
+    /// The id the agent gave it.
+    pub checkin_id: CheckinId,
+    /// The serialized `CheckinEvent` (JSON).
+    pub payload: String,
+    /// The request that carried it.
+    pub request_id: String,
+}
+
+/// A recorded check-in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    /// Its sequence in the agent's check-in stream.
+    pub sequence: i64,
+    /// True when this id had been recorded before (a retry).
+    pub duplicate: bool,
+    /// When it was recorded (for a duplicate, when the first copy was).
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// Why a check-in was not recorded.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IngestError {
+    /// The credential is not this agent's live credential.
+    #[error("invalid agent credential")]
+    Unauthorized,
+    /// Postgres is unavailable.
+    #[error("the event store is unavailable")]
+    Unavailable,
+    /// The queue is full.
+    #[error("too many check-ins waiting; retry later")]
+    Overloaded,
+    /// The gateway is shutting down.
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+    /// Something unexpected; logged where it happened.
+    #[error("check-in could not be recorded")]
+    Internal,
+}
+
+struct Pending {
+    submission: Submission,
+    reply: oneshot::Sender<Result<Recorded, IngestError>>,
+    attempts: u8,
+    queued_at: Instant,
+}
+
+/// The handle through which HTTP handlers submit check-ins.
+#[derive(Debug, Clone)]
+pub struct Ingest {
+    tx: mpsc::Sender<Pending>,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending").field("checkin_id", &self.submission.checkin_id).finish()
+    }
+}
+
+impl Ingest {
+    /// Starts the collector. It runs until every `Ingest` clone is dropped, then finishes the
+    /// batches in flight and returns.
+    pub fn start(pool: PgPool, config: IngestConfig) -> (Self, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(config.queue_capacity);
+        let retry = tx.downgrade();
+        let handle = tokio::spawn(collect(pool, config, rx, retry));
+        (Self { tx }, handle)
+    }
+
+    /// Records a check-in and returns once it is committed (or refused).
+    pub async fn submit(&self, submission: Submission) -> Result<Recorded, IngestError> {
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending { submission, reply, attempts: 0, queued_at: Instant::now() };
+        self.tx.try_send(pending).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => IngestError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => IngestError::ShuttingDown,
+        })?;
+        metrics::gauge!("logbook_ingest_queue_depth")
+            .set((self.tx.max_capacity() - self.tx.capacity()) as f64);
+        answer.await.map_err(|_| IngestError::ShuttingDown)?
+    }
+}
+
+async fn collect(
+    pool: PgPool,
+    config: IngestConfig,
+    mut rx: mpsc::Receiver<Pending>,
+    retry: mpsc::WeakSender<Pending>,
+) {
+    let slots = Arc::new(Semaphore::new(config.concurrent_flushes));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let Some(first) = rx.recv().await else { break };
+        let mut batch = vec![first];
+        while batch.len() < config.max_batch {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        if batch.len() < config.max_batch && !config.max_wait.is_zero() {
+            let deadline = tokio::time::Instant::now() + config.max_wait;
+            while batch.len() < config.max_batch {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(next)) => batch.push(next),
+                    _ => break,
+                }
+            }
+        }
+        let pool = pool.clone();
+        let retry = retry.clone();
+        tokio::spawn(async move {
+            flush(&pool, batch, &retry).await;
+            drop(slot);
+        });
+    }
+    // Wait for the batches in flight before reporting that ingest has stopped.
+    let _ = slots.acquire_many(config.concurrent_flushes as u32).await;
+}
+
+/// Appends one batch and answers every caller in it.
+async fn flush(pool: &PgPool, batch: Vec<Pending>, retry: &mpsc::WeakSender<Pending>) {
+    let started = Instant::now();
+    metrics::histogram!("logbook_ingest_batch_size").record(batch.len() as f64);
+
+    // A check-in retried while its first attempt is still queued appears twice; send it once
+    // and give both callers the same answer.
+    let mut unique: Vec<Pending> = Vec::with_capacity(batch.len());
+    let mut echoes: Vec<(usize, Pending)> = Vec::new();
+    let mut index: HashMap<(AgentId, CheckinId), usize> = HashMap::with_capacity(batch.len());
+    for pending in batch {
+        let key = (pending.submission.agent_id, pending.submission.checkin_id);
+        match index.get(&key) {
+            Some(&i) => echoes.push((i, pending)),
+            None => {
+                index.insert(key, unique.len());
+                unique.push(pending);
+            }
+        }
+    }
+
+    let recorded_at = Utc::now();
+    let outcomes = match append(pool, &unique, recorded_at).await {
+        Ok(outcomes) => outcomes,
+        Err(e) => {
+            let error = if db::is_unavailable(&e) {
+                tracing::warn!(error = %e, batch = unique.len(), "check-in batch not recorded: database unavailable");
+                IngestError::Unavailable
+            } else {
+                tracing::error!(error = %e, batch = unique.len(), "check-in batch failed");
+                IngestError::Internal
+            };
+            vec![Outcome::Failed(error); unique.len()]
+        }
+    };
+    metrics::histogram!("logbook_ingest_flush_seconds").record(started.elapsed().as_secs_f64());
+
+    let mut answers: Vec<Option<Result<Recorded, IngestError>>> = vec![None; unique.len()];
+    for (i, (pending, outcome)) in unique.into_iter().zip(outcomes).enumerate() {
+        let answer = match outcome {
+            Outcome::Recorded(recorded) => Ok(recorded),
+            Outcome::Failed(error) => Err(error),
+            Outcome::Retry if pending.attempts + 1 < MAX_ATTEMPTS => {
+                let mut pending = pending;
+                pending.attempts += 1;
+                metrics::counter!("logbook_ingest_retries_total").increment(1);
+                match retry.upgrade() {
+                    Some(sender) => match sender.try_send(pending) {
+                        Ok(()) => continue,
+                        Err(e) => {
+                            let pending = match e {
+                                mpsc::error::TrySendError::Full(p) | mpsc::error::TrySendError::Closed(p) => p,
+                            };
+                            let _ = pending.reply.send(Err(IngestError::Overloaded));
+                            continue;
+                        }
+                    },
+                    None => {
+                        let _ = pending.reply.send(Err(IngestError::ShuttingDown));
+                        continue;
+                    }
+                }
+            }
+            Outcome::Retry => Err(IngestError::Unavailable),
+        };
+        metrics::histogram!("logbook_ingest_latency_seconds").record(pending.queued_at.elapsed().as_secs_f64());
+        answers[i] = Some(answer.clone());
+        let _ = pending.reply.send(answer);
+    }
+    for (i, echo) in echoes {
+        let answer = match &answers[i] {
+            Some(Ok(recorded)) => Ok(Recorded { duplicate: true, ..*recorded }),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err(IngestError::Unavailable),
+        };
+        let _ = echo.reply.send(answer);
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Outcome {
+    Recorded(Recorded),
+    Failed(IngestError),
+    Retry,
+}
+
+/// The batch append: authenticate, skip known ids, number, insert, in one statement.
+const APPEND_SQL: &str = "\
+WITH input AS ( \
+    SELECT * FROM unnest($1::uuid[], $2::bytea[], $3::uuid[], $4::text[], $5::text[], $6::int[]) \
+        AS i(agent_id, secret_hash, checkin_id, payload, metadata, ord) \
+), authed AS ( \
+    SELECT i.* FROM input i \
+      JOIN credentials c ON c.secret_hash = i.secret_hash AND c.kind = 'agent' \
+                        AND c.subject_id = i.agent_id AND c.revoked_at IS NULL \
+), fresh AS ( \
+    SELECT a.* FROM authed a \
+     WHERE NOT EXISTS (SELECT 1 FROM events e \
+                        WHERE e.aggregate_type = $7 AND e.aggregate_id = a.agent_id::text \
+                          AND e.idempotency_key = a.checkin_id) \
+), numbered AS ( \
+    SELECT f.*, \
+           COALESCE((SELECT max(e.sequence) FROM events e \
+                      WHERE e.aggregate_type = $7 AND e.aggregate_id = f.agent_id::text), 0) \
+           + row_number() OVER (PARTITION BY f.agent_id ORDER BY f.ord) AS seq \
+      FROM fresh f \
+) \
+INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, idempotency_key) \
+SELECT $7, agent_id::text, seq, 'AgentCheckedIn', '1', payload::jsonb, metadata::jsonb, checkin_id \
+  FROM numbered ORDER BY ord \
+ON CONFLICT DO NOTHING \
+RETURNING aggregate_id, sequence, idempotency_key";
+
+/// Why rows were left out of the append.
+const CLASSIFY_SQL: &str = "\
+SELECT i.ord, e.sequence AS existing, (e.metadata->>'recorded_at')::timestamptz AS first_recorded_at, \
+       EXISTS (SELECT 1 FROM credentials c \
+                WHERE c.secret_hash = i.secret_hash AND c.kind = 'agent' \
+                  AND c.subject_id = i.agent_id AND c.revoked_at IS NULL) AS authed \
+  FROM unnest($1::uuid[], $2::bytea[], $3::uuid[], $4::int[]) AS i(agent_id, secret_hash, checkin_id, ord) \
+  LEFT JOIN events e ON e.aggregate_type = $5 AND e.aggregate_id = i.agent_id::text \
+                    AND e.idempotency_key = i.checkin_id";
+
+async fn append(pool: &PgPool, batch: &[Pending], recorded_at: DateTime<Utc>) -> Result<Vec<Outcome>, sqlx::Error> {
+    let n = batch.len();
+    let mut agents = Vec::with_capacity(n);
+    let mut hashes = Vec::with_capacity(n);
+    let mut checkins = Vec::with_capacity(n);
+    let mut payloads = Vec::with_capacity(n);
+    let mut metadata = Vec::with_capacity(n);
+    let mut ords = Vec::with_capacity(n);
+    for (i, pending) in batch.iter().enumerate() {
+        let s = &pending.submission;
+        agents.push(s.agent_id.as_uuid());
+        hashes.push(s.credential.as_bytes().to_vec());
+        checkins.push(s.checkin_id.as_uuid());
+        payloads.push(s.payload.as_str());
+        let meta = EventMetadata {
+            actor: Actor::Agent(s.agent_id),
+            correlation_id: logbook_domain::ids::CorrelationId::from(s.checkin_id.as_uuid()),
+            request_id: s.request_id.clone(),
+            recorded_at,
+        };
+        metadata.push(serde_json::to_string(&meta.to_map()).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
+        ords.push(i as i32);
+    }
+    let rows = sqlx::query(APPEND_SQL)
+        .bind(&agents)
+        .bind(&hashes)
+        .bind(&checkins)
+        .bind(&payloads)
+        .bind(&metadata)
+        .bind(&ords)
+        .bind(CHECKIN_STREAM)
+        .fetch_all(pool)
+        .await?;
+
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
+    let position: HashMap<(Uuid, Uuid), usize> =
+        agents.iter().zip(&checkins).enumerate().map(|(i, (a, c))| ((*a, *c), i)).collect();
+    for row in rows {
+        let agent: String = row.try_get("aggregate_id")?;
+        let key: Uuid = row.try_get("idempotency_key")?;
+        let sequence: i64 = row.try_get("sequence")?;
+        let agent = Uuid::parse_str(&agent).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        if let Some(&i) = position.get(&(agent, key)) {
+            outcomes[i] = Some(Outcome::Recorded(Recorded { sequence, duplicate: false, recorded_at }));
+        }
+    }
+
+    let missing: Vec<usize> = (0..n).filter(|&i| outcomes[i].is_none()).collect();
+    if !missing.is_empty() {
+        let rows = sqlx::query(CLASSIFY_SQL)
+            .bind(missing.iter().map(|&i| agents[i]).collect::<Vec<_>>())
+            .bind(missing.iter().map(|&i| hashes[i].clone()).collect::<Vec<_>>())
+            .bind(missing.iter().map(|&i| checkins[i]).collect::<Vec<_>>())
+            .bind(missing.iter().map(|&i| ords[i]).collect::<Vec<_>>())
+            .bind(CHECKIN_STREAM)
+            .fetch_all(pool)
+            .await?;
+        for row in rows {
+            let i = row.try_get::<i32, _>("ord")? as usize;
+            let authed: bool = row.try_get("authed")?;
+            let existing: Option<i64> = row.try_get("existing")?;
+            let first: Option<DateTime<Utc>> = row.try_get("first_recorded_at")?;
+            outcomes[i] = Some(match (authed, existing) {
+                (false, _) => Outcome::Failed(IngestError::Unauthorized),
+                (true, Some(sequence)) => Outcome::Recorded(Recorded {
+                    sequence,
+                    duplicate: true,
+                    recorded_at: first.unwrap_or(recorded_at),
+                }),
+                (true, None) => Outcome::Retry,
+            });
+        }
+    }
+    Ok(outcomes.into_iter().map(|o| o.unwrap_or(Outcome::Retry)).collect())
+}

@@ -1,0 +1,149 @@
+//! `logbook serve`: the long-running gateway process.
+//!
+//! Start-up order matters for availability: the HTTP listener comes up first (so health checks
+//! answer and say "starting"), then a start-up task waits for Postgres, migrates, issues the
+//! bootstrap admin token if needed and starts the projections; only then do API requests get
+//! through. Shutdown runs the other way: stop accepting, let requests in flight finish (up to the
+//! grace period), flush the check-ins already accepted, stop the projections, close the pool.
+
+use std::future::IntoFuture;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::bootstrap::{self, AdminToken};
+use crate::commands::Commands;
+use crate::config::GatewayConfig;
+use crate::http::{self, AppState, StateParts};
+use crate::ingest::Ingest;
+use crate::store::EventStore;
+use crate::{db, hosting};
+
+/// Runs the gateway until `shutdown` is cancelled. Binds `config.http.listen` unless a listener
+/// is given (tests pass one bound to port 0).
+pub async fn run(config: GatewayConfig, listener: Option<TcpListener>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let pool = db::pool(&config.database).context("database.url")?;
+    let nats = async_nats::ConnectOptions::new()
+        .name("logbook-gateway")
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(config.nats.url.as_str())
+        .await
+        .with_context(|| format!("connecting to NATS at {}", config.nats.url))?;
+    let commands = Commands::new(EventStore::new(pool.clone()));
+    let (ingest, ingest_done) = Ingest::start(pool.clone(), config.ingest.clone());
+    let started = Arc::new(AtomicBool::new(false));
+    let state = AppState::new(StateParts {
+        pool: pool.clone(),
+        commands: commands.clone(),
+        ingest,
+        thresholds: config.agents.thresholds(),
+        nats: Some(nats.clone()),
+        max_body_bytes: config.http.max_body_bytes,
+        request_timeout: config.http.request_timeout,
+        started: started.clone(),
+    });
+
+    let listener = match listener {
+        Some(listener) => listener,
+        None => TcpListener::bind(config.http.listen)
+            .await
+            .with_context(|| format!("listening on {}", config.http.listen))?,
+    };
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "Logbook API listening on http://{address}");
+
+    let server = axum::serve(listener, http::router(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .into_future();
+    tokio::pin!(server);
+    let startup = start_up(&pool, &commands, &config, &shutdown);
+    tokio::pin!(startup);
+
+    let mut tasks = JoinSet::new();
+    let mut failure = None;
+    let mut starting = true;
+    let grace = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(config.http.shutdown_grace).await;
+    };
+    tokio::pin!(grace);
+    loop {
+        tokio::select! {
+            result = &mut server => {
+                result.context("HTTP server")?;
+                break;
+            }
+            result = &mut startup, if starting => {
+                starting = false;
+                match result {
+                    Ok(()) => {
+                        if config.projections.enabled {
+                            hosting::spawn(&pool, &config.projections, &shutdown, &mut tasks);
+                        }
+                        started.store(true, Ordering::Release);
+                        tracing::info!("Logbook is ready");
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "start-up failed; shutting down");
+                        failure = Some(e);
+                        shutdown.cancel();
+                    }
+                }
+            }
+            () = &mut grace => {
+                tracing::warn!("requests still in flight after the shutdown grace period; closing them");
+                break;
+            }
+        }
+    }
+
+    // The router (and with it the last ingest handle) is gone: the collector flushes what it
+    // accepted and stops.
+    let _ = tokio::time::timeout(Duration::from_secs(10), ingest_done).await;
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    nats.flush().await.ok();
+    pool.close().await;
+    tracing::info!("Logbook stopped");
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Waits for Postgres, migrates, and makes sure an admin token exists.
+async fn start_up(pool: &PgPool, commands: &Commands, config: &GatewayConfig, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match sqlx::query("SELECT 1").execute(pool).await {
+            Ok(_) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "waiting for Postgres");
+                tokio::select! {
+                    _ = shutdown.cancelled() => anyhow::bail!("shut down while waiting for Postgres"),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    if config.database.migrate_on_start {
+        db::migrate(pool).await.context("applying database migrations")?;
+    }
+    match bootstrap::ensure_admin_token(commands, &config.admin.token_file).await? {
+        AdminToken::Created(path) => {
+            tracing::info!(path = %path.display(), "created the bootstrap admin API token; it is stored in {}", path.display());
+        }
+        AdminToken::AlreadyExists => {
+            tracing::debug!("API tokens exist; no bootstrap token needed");
+        }
+    }
+    Ok(())
+}

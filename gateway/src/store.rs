@@ -1,0 +1,200 @@
+//! The write side of the event log: loading an aggregate and appending its new events, alone or
+//! together with other aggregates' events and credential changes in one transaction.
+//!
+//! Aggregates are loaded through postgres-es's `PostgresEventRepository` (the `events` table is
+//! postgres-es's, extended). Appends are our own multi-row `INSERT` rather than
+//! `CqrsFramework::execute`, for two reasons: some commands must record several aggregates'
+//! events atomically (enrolling an agent redeems its token in the same transaction), and the
+//! credential table must change in the same transaction as the events that issue or revoke a
+//! secret. Optimistic concurrency is the primary key `(aggregate_type, aggregate_id, sequence)`,
+//! exactly as in postgres-es.
+//!
+//! Every append is the first write of its transaction (see `logbook_projections::log`): callers
+//! append events before touching any other table.
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::persist::PersistedEventRepository;
+use cqrs_es::{Aggregate, DomainEvent};
+use logbook_domain::metadata::EventMetadata;
+use postgres_es::PostgresEventRepository;
+use sqlx::{PgConnection, PgPool};
+
+use crate::db;
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Postgres is unavailable; the request can be retried.
+    #[error("the event store is unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    /// Another writer appended to the same aggregate first.
+    #[error("concurrent modification of {aggregate_type} {aggregate_id}")]
+    Conflict {
+        /// The aggregate type.
+        aggregate_type: &'static str,
+        /// The aggregate id.
+        aggregate_id: String,
+    },
+    /// Any other database failure.
+    #[error("event store query failed")]
+    Database(#[source] sqlx::Error),
+    /// The postgres-es repository failed in a way that is not a database error.
+    #[error("event repository failed")]
+    Repository(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A stored event could not be read back.
+    #[error("stored {aggregate_type} event cannot be decoded")]
+    Corrupt {
+        /// The aggregate type.
+        aggregate_type: &'static str,
+        /// What serde said.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        if db::is_unavailable(&error) {
+            StoreError::Unavailable(error)
+        } else {
+            StoreError::Database(error)
+        }
+    }
+}
+
+impl StoreError {
+    fn from_persistence(error: cqrs_es::persist::PersistenceError) -> Self {
+        use cqrs_es::persist::PersistenceError as P;
+        match error {
+            P::OptimisticLockError => StoreError::Repository("optimistic lock error while reading".into()),
+            P::ConnectionError(source) | P::DeserializationError(source) | P::UnknownError(source) => {
+                match source.downcast::<sqlx::Error>() {
+                    Ok(sqlx) => StoreError::from(*sqlx),
+                    Err(other) => StoreError::Repository(other),
+                }
+            }
+        }
+    }
+}
+
+/// An aggregate's state and the sequence number of its last event (0 when new).
+#[derive(Debug)]
+pub struct Loaded<A> {
+    /// The state after applying every event.
+    pub state: A,
+    /// The sequence of the last event.
+    pub version: i64,
+}
+
+impl<A: Aggregate> Loaded<A> {
+    /// Runs a command against the state; the new events are applied to it and returned.
+    pub async fn decide(&mut self, command: A::Command) -> Result<Vec<A::Event>, A::Error>
+    where
+        A: Aggregate<Services = ()>,
+    {
+        let sink = EventSink::default();
+        self.state.handle(command, &(), &sink).await?;
+        Ok(sink.collect().await)
+    }
+}
+
+/// Loads and appends events.
+#[derive(Clone)]
+pub struct EventStore {
+    pool: PgPool,
+    repo: std::sync::Arc<PostgresEventRepository>,
+}
+
+impl std::fmt::Debug for EventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventStore").finish_non_exhaustive()
+    }
+}
+
+impl EventStore {
+    /// A store on `pool`.
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            repo: std::sync::Arc::new(PostgresEventRepository::new(pool.clone())),
+            pool,
+        }
+    }
+
+    /// The pool, for transactions that span an append and other writes.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Loads an aggregate by replaying its events.
+    pub async fn load<A: Aggregate>(&self, aggregate_id: &str) -> Result<Loaded<A>, StoreError> {
+        let events = self
+            .repo
+            .get_events::<A>(aggregate_id)
+            .await
+            .map_err(StoreError::from_persistence)?;
+        let mut state = A::default();
+        let mut version = 0;
+        for event in events {
+            let payload: A::Event =
+                serde_json::from_value(event.payload).map_err(|source| StoreError::Corrupt {
+                    aggregate_type: A::TYPE,
+                    source,
+                })?;
+            state.apply(payload);
+            version = event.sequence as i64;
+        }
+        Ok(Loaded { state, version })
+    }
+
+    /// Appends `events` of one aggregate after `version`, inside the caller's transaction.
+    pub async fn append<A: Aggregate>(
+        conn: &mut PgConnection,
+        aggregate_id: &str,
+        version: i64,
+        events: &[A::Event],
+        metadata: &EventMetadata,
+    ) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let meta = serde_json::to_value(metadata.to_map()).map_err(|source| StoreError::Corrupt {
+            aggregate_type: A::TYPE,
+            source,
+        })?;
+        let mut sequences = Vec::with_capacity(events.len());
+        let mut types = Vec::with_capacity(events.len());
+        let mut versions = Vec::with_capacity(events.len());
+        let mut payloads = Vec::with_capacity(events.len());
+        for (i, event) in events.iter().enumerate() {
+            sequences.push(version + 1 + i as i64);
+            types.push(event.event_type());
+            versions.push(event.event_version());
+            payloads.push(serde_json::to_value(event).map_err(|source| StoreError::Corrupt {
+                aggregate_type: A::TYPE,
+                source,
+            })?);
+        }
+        let result = sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+             SELECT $1, $2, s, t, v, p, $7 \
+               FROM unnest($3::bigint[], $4::text[], $5::text[], $6::jsonb[]) AS e(s, t, v, p)",
+        )
+        .bind(A::TYPE)
+        .bind(aggregate_id)
+        .bind(sequences)
+        .bind(types)
+        .bind(versions)
+        .bind(payloads)
+        .bind(meta)
+        .execute(conn)
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if db::is_unique_violation(&e) => Err(StoreError::Conflict {
+                aggregate_type: A::TYPE,
+                aggregate_id: aggregate_id.to_string(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
