@@ -7,8 +7,9 @@
 //! defines its own, with `#[serde(deny_unknown_fields)]`) and semantic validation beyond types
 //! (the binaries add their own checks through [`Problems`]).
 //!
-//! Environment overrides name a key path with double underscores: `LOGBOOK_DATABASE__URL` sets
-//! `database.url`. The value is read as a TOML value when it parses as one (`5`, `true`,
+//! Environment overrides name a key path with double underscores after the binary's prefix:
+//! `LOGBOOK_DATABASE__URL` sets the gateway's `database.url`, `LOGBOOK_AGENT_CHECKIN__INTERVAL`
+//! the agent's `checkin.interval`. The value is read as a TOML value when it parses as one (`5`, `true`,
 //! `["a", "b"]`) and as a plain string otherwise, so `LOGBOOK_HTTP__LISTEN=127.0.0.1:8080` works
 //! without quoting.
 
@@ -70,21 +71,31 @@ pub struct Sources {
     pub file_required: bool,
     /// The environment variables to consider, usually `std::env::vars()`.
     pub env: Vec<(String, String)>,
+    /// The prefix of this binary's overrides, such as `LOGBOOK_`.
+    pub env_prefix: &'static str,
+    /// Prefixes of other binaries' overrides to ignore (the agent's `LOGBOOK_AGENT_` when the
+    /// gateway reads `LOGBOOK_`).
+    pub env_ignore: &'static [&'static str],
 }
 
 impl Sources {
-    /// The file at `path` (required when `explicit`) and this process's environment.
-    pub fn new(path: Option<&Path>, explicit: bool) -> Self {
+    /// The file at `path` (required when `explicit`) and this process's environment variables
+    /// that start with `env_prefix` (but none of `env_ignore`).
+    pub fn new(
+        path: Option<&Path>,
+        explicit: bool,
+        env_prefix: &'static str,
+        env_ignore: &'static [&'static str],
+    ) -> Self {
         Self {
             file: path.map(Path::to_path_buf),
             file_required: explicit,
             env: std::env::vars().collect(),
+            env_prefix,
+            env_ignore,
         }
     }
 }
-
-/// The prefix of environment overrides.
-pub const ENV_PREFIX: &str = "LOGBOOK_";
 
 /// Loads `T` from `sources`, then runs `validate` on it. Every type error, unknown key and
 /// validation problem is returned together.
@@ -114,7 +125,10 @@ where
 
     let mut problems = Vec::new();
     for (name, raw) in &sources.env {
-        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+        if sources.env_ignore.iter().any(|p| name.starts_with(p)) {
+            continue;
+        }
+        let Some(rest) = name.strip_prefix(sources.env_prefix) else {
             continue;
         };
         // `LOGBOOK_CONFIG` and friends name the file itself, not a key in it.
@@ -165,9 +179,10 @@ where
 }
 
 fn describe(sources: &Sources) -> String {
+    let prefix = sources.env_prefix;
     match &sources.file {
-        Some(path) => format!("{} and {ENV_PREFIX}* environment", path.display()),
-        None => format!("defaults and {ENV_PREFIX}* environment"),
+        Some(path) => format!("{} and {prefix}* environment", path.display()),
+        None => format!("defaults and {prefix}* environment"),
     }
 }
 
@@ -266,6 +281,8 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            env_prefix: "LOGBOOK_",
+            env_ignore: &["LOGBOOK_AGENT_"],
         };
         load(&sources, |c: &Example, p| {
             p.check(c.name != "bad", "name", "must not be `bad`")
@@ -282,6 +299,12 @@ mod tests {
         assert_eq!(c.http.port, 8080);
         assert_eq!(c.http.host, "0.0.0.0");
         assert_eq!(c.name, "x");
+    }
+
+    #[test]
+    fn other_binaries_overrides_are_ignored() {
+        let c = from("", &[("LOGBOOK_AGENT_CHECKIN__INTERVAL", "5s")]).expect("ignored");
+        assert_eq!(c.http.port, 80);
     }
 
     #[test]

@@ -10,6 +10,11 @@ use logbook_config::{ConfigError, Problems, Sources};
 use logbook_projections::fleet::StatusThresholds;
 use serde::Deserialize;
 
+/// The prefix of the gateway's environment overrides.
+pub const ENV_PREFIX: &str = "LOGBOOK_";
+/// The agent's overrides, which share the `LOGBOOK_` prefix but are not the gateway's.
+pub const ENV_IGNORE: &[&str] = &["LOGBOOK_AGENT_"];
+
 /// Everything `logbook` can be configured with.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -316,6 +321,8 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            env_prefix: ENV_PREFIX,
+            env_ignore: ENV_IGNORE,
         })
     }
 
@@ -363,6 +370,8 @@ mod tests {
             file: Some(path.clone()),
             file_required: true,
             env: Vec::new(),
+            env_prefix: ENV_PREFIX,
+            env_ignore: ENV_IGNORE,
         })
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }

@@ -6,13 +6,13 @@ use std::process::ExitCode;
 use clap::Parser;
 use logbook_config::Sources;
 use logbook_gateway::cli::{self, Cli};
-use logbook_gateway::config::GatewayConfig;
+use logbook_gateway::config::{ENV_IGNORE, ENV_PREFIX, GatewayConfig};
 use logbook_gateway::telemetry;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let sources = Sources::new(cli.config.as_deref(), cli.config.is_some());
+    let sources = Sources::new(cli.config.as_deref(), cli.config.is_some(), ENV_PREFIX, ENV_IGNORE);
     let config = match GatewayConfig::load(&sources) {
         Ok(config) => config,
         Err(e) => {
