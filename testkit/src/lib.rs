@@ -7,5 +7,6 @@
 pub mod binaries;
 pub mod nats;
 pub mod postgres;
+pub mod proxy;
 
 pub use postgres::TestDb;

@@ -123,6 +123,8 @@ impl AppState {
 
 /// The whole HTTP API.
 pub fn router(state: AppState) -> Router {
+    // Install the metrics recorder before the first request is counted.
+    crate::telemetry::metrics();
     let api = Router::new()
         .route("/api/v1/enroll", post(agent_api::enroll))
         .route("/api/v1/agents/{agent_id}/checkins", post(agent_api::checkin))
