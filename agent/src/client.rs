@@ -50,12 +50,16 @@ impl Server {
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("logbook-agent/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Self { http, base: base_url.trim_end_matches('/').to_string() })
+        Ok(Self {
+            http,
+            base: base_url.trim_end_matches('/').to_string(),
+        })
     }
 
     /// Exchanges an enrollment token for an identity.
     pub async fn enroll(&self, request: &EnrollRequest) -> Result<EnrollResponse, SendError> {
-        self.post("/api/v1/enroll", None, request.encode_to_vec()).await
+        self.post("/api/v1/enroll", None, request.encode_to_vec())
+            .await
     }
 
     /// Sends one check-in.
@@ -65,11 +69,20 @@ impl Server {
         credential: &str,
         request: &CheckinRequest,
     ) -> Result<CheckinResponse, SendError> {
-        self.post(&format!("/api/v1/agents/{agent_id}/checkins"), Some(credential), request.encode_to_vec())
-            .await
+        self.post(
+            &format!("/api/v1/agents/{agent_id}/checkins"),
+            Some(credential),
+            request.encode_to_vec(),
+        )
+        .await
     }
 
-    async fn post<T: Message + Default>(&self, path: &str, credential: Option<&str>, body: Vec<u8>) -> Result<T, SendError> {
+    async fn post<T: Message + Default>(
+        &self,
+        path: &str,
+        credential: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<T, SendError> {
         let mut request = self
             .http
             .post(format!("{}{path}", self.base))
@@ -79,16 +92,30 @@ impl Server {
         if let Some(credential) = credential {
             request = request.header(AUTHORIZATION, format!("Bearer {credential}"));
         }
-        let response = request.send().await.map_err(|e| SendError::Retry(error_chain(&e)))?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| SendError::Retry(error_chain(&e)))?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| SendError::Retry(error_chain(&e)))?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| SendError::Retry(error_chain(&e)))?;
         if status.is_success() {
-            return T::decode(bytes).map_err(|e| SendError::Retry(format!("unreadable answer: {e}")));
+            return T::decode(bytes)
+                .map_err(|e| SendError::Retry(format!("unreadable answer: {e}")));
         }
-        let body = String::from_utf8_lossy(&bytes).chars().take(500).collect::<String>();
+        let body = String::from_utf8_lossy(&bytes)
+            .chars()
+            .take(500)
+            .collect::<String>();
         Err(match status {
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => SendError::Unauthorized { status, body },
-            StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS => SendError::Retry(format!("{status}: {body}")),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                SendError::Unauthorized { status, body }
+            }
+            StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS => {
+                SendError::Retry(format!("{status}: {body}"))
+            }
             s if s.is_server_error() => SendError::Retry(format!("{status}: {body}")),
             _ => SendError::Rejected { status, body },
         })

@@ -43,12 +43,16 @@ impl Default for StateConfig {
                 .map(|home| PathBuf::from(home).join(".local/state/logbook-agent"))
                 .unwrap_or_else(|| PathBuf::from(".logbook-agent"))
         };
-        Self { dir, max_spooled: 10_080 }
+        Self {
+            dir,
+            max_spooled: 10_080,
+        }
     }
 }
 
 fn is_root() -> bool {
-    std::env::var("USER").is_ok_and(|u| u == "root") || std::env::var_os("HOME").is_some_and(|h| h == "/root")
+    std::env::var("USER").is_ok_and(|u| u == "root")
+        || std::env::var_os("HOME").is_some_and(|h| h == "/root")
 }
 
 /// Check-in pacing.
@@ -93,7 +97,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { format: "text".into(), filter: "info".into() }
+        Self {
+            format: "text".into(),
+            filter: "info".into(),
+        }
     }
 }
 
@@ -104,14 +111,26 @@ impl AgentConfig {
     }
 
     fn validate(&self, p: &mut Problems) {
-        p.check(self.checkin.interval >= Duration::from_secs(1), "checkin.interval", "must be at least 1s");
-        p.check(!self.checkin.timeout.is_zero(), "checkin.timeout", "must be more than 0");
+        p.check(
+            self.checkin.interval >= Duration::from_secs(1),
+            "checkin.interval",
+            "must be at least 1s",
+        );
+        p.check(
+            !self.checkin.timeout.is_zero(),
+            "checkin.timeout",
+            "must be more than 0",
+        );
         p.check(
             self.checkin.max_backoff >= Duration::from_secs(1),
             "checkin.max_backoff",
             "must be at least 1s",
         );
-        p.check(self.state.max_spooled >= 1, "state.max_spooled", "must be at least 1");
+        p.check(
+            self.state.max_spooled >= 1,
+            "state.max_spooled",
+            "must be at least 1",
+        );
         p.check(
             self.log.format == "text" || self.log.format == "json",
             "log.format",
@@ -126,7 +145,8 @@ mod tests {
 
     #[test]
     fn the_example_config_under_ops_parses_and_bad_values_are_all_named() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/logbook-agent.toml");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/logbook-agent.toml");
         AgentConfig::load(&Sources {
             file: Some(path.clone()),
             file_required: true,

@@ -33,7 +33,12 @@ pub enum EnrollError {
 }
 
 /// Enrolls with the server at `server_url` and stores the identity in `state_dir`.
-pub async fn enroll(server_url: &str, token: &str, state_dir: &std::path::Path, timeout: Duration) -> Result<Identity, EnrollError> {
+pub async fn enroll(
+    server_url: &str,
+    token: &str,
+    state_dir: &std::path::Path,
+    timeout: Duration,
+) -> Result<Identity, EnrollError> {
     let state = StateDir::open(state_dir)?;
     if let Some(existing) = state.identity()? {
         return Err(EnrollError::AlreadyEnrolled {

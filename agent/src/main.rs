@@ -18,11 +18,22 @@ use tokio_util::sync::CancellationToken;
 #[command(name = "logbook-agent", version, propagate_version = true)]
 struct Cli {
     /// Configuration file (TOML). Keys can also be set with LOGBOOK_AGENT_<SECTION>__<KEY>.
-    #[arg(long, short, env = "LOGBOOK_AGENT_CONFIG", global = true, value_name = "FILE")]
+    #[arg(
+        long,
+        short,
+        env = "LOGBOOK_AGENT_CONFIG",
+        global = true,
+        value_name = "FILE"
+    )]
     config: Option<PathBuf>,
 
     /// State directory (identity and unsent check-ins); overrides state.dir.
-    #[arg(long, env = "LOGBOOK_AGENT_STATE_DIR", global = true, value_name = "DIR")]
+    #[arg(
+        long,
+        env = "LOGBOOK_AGENT_STATE_DIR",
+        global = true,
+        value_name = "DIR"
+    )]
     state_dir: Option<PathBuf>,
 
     #[command(subcommand)]
@@ -61,7 +72,10 @@ fn main() -> ExitCode {
         config.state.dir = dir;
     }
     init_tracing(&config);
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("logbook-agent: cannot start the async runtime: {e}");
@@ -71,7 +85,9 @@ fn main() -> ExitCode {
     let result: anyhow::Result<()> = runtime.block_on(async {
         match cli.command {
             Command::Enroll { server, token } => {
-                let identity = enroll::enroll(&server, &token, &config.state.dir, config.checkin.timeout).await?;
+                let identity =
+                    enroll::enroll(&server, &token, &config.state.dir, config.checkin.timeout)
+                        .await?;
                 println!(
                     "enrolled as agent {} (client {}, site {}); identity stored in {}",
                     identity.agent_id,
@@ -108,8 +124,14 @@ fn init_tracing(config: &AgentConfig) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log.filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if config.log.format == "json" { builder.json().try_init() } else { builder.try_init() };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if config.log.format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 async fn cancel_on_signal(shutdown: CancellationToken) {

@@ -43,7 +43,9 @@ enum Drain {
 /// Runs until `shutdown`.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), RunError> {
     let state = StateDir::open(&config.state.dir)?;
-    let identity = state.identity()?.ok_or_else(|| RunError::NotEnrolled(state.path().display().to_string()))?;
+    let identity = state
+        .identity()?
+        .ok_or_else(|| RunError::NotEnrolled(state.path().display().to_string()))?;
     let server = Server::new(&identity.server_url, config.checkin.timeout)?;
     let mut collector = collector::for_this_platform();
     tracing::info!(agent_id = %identity.agent_id, server = %identity.server_url, interval = ?config.checkin.interval, "agent running");
@@ -62,7 +64,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
                 next_collect
             }
             Drain::Unavailable => {
-                let delay = backoff.map_or(Duration::from_secs(1), |d| (d * 2).min(config.checkin.max_backoff));
+                let delay = backoff.map_or(Duration::from_secs(1), |d| {
+                    (d * 2).min(config.checkin.max_backoff)
+                });
                 backoff = Some(delay);
                 let pending = state.spool().pending()?.len();
                 tracing::warn!(retry_in = ?delay, pending, "server unreachable; check-ins are kept and will be sent later");
@@ -86,18 +90,34 @@ fn with_jitter(base: Duration, jitter: Duration) -> Duration {
     base + rand::rng().random_range(Duration::ZERO..=jitter)
 }
 
-fn spool_new_checkin(state: &StateDir, collector: &mut dyn Collector, max_spooled: usize) -> Result<(), StateError> {
-    let request = CheckinRequest { checkin_id: uuid::Uuid::now_v7().to_string(), report: Some(collector.collect()) };
+fn spool_new_checkin(
+    state: &StateDir,
+    collector: &mut dyn Collector,
+    max_spooled: usize,
+) -> Result<(), StateError> {
+    let request = CheckinRequest {
+        checkin_id: uuid::Uuid::now_v7().to_string(),
+        report: Some(collector.collect()),
+    };
     let spool = state.spool();
     spool.push(&request)?;
     let dropped = spool.trim(max_spooled)?;
     if dropped > 0 {
-        tracing::warn!(dropped, max_spooled, "spool full; dropped the oldest unsent check-ins");
+        tracing::warn!(
+            dropped,
+            max_spooled,
+            "spool full; dropped the oldest unsent check-ins"
+        );
     }
     Ok(())
 }
 
-async fn drain(state: &StateDir, server: &Server, identity: &Identity, shutdown: &CancellationToken) -> Result<Drain, StateError> {
+async fn drain(
+    state: &StateDir,
+    server: &Server,
+    identity: &Identity,
+    shutdown: &CancellationToken,
+) -> Result<Drain, StateError> {
     let spool = state.spool();
     for path in spool.pending()? {
         if shutdown.is_cancelled() {
@@ -111,9 +131,16 @@ async fn drain(state: &StateDir, server: &Server, identity: &Identity, shutdown:
                 continue;
             }
         };
-        match server.checkin(&identity.agent_id, &identity.credential, &request).await {
+        match server
+            .checkin(&identity.agent_id, &identity.credential, &request)
+            .await
+        {
             Ok(response) => {
-                tracing::debug!(sequence = response.sequence, duplicate = response.duplicate, "check-in recorded");
+                tracing::debug!(
+                    sequence = response.sequence,
+                    duplicate = response.duplicate,
+                    "check-in recorded"
+                );
                 spool.remove(&path)?;
             }
             Err(SendError::Retry(reason)) => {

@@ -55,7 +55,11 @@ pub enum StateError {
 }
 
 fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StateError + 'a {
-    move |source| StateError::Io { action, path: path.to_path_buf(), source }
+    move |source| StateError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The state directory.
@@ -72,7 +76,9 @@ impl StateDir {
     pub fn open(root: &Path) -> Result<Self, StateError> {
         create_private_dir(root)?;
         create_private_dir(&root.join(SPOOL_DIR))?;
-        Ok(Self { root: root.to_path_buf() })
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
     }
 
     /// The directory's path.
@@ -84,9 +90,14 @@ impl StateDir {
     pub fn identity(&self) -> Result<Option<Identity>, StateError> {
         let path = self.root.join(IDENTITY_FILE);
         match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| StateError::Corrupt { path, source: Box::new(e) }),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| StateError::Corrupt {
+                        path,
+                        source: Box::new(e),
+                    })
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_error("reading", &path)(e)),
         }
@@ -103,7 +114,9 @@ impl StateDir {
 
     /// The spool of unsent check-ins.
     pub fn spool(&self) -> Spool {
-        Spool { dir: self.root.join(SPOOL_DIR) }
+        Spool {
+            dir: self.root.join(SPOOL_DIR),
+        }
     }
 }
 
@@ -116,7 +129,11 @@ pub struct Spool {
 impl Spool {
     /// Stores a check-in durably.
     pub fn push(&self, request: &CheckinRequest) -> Result<(), StateError> {
-        let collected = request.report.as_ref().map_or(0, |r| r.collected_at_unix_ms).max(0);
+        let collected = request
+            .report
+            .as_ref()
+            .map_or(0, |r| r.collected_at_unix_ms)
+            .max(0);
         // Zero-padded time first, so that name order is collection order.
         let name = format!("{collected:020}-{}.pb", request.checkin_id);
         write_atomically(&self.dir, &name, &request.encode_to_vec())
@@ -137,7 +154,10 @@ impl Spool {
     /// Reads one spooled check-in.
     pub fn read(&self, path: &Path) -> Result<CheckinRequest, StateError> {
         let bytes = fs::read(path).map_err(io_error("reading", path))?;
-        CheckinRequest::decode(bytes.as_slice()).map_err(|e| StateError::Corrupt { path: path.to_path_buf(), source: Box::new(e) })
+        CheckinRequest::decode(bytes.as_slice()).map_err(|e| StateError::Corrupt {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })
     }
 
     /// Removes a check-in the server has accepted (or refused for good).
@@ -180,7 +200,9 @@ fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StateErr
     file.sync_all().map_err(io_error("syncing", &temp))?;
     fs::rename(&temp, &target).map_err(io_error("renaming", &target))?;
     // The rename is durable only once the directory entry is.
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_error("syncing", dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error("syncing", dir))
 }
 
 #[cfg(test)]
@@ -191,7 +213,10 @@ mod tests {
     fn request(at: i64) -> CheckinRequest {
         CheckinRequest {
             checkin_id: uuid::Uuid::new_v4().to_string(),
-            report: Some(CheckinReport { collected_at_unix_ms: at, ..Default::default() }),
+            report: Some(CheckinReport {
+                collected_at_unix_ms: at,
+                ..Default::default()
+            }),
         }
     }
 
@@ -212,9 +237,15 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(state.path().join(IDENTITY_FILE)).expect("stat").permissions().mode();
+            let mode = fs::metadata(state.path().join(IDENTITY_FILE))
+                .expect("stat")
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
-            let mode = fs::metadata(state.path()).expect("stat").permissions().mode();
+            let mode = fs::metadata(state.path())
+                .expect("stat")
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o700);
         }
     }
@@ -227,12 +258,20 @@ mod tests {
         for r in [&c, &a, &b] {
             spool.push(r).expect("push");
         }
-        let read: Vec<CheckinRequest> =
-            spool.pending().expect("list").iter().map(|p| spool.read(p).expect("read")).collect();
+        let read: Vec<CheckinRequest> = spool
+            .pending()
+            .expect("list")
+            .iter()
+            .map(|p| spool.read(p).expect("read"))
+            .collect();
         assert_eq!(read, vec![a, b.clone(), c.clone()]);
         assert_eq!(spool.trim(2).expect("trim"), 1);
-        let read: Vec<CheckinRequest> =
-            spool.pending().expect("list").iter().map(|p| spool.read(p).expect("read")).collect();
+        let read: Vec<CheckinRequest> = spool
+            .pending()
+            .expect("list")
+            .iter()
+            .map(|p| spool.read(p).expect("read"))
+            .collect();
         assert_eq!(read, vec![b, c]);
     }
 }

@@ -21,11 +21,16 @@ pub enum AdminToken {
 }
 
 /// Issues the bootstrap admin token if there is no live API token.
-pub async fn ensure_admin_token(commands: &Commands, token_file: &Path) -> anyhow::Result<AdminToken> {
+pub async fn ensure_admin_token(
+    commands: &Commands,
+    token_file: &Path,
+) -> anyhow::Result<AdminToken> {
     let pool = commands.store().pool();
     // Two gateways starting together must not both issue one.
     let mut lock = PgConnection::connect_with(&pool.connect_options()).await?;
-    sqlx::query("SELECT pg_advisory_lock(7366102)").execute(&mut lock).await?;
+    sqlx::query("SELECT pg_advisory_lock(7366102)")
+        .execute(&mut lock)
+        .await?;
     let result = async {
         if credentials::any_live(pool, SecretKind::ApiToken).await? {
             return Ok(AdminToken::AlreadyExists);
@@ -35,12 +40,17 @@ pub async fn ensure_admin_token(commands: &Commands, token_file: &Path) -> anyho
         if let Err(e) = write_secret(token_file, &issued.token) {
             // Nobody could ever use a token that was not written down.
             commands.revoke_api_token(&ctx, issued.token_id).await?;
-            return Err(anyhow::Error::new(e).context(format!("writing the admin token to {}", token_file.display())));
+            return Err(anyhow::Error::new(e).context(format!(
+                "writing the admin token to {}",
+                token_file.display()
+            )));
         }
         Ok(AdminToken::Created(token_file.to_path_buf()))
     }
     .await;
-    let _ = sqlx::query("SELECT pg_advisory_unlock(7366102)").execute(&mut lock).await;
+    let _ = sqlx::query("SELECT pg_advisory_unlock(7366102)")
+        .execute(&mut lock)
+        .await;
     let _ = lock.close().await;
     result
 }

@@ -30,7 +30,13 @@ use crate::{db, serve};
 pub struct Cli {
     /// Configuration file (TOML). Every key can also be set with LOGBOOK_<SECTION>__<KEY>,
     /// for example LOGBOOK_DATABASE__URL. Without a file, defaults suit a developer machine.
-    #[arg(long, short, env = "LOGBOOK_CONFIG", global = true, value_name = "FILE")]
+    #[arg(
+        long,
+        short,
+        env = "LOGBOOK_CONFIG",
+        global = true,
+        value_name = "FILE"
+    )]
     pub config: Option<PathBuf>,
 
     /// What to do.
@@ -128,13 +134,20 @@ pub enum AdminCommand {
 }
 
 /// Runs a subcommand.
-pub async fn execute(command: Command, config: GatewayConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn execute(
+    command: Command,
+    config: GatewayConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     match command {
         Command::Serve => serve::run(config, None, shutdown).await,
         Command::Migrate => {
             let pool = connect(&config).await?;
             db::migrate(&pool).await.context("applying migrations")?;
-            println!("database is up to date ({} migrations)", logbook_migrations::MIGRATIONS.len());
+            println!(
+                "database is up to date ({} migrations)",
+                logbook_migrations::MIGRATIONS.len()
+            );
             Ok(())
         }
         Command::Projections { command } => projections(command, &config).await,
@@ -169,7 +182,10 @@ async fn projections(command: ProjectionsCommand, config: &GatewayConfig) -> any
     let pool = connect(config).await?;
     match command {
         ProjectionsCommand::Status => {
-            println!("{:<10} {:>14} {:>14} {:>12}  last event recorded", "projection", "applied", "backlog", "position");
+            println!(
+                "{:<10} {:>14} {:>14} {:>12}  last event recorded",
+                "projection", "applied", "backlog", "position"
+            );
             for name in PROJECTION_NAMES {
                 let row = sqlx::query(
                     "SELECT events_applied, position, last_recorded_at FROM projection_checkpoints WHERE projection = $1",
@@ -179,11 +195,13 @@ async fn projections(command: ProjectionsCommand, config: &GatewayConfig) -> any
                 .await?;
                 let cursor = runner::checkpoint(&pool, name).await?.unwrap_or_default();
                 let mut conn = pool.acquire().await?;
-                let (backlog, _) = logbook_projections::log::backlog(&mut conn, cursor, 10_000_000).await?;
-                let (applied, position, last): (i64, i64, Option<chrono::DateTime<chrono::Utc>>) = match row {
-                    Some(r) => (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?),
-                    None => (0, 0, None),
-                };
+                let (backlog, _) =
+                    logbook_projections::log::backlog(&mut conn, cursor, 10_000_000).await?;
+                let (applied, position, last): (i64, i64, Option<chrono::DateTime<chrono::Utc>>) =
+                    match row {
+                        Some(r) => (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?),
+                        None => (0, 0, None),
+                    };
                 println!(
                     "{name:<10} {applied:>14} {backlog:>14} {position:>12}  {}",
                     last.map_or_else(|| "-".to_string(), |t| t.to_rfc3339())
@@ -194,17 +212,31 @@ async fn projections(command: ProjectionsCommand, config: &GatewayConfig) -> any
         ProjectionsCommand::Rebuild { name, batch_size } => {
             anyhow::ensure!(batch_size > 0, "--batch-size must be positive");
             let report = match name.as_str() {
-                FleetProjection::NAME => rebuild_with_progress(&pool, &FleetProjection, batch_size).await?,
-                TimelineProjection::NAME => rebuild_with_progress(&pool, &TimelineProjection, batch_size).await?,
-                other => anyhow::bail!("unknown projection {other:?}; known: {}", PROJECTION_NAMES.join(", ")),
+                FleetProjection::NAME => {
+                    rebuild_with_progress(&pool, &FleetProjection, batch_size).await?
+                }
+                TimelineProjection::NAME => {
+                    rebuild_with_progress(&pool, &TimelineProjection, batch_size).await?
+                }
+                other => anyhow::bail!(
+                    "unknown projection {other:?}; known: {}",
+                    PROJECTION_NAMES.join(", ")
+                ),
             };
-            println!("rebuilt {name}: {} events applied; now at {}", report.applied, report.cursor);
+            println!(
+                "rebuilt {name}: {} events applied; now at {}",
+                report.applied, report.cursor
+            );
             Ok(())
         }
     }
 }
 
-async fn rebuild_with_progress<P: Projection>(pool: &PgPool, projection: &P, batch_size: i64) -> anyhow::Result<RebuildReport> {
+async fn rebuild_with_progress<P: Projection>(
+    pool: &PgPool,
+    projection: &P,
+    batch_size: i64,
+) -> anyhow::Result<RebuildReport> {
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(
@@ -213,10 +245,15 @@ async fn rebuild_with_progress<P: Projection>(pool: &PgPool, projection: &P, bat
         .expect("the progress template is valid"),
     );
     bar.set_message(format!("rebuilding {}", projection.name()));
-    let report = rebuild::rebuild(pool, projection, batch_size, |Progress { applied, total }| {
-        bar.set_length(total);
-        bar.set_position(applied);
-    })
+    let report = rebuild::rebuild(
+        pool,
+        projection,
+        batch_size,
+        |Progress { applied, total }| {
+            bar.set_length(total);
+            bar.set_position(applied);
+        },
+    )
     .await
     .with_context(|| format!("rebuilding projection {}", projection.name()))?;
     bar.finish();
@@ -227,11 +264,17 @@ async fn admin(command: AdminCommand, config: &GatewayConfig) -> anyhow::Result<
     let pool = connect(config).await?;
     let commands = Commands::new(EventStore::new(pool));
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".to_string());
-    let ctx = Ctx::new(Actor::System(format!("cli:{user}")), format!("cli-{}", uuid::Uuid::now_v7()));
+    let ctx = Ctx::new(
+        Actor::System(format!("cli:{user}")),
+        format!("cli-{}", uuid::Uuid::now_v7()),
+    );
     match command {
         AdminCommand::CreateApiToken { name } => {
             let issued = commands.issue_api_token(&ctx, &name).await?;
-            println!("api token {} created; it is shown only once:\n{}", issued.token_id, issued.token);
+            println!(
+                "api token {} created; it is shown only once:\n{}",
+                issued.token_id, issued.token
+            );
         }
         AdminCommand::RevokeApiToken { id } => {
             commands.revoke_api_token(&ctx, id).await?;
@@ -245,8 +288,14 @@ async fn admin(command: AdminCommand, config: &GatewayConfig) -> anyhow::Result<
             let id = commands.create_site(&ctx, client, &name).await?;
             println!("{id}");
         }
-        AdminCommand::CreateEnrollmentToken { site, expires_in, max_uses } => {
-            let issued = commands.issue_enrollment_token(&ctx, site, expires_in, max_uses).await?;
+        AdminCommand::CreateEnrollmentToken {
+            site,
+            expires_in,
+            max_uses,
+        } => {
+            let issued = commands
+                .issue_enrollment_token(&ctx, site, expires_in, max_uses)
+                .await?;
             println!("{}", issued.token);
             eprintln!(
                 "enrollment token {} for site {} (expires {}, {} use(s))",

@@ -190,12 +190,18 @@ where
     }
 }
 
-async fn decide<A>(loaded: &mut Loaded<A>, command: A::Command) -> Result<Vec<A::Event>, CommandError>
+async fn decide<A>(
+    loaded: &mut Loaded<A>,
+    command: A::Command,
+) -> Result<Vec<A::Event>, CommandError>
 where
     A: Aggregate<Services = ()>,
     A::Error: Rejection,
 {
-    loaded.decide(command).await.map_err(Rejection::into_command_error)
+    loaded
+        .decide(command)
+        .await
+        .map_err(Rejection::into_command_error)
 }
 
 /// A new enrollment token, shown once.
@@ -249,7 +255,12 @@ impl Commands {
     }
 
     /// Runs a command against one aggregate and appends its events.
-    async fn execute<A>(&self, ctx: &Ctx, id: &str, command: A::Command) -> Result<Vec<A::Event>, CommandError>
+    async fn execute<A>(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        command: A::Command,
+    ) -> Result<Vec<A::Event>, CommandError>
     where
         A: Aggregate<Services = ()>,
         A::Command: Clone,
@@ -259,7 +270,14 @@ impl Commands {
             let mut loaded = self.store.load::<A>(id).await?;
             let events = decide(&mut loaded, command.clone()).await?;
             let mut tx = self.store.pool().begin().await?;
-            EventStore::append::<A>(&mut tx, id, loaded.version, &events, &ctx.metadata(Utc::now())).await?;
+            EventStore::append::<A>(
+                &mut tx,
+                id,
+                loaded.version,
+                &events,
+                &ctx.metadata(Utc::now()),
+            )
+            .await?;
             tx.commit().await?;
             Ok(events)
         })
@@ -272,40 +290,76 @@ impl Commands {
         self.execute::<Client>(
             ctx,
             &client_id.to_string(),
-            ClientCommand::CreateClient { client_id, name: name.to_string() },
+            ClientCommand::CreateClient {
+                client_id,
+                name: name.to_string(),
+            },
         )
         .await?;
         Ok(client_id)
     }
 
     /// Renames a client.
-    pub async fn rename_client(&self, ctx: &Ctx, client_id: ClientId, name: &str) -> Result<(), CommandError> {
-        self.execute::<Client>(ctx, &client_id.to_string(), ClientCommand::RenameClient { name: name.to_string() })
-            .await
-            .map(drop)
+    pub async fn rename_client(
+        &self,
+        ctx: &Ctx,
+        client_id: ClientId,
+        name: &str,
+    ) -> Result<(), CommandError> {
+        self.execute::<Client>(
+            ctx,
+            &client_id.to_string(),
+            ClientCommand::RenameClient {
+                name: name.to_string(),
+            },
+        )
+        .await
+        .map(drop)
     }
 
     /// Creates a site under an existing client.
-    pub async fn create_site(&self, ctx: &Ctx, client_id: ClientId, name: &str) -> Result<SiteId, CommandError> {
+    pub async fn create_site(
+        &self,
+        ctx: &Ctx,
+        client_id: ClientId,
+        name: &str,
+    ) -> Result<SiteId, CommandError> {
         let client = self.store.load::<Client>(&client_id.to_string()).await?;
         if !client.state.exists() {
-            return Err(CommandError::NotFound(format!("client {client_id} not found")));
+            return Err(CommandError::NotFound(format!(
+                "client {client_id} not found"
+            )));
         }
         let site_id = SiteId::from(Uuid::now_v7());
         self.execute::<Site>(
             ctx,
             &site_id.to_string(),
-            SiteCommand::CreateSite { site_id, client_id, name: name.to_string() },
+            SiteCommand::CreateSite {
+                site_id,
+                client_id,
+                name: name.to_string(),
+            },
         )
         .await?;
         Ok(site_id)
     }
 
     /// Renames a site.
-    pub async fn rename_site(&self, ctx: &Ctx, site_id: SiteId, name: &str) -> Result<(), CommandError> {
-        self.execute::<Site>(ctx, &site_id.to_string(), SiteCommand::RenameSite { name: name.to_string() })
-            .await
-            .map(drop)
+    pub async fn rename_site(
+        &self,
+        ctx: &Ctx,
+        site_id: SiteId,
+        name: &str,
+    ) -> Result<(), CommandError> {
+        self.execute::<Site>(
+            ctx,
+            &site_id.to_string(),
+            SiteCommand::RenameSite {
+                name: name.to_string(),
+            },
+        )
+        .await
+        .map(drop)
     }
 
     async fn site_client(&self, site_id: SiteId) -> Result<ClientId, CommandError> {
@@ -330,7 +384,10 @@ impl Commands {
         let expires_at = now
             + chrono::Duration::from_std(expires_in)
                 .map_err(|_| invalid("expires_in", "is too long"))?;
-        let mut loaded = Loaded { state: EnrollmentToken::default(), version: 0 };
+        let mut loaded = Loaded {
+            state: EnrollmentToken::default(),
+            version: 0,
+        };
         let events = decide(
             &mut loaded,
             EnrollmentTokenCommand::IssueEnrollmentToken {
@@ -345,14 +402,39 @@ impl Commands {
         )
         .await?;
         let mut tx = self.store.pool().begin().await?;
-        EventStore::append::<EnrollmentToken>(&mut tx, &token_id.to_string(), 0, &events, &ctx.metadata(now)).await?;
-        credentials::insert(&mut tx, &secret.hash, SecretKind::EnrollmentToken, token_id.as_uuid(), now).await?;
+        EventStore::append::<EnrollmentToken>(
+            &mut tx,
+            &token_id.to_string(),
+            0,
+            &events,
+            &ctx.metadata(now),
+        )
+        .await?;
+        credentials::insert(
+            &mut tx,
+            &secret.hash,
+            SecretKind::EnrollmentToken,
+            token_id.as_uuid(),
+            now,
+        )
+        .await?;
         tx.commit().await?;
-        Ok(IssuedEnrollmentToken { token_id, token: secret.plaintext, expires_at, max_uses, site_id, client_id })
+        Ok(IssuedEnrollmentToken {
+            token_id,
+            token: secret.plaintext,
+            expires_at,
+            max_uses,
+            site_id,
+            client_id,
+        })
     }
 
     /// Revokes an enrollment token.
-    pub async fn revoke_enrollment_token(&self, ctx: &Ctx, token_id: EnrollmentTokenId) -> Result<(), CommandError> {
+    pub async fn revoke_enrollment_token(
+        &self,
+        ctx: &Ctx,
+        token_id: EnrollmentTokenId,
+    ) -> Result<(), CommandError> {
         retry_on_conflict(|| async {
             let id = token_id.to_string();
             let mut loaded = self.store.load::<EnrollmentToken>(&id).await?;
@@ -367,8 +449,21 @@ impl Commands {
                 })?;
             let now = Utc::now();
             let mut tx = self.store.pool().begin().await?;
-            EventStore::append::<EnrollmentToken>(&mut tx, &id, loaded.version, &events, &ctx.metadata(now)).await?;
-            credentials::revoke(&mut tx, SecretKind::EnrollmentToken, token_id.as_uuid(), now).await?;
+            EventStore::append::<EnrollmentToken>(
+                &mut tx,
+                &id,
+                loaded.version,
+                &events,
+                &ctx.metadata(now),
+            )
+            .await?;
+            credentials::revoke(
+                &mut tx,
+                SecretKind::EnrollmentToken,
+                token_id.as_uuid(),
+                now,
+            )
+            .await?;
             tx.commit().await?;
             Ok(())
         })
@@ -385,10 +480,11 @@ impl Commands {
     ) -> Result<EnrolledAgent, CommandError> {
         let unknown = || CommandError::Unauthorized("unknown enrollment token".to_string());
         let presented = secrets::hash(presented_token);
-        let token_id = credentials::subject(self.store.pool(), &presented, SecretKind::EnrollmentToken)
-            .await?
-            .map(EnrollmentTokenId::from)
-            .ok_or_else(unknown)?;
+        let token_id =
+            credentials::subject(self.store.pool(), &presented, SecretKind::EnrollmentToken)
+                .await?
+                .map(EnrollmentTokenId::from)
+                .ok_or_else(unknown)?;
         let agent_id = AgentId::from(Uuid::now_v7());
         let credential = secrets::generate(SecretKind::Agent);
         let ctx = Ctx {
@@ -398,14 +494,24 @@ impl Commands {
         };
         retry_on_conflict(|| async {
             let now = Utc::now();
-            let mut token = self.store.load::<EnrollmentToken>(&token_id.to_string()).await?;
+            let mut token = self
+                .store
+                .load::<EnrollmentToken>(&token_id.to_string())
+                .await?;
             let token_events = decide(
                 &mut token,
-                EnrollmentTokenCommand::RedeemEnrollmentToken { presented, agent_id, now },
+                EnrollmentTokenCommand::RedeemEnrollmentToken {
+                    presented,
+                    agent_id,
+                    now,
+                },
             )
             .await?;
             let (client_id, site_id) = token.state.target().ok_or_else(unknown)?;
-            let mut agent = Loaded { state: Agent::default(), version: 0 };
+            let mut agent = Loaded {
+                state: Agent::default(),
+                version: 0,
+            };
             let agent_events = decide(
                 &mut agent,
                 AgentCommand::EnrollAgent {
@@ -420,44 +526,94 @@ impl Commands {
             .await?;
             let meta = ctx.metadata(now);
             let mut tx = self.store.pool().begin().await?;
-            EventStore::append::<EnrollmentToken>(&mut tx, &token_id.to_string(), token.version, &token_events, &meta)
+            EventStore::append::<EnrollmentToken>(
+                &mut tx,
+                &token_id.to_string(),
+                token.version,
+                &token_events,
+                &meta,
+            )
+            .await?;
+            EventStore::append::<Agent>(&mut tx, &agent_id.to_string(), 0, &agent_events, &meta)
                 .await?;
-            EventStore::append::<Agent>(&mut tx, &agent_id.to_string(), 0, &agent_events, &meta).await?;
-            credentials::insert(&mut tx, &credential.hash, SecretKind::Agent, agent_id.as_uuid(), now).await?;
+            credentials::insert(
+                &mut tx,
+                &credential.hash,
+                SecretKind::Agent,
+                agent_id.as_uuid(),
+                now,
+            )
+            .await?;
             tx.commit().await?;
-            Ok(EnrolledAgent { agent_id, credential: credential.plaintext.clone(), client_id, site_id })
+            Ok(EnrolledAgent {
+                agent_id,
+                credential: credential.plaintext.clone(),
+                client_id,
+                site_id,
+            })
         })
         .await
     }
 
     /// Sets an agent's display name.
-    pub async fn rename_agent(&self, ctx: &Ctx, agent_id: AgentId, display_name: &str) -> Result<(), CommandError> {
+    pub async fn rename_agent(
+        &self,
+        ctx: &Ctx,
+        agent_id: AgentId,
+        display_name: &str,
+    ) -> Result<(), CommandError> {
         self.execute::<Agent>(
             ctx,
             &agent_id.to_string(),
-            AgentCommand::RenameAgent { display_name: display_name.to_string() },
+            AgentCommand::RenameAgent {
+                display_name: display_name.to_string(),
+            },
         )
         .await
         .map(drop)
     }
 
     /// Moves an agent to another site.
-    pub async fn move_agent(&self, ctx: &Ctx, agent_id: AgentId, to_site_id: SiteId) -> Result<(), CommandError> {
+    pub async fn move_agent(
+        &self,
+        ctx: &Ctx,
+        agent_id: AgentId,
+        to_site_id: SiteId,
+    ) -> Result<(), CommandError> {
         let to_client_id = self.site_client(to_site_id).await?;
-        self.execute::<Agent>(ctx, &agent_id.to_string(), AgentCommand::MoveAgent { to_client_id, to_site_id })
-            .await
-            .map(drop)
+        self.execute::<Agent>(
+            ctx,
+            &agent_id.to_string(),
+            AgentCommand::MoveAgent {
+                to_client_id,
+                to_site_id,
+            },
+        )
+        .await
+        .map(drop)
     }
 
     /// Retires an agent; its credential stops working in the same transaction.
-    pub async fn decommission_agent(&self, ctx: &Ctx, agent_id: AgentId, reason: &str) -> Result<(), CommandError> {
+    pub async fn decommission_agent(
+        &self,
+        ctx: &Ctx,
+        agent_id: AgentId,
+        reason: &str,
+    ) -> Result<(), CommandError> {
         retry_on_conflict(|| async {
             let id = agent_id.to_string();
             let mut loaded = self.store.load::<Agent>(&id).await?;
-            let events = decide(&mut loaded, AgentCommand::DecommissionAgent { reason: reason.to_string() }).await?;
+            let events = decide(
+                &mut loaded,
+                AgentCommand::DecommissionAgent {
+                    reason: reason.to_string(),
+                },
+            )
+            .await?;
             let now = Utc::now();
             let mut tx = self.store.pool().begin().await?;
-            EventStore::append::<Agent>(&mut tx, &id, loaded.version, &events, &ctx.metadata(now)).await?;
+            EventStore::append::<Agent>(&mut tx, &id, loaded.version, &events, &ctx.metadata(now))
+                .await?;
             credentials::revoke(&mut tx, SecretKind::Agent, agent_id.as_uuid(), now).await?;
             tx.commit().await?;
             Ok(())
@@ -466,32 +622,71 @@ impl Commands {
     }
 
     /// Issues an API token.
-    pub async fn issue_api_token(&self, ctx: &Ctx, name: &str) -> Result<IssuedApiToken, CommandError> {
+    pub async fn issue_api_token(
+        &self,
+        ctx: &Ctx,
+        name: &str,
+    ) -> Result<IssuedApiToken, CommandError> {
         let token_id = ApiTokenId::from(Uuid::now_v7());
         let secret = secrets::generate(SecretKind::ApiToken);
-        let mut loaded = Loaded { state: ApiToken::default(), version: 0 };
+        let mut loaded = Loaded {
+            state: ApiToken::default(),
+            version: 0,
+        };
         let events = decide(
             &mut loaded,
-            ApiTokenCommand::IssueApiToken { token_id, name: name.to_string(), secret_hash: secret.hash },
+            ApiTokenCommand::IssueApiToken {
+                token_id,
+                name: name.to_string(),
+                secret_hash: secret.hash,
+            },
         )
         .await?;
         let now = Utc::now();
         let mut tx = self.store.pool().begin().await?;
-        EventStore::append::<ApiToken>(&mut tx, &token_id.to_string(), 0, &events, &ctx.metadata(now)).await?;
-        credentials::insert(&mut tx, &secret.hash, SecretKind::ApiToken, token_id.as_uuid(), now).await?;
+        EventStore::append::<ApiToken>(
+            &mut tx,
+            &token_id.to_string(),
+            0,
+            &events,
+            &ctx.metadata(now),
+        )
+        .await?;
+        credentials::insert(
+            &mut tx,
+            &secret.hash,
+            SecretKind::ApiToken,
+            token_id.as_uuid(),
+            now,
+        )
+        .await?;
         tx.commit().await?;
-        Ok(IssuedApiToken { token_id, token: secret.plaintext })
+        Ok(IssuedApiToken {
+            token_id,
+            token: secret.plaintext,
+        })
     }
 
     /// Revokes an API token.
-    pub async fn revoke_api_token(&self, ctx: &Ctx, token_id: ApiTokenId) -> Result<(), CommandError> {
+    pub async fn revoke_api_token(
+        &self,
+        ctx: &Ctx,
+        token_id: ApiTokenId,
+    ) -> Result<(), CommandError> {
         retry_on_conflict(|| async {
             let id = token_id.to_string();
             let mut loaded = self.store.load::<ApiToken>(&id).await?;
             let events = decide(&mut loaded, ApiTokenCommand::RevokeApiToken).await?;
             let now = Utc::now();
             let mut tx = self.store.pool().begin().await?;
-            EventStore::append::<ApiToken>(&mut tx, &id, loaded.version, &events, &ctx.metadata(now)).await?;
+            EventStore::append::<ApiToken>(
+                &mut tx,
+                &id,
+                loaded.version,
+                &events,
+                &ctx.metadata(now),
+            )
+            .await?;
             credentials::revoke(&mut tx, SecretKind::ApiToken, token_id.as_uuid(), now).await?;
             tx.commit().await?;
             Ok(())

@@ -3,16 +3,23 @@
 
 use chrono::{DateTime, Utc};
 use logbook_domain::agent::AgentIdentity;
-use logbook_domain::checkin::{CheckinReport, CpuInfo, DiskUsage, FieldProblem, MemoryInfo, OsInfo};
+use logbook_domain::checkin::{
+    CheckinReport, CpuInfo, DiskUsage, FieldProblem, MemoryInfo, OsInfo,
+};
 use logbook_domain::ids::CheckinId;
 use logbook_proto::agent::v1 as pb;
 
 fn problem(field: &str, text: &str) -> FieldProblem {
-    FieldProblem { field: field.to_string(), problem: text.to_string() }
+    FieldProblem {
+        field: field.to_string(),
+        problem: text.to_string(),
+    }
 }
 
 /// Reads a check-in request into its id and a validated report.
-pub fn checkin(request: pb::CheckinRequest) -> Result<(CheckinId, CheckinReport), Vec<FieldProblem>> {
+pub fn checkin(
+    request: pb::CheckinRequest,
+) -> Result<(CheckinId, CheckinReport), Vec<FieldProblem>> {
     let mut problems = Vec::new();
     let checkin_id = match request.checkin_id.parse::<uuid::Uuid>() {
         Ok(id) => Some(CheckinId::from(id)),
@@ -27,7 +34,10 @@ pub fn checkin(request: pb::CheckinRequest) -> Result<(CheckinId, CheckinReport)
     };
     let collected_at = DateTime::<Utc>::from_timestamp_millis(report.collected_at_unix_ms);
     if report.collected_at_unix_ms <= 0 || collected_at.is_none() {
-        problems.push(problem("report.collected_at_unix_ms", "must be a time after 1970"));
+        problems.push(problem(
+            "report.collected_at_unix_ms",
+            "must be a time after 1970",
+        ));
     }
     let os = report.os.unwrap_or_default();
     let cpu = report.cpu.unwrap_or_default();
@@ -70,7 +80,10 @@ pub fn checkin(request: pb::CheckinRequest) -> Result<(CheckinId, CheckinReport)
         ip_addresses: report.ip_addresses,
     };
     if let Err(more) = report.validate() {
-        problems.extend(more.into_iter().map(|p| FieldProblem { field: format!("report.{}", p.field), ..p }));
+        problems.extend(more.into_iter().map(|p| FieldProblem {
+            field: format!("report.{}", p.field),
+            ..p
+        }));
     }
     match checkin_id {
         Some(id) if problems.is_empty() => Ok((id, report)),
@@ -79,7 +92,9 @@ pub fn checkin(request: pb::CheckinRequest) -> Result<(CheckinId, CheckinReport)
 }
 
 /// Reads an enrollment request into the token and what the agent says about itself.
-pub fn enrollment(request: pb::EnrollRequest) -> Result<(String, AgentIdentity), Vec<FieldProblem>> {
+pub fn enrollment(
+    request: pb::EnrollRequest,
+) -> Result<(String, AgentIdentity), Vec<FieldProblem>> {
     let mut problems = Vec::new();
     if request.token.trim().is_empty() {
         problems.push(problem("token", "is required"));
@@ -88,7 +103,11 @@ pub fn enrollment(request: pb::EnrollRequest) -> Result<(String, AgentIdentity),
     if hostname.is_empty() || hostname.len() > 253 {
         problems.push(problem("hostname", "must be 1 to 253 characters"));
     }
-    for (field, value) in [("os", &request.os), ("arch", &request.arch), ("agent_version", &request.agent_version)] {
+    for (field, value) in [
+        ("os", &request.os),
+        ("arch", &request.arch),
+        ("agent_version", &request.agent_version),
+    ] {
         if value.len() > 128 {
             problems.push(problem(field, "must be at most 128 characters"));
         }
@@ -117,8 +136,15 @@ mod tests {
             report: Some(pb::CheckinReport {
                 collected_at_unix_ms: 1_700_000_000_000,
                 hostname: "web-01".into(),
-                os: Some(pb::OsInfo { family: "linux".into(), ..Default::default() }),
-                memory: Some(pb::MemoryInfo { total_bytes: 10, used_bytes: 5, ..Default::default() }),
+                os: Some(pb::OsInfo {
+                    family: "linux".into(),
+                    ..Default::default()
+                }),
+                memory: Some(pb::MemoryInfo {
+                    total_bytes: 10,
+                    used_bytes: 5,
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
         }
@@ -138,7 +164,18 @@ mod tests {
         let report = bad.report.as_mut().expect("report");
         report.collected_at_unix_ms = 0;
         report.hostname = String::new();
-        let fields: Vec<String> = checkin(bad).expect_err("invalid").into_iter().map(|p| p.field).collect();
-        assert_eq!(fields, ["checkin_id", "report.collected_at_unix_ms", "report.hostname"]);
+        let fields: Vec<String> = checkin(bad)
+            .expect_err("invalid")
+            .into_iter()
+            .map(|p| p.field)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "checkin_id",
+                "report.collected_at_unix_ms",
+                "report.hostname"
+            ]
+        );
     }
 }

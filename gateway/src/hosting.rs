@@ -13,15 +13,32 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ProjectionsConfig;
 
 /// Starts every projection's runner and the lag reporter on `tasks`.
-pub fn spawn(pool: &PgPool, config: &ProjectionsConfig, shutdown: &CancellationToken, tasks: &mut JoinSet<()>) {
+pub fn spawn(
+    pool: &PgPool,
+    config: &ProjectionsConfig,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) {
     let waker = LogWaker::spawn(pool.clone(), shutdown.clone());
     let runner_config = RunnerConfig {
         batch_size: config.batch_size,
         poll_interval: config.poll_interval,
         retry_after: Duration::from_secs(1),
     };
-    tasks.spawn(runner::run(pool.clone(), FleetProjection, waker.clone(), runner_config.clone(), shutdown.clone()));
-    tasks.spawn(runner::run(pool.clone(), TimelineProjection, waker, runner_config, shutdown.clone()));
+    tasks.spawn(runner::run(
+        pool.clone(),
+        FleetProjection,
+        waker.clone(),
+        runner_config.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(runner::run(
+        pool.clone(),
+        TimelineProjection,
+        waker,
+        runner_config,
+        shutdown.clone(),
+    ));
     tasks.spawn(report_lag(pool.clone(), shutdown.clone()));
 }
 
@@ -39,12 +56,21 @@ async fn report_lag(pool: PgPool, shutdown: CancellationToken) {
             match sample.await {
                 Ok((events, oldest)) => {
                     let seconds = oldest
-                        .map(|t| (chrono::Utc::now() - t).to_std().unwrap_or_default().as_secs_f64())
+                        .map(|t| {
+                            (chrono::Utc::now() - t)
+                                .to_std()
+                                .unwrap_or_default()
+                                .as_secs_f64()
+                        })
                         .unwrap_or(0.0);
-                    metrics::gauge!("logbook_projection_lag_events", "projection" => *name).set(events as f64);
-                    metrics::gauge!("logbook_projection_lag_seconds", "projection" => *name).set(seconds);
+                    metrics::gauge!("logbook_projection_lag_events", "projection" => *name)
+                        .set(events as f64);
+                    metrics::gauge!("logbook_projection_lag_seconds", "projection" => *name)
+                        .set(seconds);
                 }
-                Err(e) => tracing::debug!(projection = name, error = %e, "cannot measure projection lag"),
+                Err(e) => {
+                    tracing::debug!(projection = name, error = %e, "cannot measure projection lag")
+                }
             }
         }
         tokio::select! {

@@ -99,7 +99,9 @@ pub struct Ingest {
 
 impl std::fmt::Debug for Pending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pending").field("checkin_id", &self.submission.checkin_id).finish()
+        f.debug_struct("Pending")
+            .field("checkin_id", &self.submission.checkin_id)
+            .finish()
     }
 }
 
@@ -116,7 +118,12 @@ impl Ingest {
     /// Records a check-in and returns once it is committed (or refused).
     pub async fn submit(&self, submission: Submission) -> Result<Recorded, IngestError> {
         let (reply, answer) = oneshot::channel();
-        let pending = Pending { submission, reply, attempts: 0, queued_at: Instant::now() };
+        let pending = Pending {
+            submission,
+            reply,
+            attempts: 0,
+            queued_at: Instant::now(),
+        };
         self.tx.try_send(pending).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => IngestError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => IngestError::ShuttingDown,
@@ -135,7 +142,9 @@ async fn collect(
 ) {
     let slots = Arc::new(Semaphore::new(config.concurrent_flushes));
     loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let Some(first) = rx.recv().await else { break };
         let mut batch = vec![first];
         while batch.len() < config.max_batch {
@@ -215,7 +224,8 @@ async fn flush(pool: &PgPool, batch: Vec<Pending>, retry: &mpsc::WeakSender<Pend
                         Ok(()) => continue,
                         Err(e) => {
                             let pending = match e {
-                                mpsc::error::TrySendError::Full(p) | mpsc::error::TrySendError::Closed(p) => p,
+                                mpsc::error::TrySendError::Full(p)
+                                | mpsc::error::TrySendError::Closed(p) => p,
                             };
                             let _ = pending.reply.send(Err(IngestError::Overloaded));
                             continue;
@@ -229,13 +239,17 @@ async fn flush(pool: &PgPool, batch: Vec<Pending>, retry: &mpsc::WeakSender<Pend
             }
             Outcome::Retry => Err(IngestError::Unavailable),
         };
-        metrics::histogram!("logbook_ingest_latency_seconds").record(pending.queued_at.elapsed().as_secs_f64());
+        metrics::histogram!("logbook_ingest_latency_seconds")
+            .record(pending.queued_at.elapsed().as_secs_f64());
         answers[i] = Some(answer.clone());
         let _ = pending.reply.send(answer);
     }
     for (i, echo) in echoes {
         let answer = match &answers[i] {
-            Some(Ok(recorded)) => Ok(Recorded { duplicate: true, ..*recorded }),
+            Some(Ok(recorded)) => Ok(Recorded {
+                duplicate: true,
+                ..*recorded
+            }),
             Some(Err(e)) => Err(e.clone()),
             None => Err(IngestError::Unavailable),
         };
@@ -287,7 +301,11 @@ SELECT i.ord, e.sequence AS existing, (e.metadata->>'recorded_at')::timestamptz 
   LEFT JOIN events e ON e.aggregate_type = $5 AND e.aggregate_id = i.agent_id::text \
                     AND e.idempotency_key = i.checkin_id";
 
-async fn append(pool: &PgPool, batch: &[Pending], recorded_at: DateTime<Utc>) -> Result<Vec<Outcome>, sqlx::Error> {
+async fn append(
+    pool: &PgPool,
+    batch: &[Pending],
+    recorded_at: DateTime<Utc>,
+) -> Result<Vec<Outcome>, sqlx::Error> {
     let n = batch.len();
     let mut agents = Vec::with_capacity(n);
     let mut hashes = Vec::with_capacity(n);
@@ -307,7 +325,9 @@ async fn append(pool: &PgPool, batch: &[Pending], recorded_at: DateTime<Utc>) ->
             request_id: s.request_id.clone(),
             recorded_at,
         };
-        metadata.push(serde_json::to_string(&meta.to_map()).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
+        metadata.push(
+            serde_json::to_string(&meta.to_map()).map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
+        );
         ords.push(i as i32);
     }
     let rows = sqlx::query(APPEND_SQL)
@@ -322,15 +342,23 @@ async fn append(pool: &PgPool, batch: &[Pending], recorded_at: DateTime<Utc>) ->
         .await?;
 
     let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
-    let position: HashMap<(Uuid, Uuid), usize> =
-        agents.iter().zip(&checkins).enumerate().map(|(i, (a, c))| ((*a, *c), i)).collect();
+    let position: HashMap<(Uuid, Uuid), usize> = agents
+        .iter()
+        .zip(&checkins)
+        .enumerate()
+        .map(|(i, (a, c))| ((*a, *c), i))
+        .collect();
     for row in rows {
         let agent: String = row.try_get("aggregate_id")?;
         let key: Uuid = row.try_get("idempotency_key")?;
         let sequence: i64 = row.try_get("sequence")?;
         let agent = Uuid::parse_str(&agent).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
         if let Some(&i) = position.get(&(agent, key)) {
-            outcomes[i] = Some(Outcome::Recorded(Recorded { sequence, duplicate: false, recorded_at }));
+            outcomes[i] = Some(Outcome::Recorded(Recorded {
+                sequence,
+                duplicate: false,
+                recorded_at,
+            }));
         }
     }
 
@@ -338,7 +366,12 @@ async fn append(pool: &PgPool, batch: &[Pending], recorded_at: DateTime<Utc>) ->
     if !missing.is_empty() {
         let rows = sqlx::query(CLASSIFY_SQL)
             .bind(missing.iter().map(|&i| agents[i]).collect::<Vec<_>>())
-            .bind(missing.iter().map(|&i| hashes[i].clone()).collect::<Vec<_>>())
+            .bind(
+                missing
+                    .iter()
+                    .map(|&i| hashes[i].clone())
+                    .collect::<Vec<_>>(),
+            )
             .bind(missing.iter().map(|&i| checkins[i]).collect::<Vec<_>>())
             .bind(missing.iter().map(|&i| ords[i]).collect::<Vec<_>>())
             .bind(CHECKIN_STREAM)
@@ -360,5 +393,8 @@ async fn append(pool: &PgPool, batch: &[Pending], recorded_at: DateTime<Utc>) ->
             });
         }
     }
-    Ok(outcomes.into_iter().map(|o| o.unwrap_or(Outcome::Retry)).collect())
+    Ok(outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or(Outcome::Retry))
+        .collect())
 }

@@ -12,7 +12,12 @@ use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let sources = Sources::new(cli.config.as_deref(), cli.config.is_some(), ENV_PREFIX, ENV_IGNORE);
+    let sources = Sources::new(
+        cli.config.as_deref(),
+        cli.config.is_some(),
+        ENV_PREFIX,
+        ENV_IGNORE,
+    );
     let config = match GatewayConfig::load(&sources) {
         Ok(config) => config,
         Err(e) => {
@@ -21,7 +26,10 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init_tracing(&config.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("logbook: cannot start the async runtime: {e}");
@@ -47,14 +55,15 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(_) => {
-                let _ = interrupt.await;
-                shutdown.cancel();
-                return;
-            }
-        };
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    shutdown.cancel();
+                    return;
+                }
+            };
         tokio::select! {
             _ = interrupt => {}
             _ = terminate.recv() => {}

@@ -54,7 +54,9 @@ pub struct NewSecret {
 
 impl std::fmt::Debug for NewSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NewSecret").field("hash", &self.hash).finish()
+        f.debug_struct("NewSecret")
+            .field("hash", &self.hash)
+            .finish()
     }
 }
 

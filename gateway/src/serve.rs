@@ -27,7 +27,11 @@ use crate::{db, hosting};
 
 /// Runs the gateway until `shutdown` is cancelled. Binds `config.http.listen` unless a listener
 /// is given (tests pass one bound to port 0).
-pub async fn run(config: GatewayConfig, listener: Option<TcpListener>, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: GatewayConfig,
+    listener: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let pool = db::pool(&config.database).context("database.url")?;
     let nats = async_nats::ConnectOptions::new()
         .name("logbook-gateway")
@@ -119,7 +123,12 @@ pub async fn run(config: GatewayConfig, listener: Option<TcpListener>, shutdown:
 }
 
 /// Waits for Postgres, migrates, and makes sure an admin token exists.
-async fn start_up(pool: &PgPool, commands: &Commands, config: &GatewayConfig, shutdown: &CancellationToken) -> anyhow::Result<()> {
+async fn start_up(
+    pool: &PgPool,
+    commands: &Commands,
+    config: &GatewayConfig,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
     let mut delay = Duration::from_millis(200);
     loop {
         match sqlx::query("SELECT 1").execute(pool).await {
@@ -135,7 +144,9 @@ async fn start_up(pool: &PgPool, commands: &Commands, config: &GatewayConfig, sh
         }
     }
     if config.database.migrate_on_start {
-        db::migrate(pool).await.context("applying database migrations")?;
+        db::migrate(pool)
+            .await
+            .context("applying database migrations")?;
     }
     match bootstrap::ensure_admin_token(commands, &config.admin.token_file).await? {
         AdminToken::Created(path) => {

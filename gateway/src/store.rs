@@ -66,13 +66,15 @@ impl StoreError {
     fn from_persistence(error: cqrs_es::persist::PersistenceError) -> Self {
         use cqrs_es::persist::PersistenceError as P;
         match error {
-            P::OptimisticLockError => StoreError::Repository("optimistic lock error while reading".into()),
-            P::ConnectionError(source) | P::DeserializationError(source) | P::UnknownError(source) => {
-                match source.downcast::<sqlx::Error>() {
-                    Ok(sqlx) => StoreError::from(*sqlx),
-                    Err(other) => StoreError::Repository(other),
-                }
+            P::OptimisticLockError => {
+                StoreError::Repository("optimistic lock error while reading".into())
             }
+            P::ConnectionError(source)
+            | P::DeserializationError(source)
+            | P::UnknownError(source) => match source.downcast::<sqlx::Error>() {
+                Ok(sqlx) => StoreError::from(*sqlx),
+                Err(other) => StoreError::Repository(other),
+            },
         }
     }
 }
@@ -157,10 +159,11 @@ impl EventStore {
         if events.is_empty() {
             return Ok(());
         }
-        let meta = serde_json::to_value(metadata.to_map()).map_err(|source| StoreError::Corrupt {
-            aggregate_type: A::TYPE,
-            source,
-        })?;
+        let meta =
+            serde_json::to_value(metadata.to_map()).map_err(|source| StoreError::Corrupt {
+                aggregate_type: A::TYPE,
+                source,
+            })?;
         let mut sequences = Vec::with_capacity(events.len());
         let mut types = Vec::with_capacity(events.len());
         let mut versions = Vec::with_capacity(events.len());
@@ -169,10 +172,12 @@ impl EventStore {
             sequences.push(version + 1 + i as i64);
             types.push(event.event_type());
             versions.push(event.event_version());
-            payloads.push(serde_json::to_value(event).map_err(|source| StoreError::Corrupt {
-                aggregate_type: A::TYPE,
-                source,
-            })?);
+            payloads.push(
+                serde_json::to_value(event).map_err(|source| StoreError::Corrupt {
+                    aggregate_type: A::TYPE,
+                    source,
+                })?,
+            );
         }
         let result = sqlx::query(
             "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \

@@ -15,7 +15,11 @@ struct Gateway {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 fn start_gateway(db_url: &str, port: u16, dir: &Path) -> Gateway {
@@ -43,7 +47,11 @@ fn start_gateway(db_url: &str, port: u16, dir: &Path) -> Gateway {
 }
 
 fn signal(child: &Child, name: &str) {
-    let status = Command::new("kill").arg(format!("-{name}")).arg(child.id().to_string()).status().expect("kill");
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill");
     assert!(status.success());
 }
 
@@ -55,7 +63,13 @@ struct Api {
 
 impl Api {
     async fn get(&self, path: &str) -> (u16, Value) {
-        match self.http.get(format!("{}{path}", self.base)).bearer_auth(&self.token).send().await {
+        match self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+        {
             Ok(r) => (r.status().as_u16(), r.json().await.unwrap_or(Value::Null)),
             Err(_) => (0, Value::Null),
         }
@@ -70,7 +84,11 @@ impl Api {
             .send()
             .await
             .expect("request");
-        assert!(response.status().is_success(), "{path}: {}", response.status());
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
         response.json().await.expect("json")
     }
 }
@@ -93,7 +111,13 @@ async fn wait_ready(base: &str, dir: &Path) {
 }
 
 /// Polls the agent until `done` holds for it, or fails with the last state seen.
-async fn wait_for_agent(api: &Api, id: &str, what: &str, timeout: Duration, done: impl Fn(&Value) -> bool) -> Value {
+async fn wait_for_agent(
+    api: &Api,
+    id: &str,
+    what: &str,
+    timeout: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + timeout;
     let mut last = Value::Null;
     while Instant::now() < deadline {
@@ -111,7 +135,9 @@ async fn wait_for_agent(api: &Api, id: &str, what: &str, timeout: Duration, done
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_agent_is_listed_online_rides_out_a_gateway_crash_and_goes_overdue_then_offline() {
-    rustls::crypto::ring::default_provider().install_default().ok();
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .ok();
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
@@ -119,12 +145,31 @@ async fn a_real_agent_is_listed_online_rides_out_a_gateway_crash_and_goes_overdu
     let base = format!("http://127.0.0.1:{}", gateway.port);
     wait_ready(&base, dir.path()).await;
 
-    let token = std::fs::read_to_string(dir.path().join("admin-token")).expect("the first start wrote an admin token");
-    let api = Api { http: reqwest::Client::new(), base: base.clone(), token: token.trim().to_string() };
+    let token = std::fs::read_to_string(dir.path().join("admin-token"))
+        .expect("the first start wrote an admin token");
+    let api = Api {
+        http: reqwest::Client::new(),
+        base: base.clone(),
+        token: token.trim().to_string(),
+    };
     let client = api.post("/api/v1/clients", json!({"name": "Acme"})).await;
-    let site = api.post(&format!("/api/v1/clients/{}/sites", client["id"].as_str().expect("id")), json!({"name": "HQ"})).await;
+    let site = api
+        .post(
+            &format!(
+                "/api/v1/clients/{}/sites",
+                client["id"].as_str().expect("id")
+            ),
+            json!({"name": "HQ"}),
+        )
+        .await;
     let enrollment = api
-        .post(&format!("/api/v1/sites/{}/enrollment-tokens", site["id"].as_str().expect("id")), json!({}))
+        .post(
+            &format!(
+                "/api/v1/sites/{}/enrollment-tokens",
+                site["id"].as_str().expect("id")
+            ),
+            json!({}),
+        )
         .await;
 
     let agent_bin = binaries::path("logbook-agent");
@@ -133,12 +178,20 @@ async fn a_real_agent_is_listed_online_rides_out_a_gateway_crash_and_goes_overdu
         .args(["--state-dir"])
         .arg(&state_dir)
         .args(["enroll", "--server", &base])
-        .env("LOGBOOK_AGENT_TOKEN", enrollment["token"].as_str().expect("token"))
+        .env(
+            "LOGBOOK_AGENT_TOKEN",
+            enrollment["token"].as_str().expect("token"),
+        )
         .output()
         .expect("run logbook-agent enroll");
-    assert!(enrolled.status.success(), "enroll failed: {}", String::from_utf8_lossy(&enrolled.stderr));
+    assert!(
+        enrolled.status.success(),
+        "enroll failed: {}",
+        String::from_utf8_lossy(&enrolled.stderr)
+    );
     let identity: Value =
-        serde_json::from_slice(&std::fs::read(state_dir.join("identity.json")).expect("identity")).expect("identity json");
+        serde_json::from_slice(&std::fs::read(state_dir.join("identity.json")).expect("identity"))
+            .expect("identity json");
     let agent_id = identity["agent_id"].as_str().expect("agent id").to_string();
 
     let agent_log = std::fs::File::create(dir.path().join("agent.log")).expect("agent log");
@@ -154,15 +207,33 @@ async fn a_real_agent_is_listed_online_rides_out_a_gateway_crash_and_goes_overdu
         .expect("start logbook-agent run");
 
     // Online, with this machine's real facts.
-    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname").trim().to_string();
-    let seen = wait_for_agent(&api, &agent_id, "online with metrics", Duration::from_secs(30), |a| {
-        a["status"] == "online" && !a["metrics"].is_null()
-    })
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .expect("hostname")
+        .trim()
+        .to_string();
+    let seen = wait_for_agent(
+        &api,
+        &agent_id,
+        "online with metrics",
+        Duration::from_secs(30),
+        |a| a["status"] == "online" && !a["metrics"].is_null(),
+    )
     .await;
     assert_eq!(seen["hostname"], hostname.as_str());
     assert_eq!(seen["os"]["family"], "linux");
-    assert!(!seen["metrics"]["disks"].as_array().expect("disks").is_empty(), "{seen}");
-    assert!(seen["metrics"]["memory"]["total_bytes"].as_u64().expect("memory") > 0);
+    assert!(
+        !seen["metrics"]["disks"]
+            .as_array()
+            .expect("disks")
+            .is_empty(),
+        "{seen}"
+    );
+    assert!(
+        seen["metrics"]["memory"]["total_bytes"]
+            .as_u64()
+            .expect("memory")
+            > 0
+    );
 
     // The gateway crashes; the agent keeps collecting and delivers the missed check-ins, with
     // their original times, once the gateway is back.
@@ -176,7 +247,9 @@ async fn a_real_agent_is_listed_online_rides_out_a_gateway_crash_and_goes_overdu
     let deadline = Instant::now() + Duration::from_secs(30);
     let delivered_late = loop {
         let (_, page) = api
-            .get(&format!("/api/v1/agents/{agent_id}/timeline?event_type=AgentCheckedIn&limit=100"))
+            .get(&format!(
+                "/api/v1/agents/{agent_id}/timeline?event_type=AgentCheckedIn&limit=100"
+            ))
             .await;
         let late: Vec<Value> = page["items"]
             .as_array()
@@ -184,9 +257,16 @@ async fn a_real_agent_is_listed_online_rides_out_a_gateway_crash_and_goes_overdu
             .unwrap_or_default()
             .into_iter()
             .filter(|item| {
-                let collected = item["payload"]["AgentCheckedIn"]["report"]["collected_at"].as_str().unwrap_or_default();
-                let collected: chrono::DateTime<chrono::Utc> = collected.parse().unwrap_or_default();
-                let recorded: chrono::DateTime<chrono::Utc> = item["recorded_at"].as_str().unwrap_or_default().parse().unwrap_or_default();
+                let collected = item["payload"]["AgentCheckedIn"]["report"]["collected_at"]
+                    .as_str()
+                    .unwrap_or_default();
+                let collected: chrono::DateTime<chrono::Utc> =
+                    collected.parse().unwrap_or_default();
+                let recorded: chrono::DateTime<chrono::Utc> = item["recorded_at"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .parse()
+                    .unwrap_or_default();
                 collected > down_at && collected < up_at && recorded > up_at
             })
             .collect();
@@ -204,8 +284,14 @@ async fn a_real_agent_is_listed_online_rides_out_a_gateway_crash_and_goes_overdu
     // The agent dies: overdue after 3 s of silence, offline after 6 s.
     agent.kill().expect("kill agent");
     agent.wait().expect("agent exit");
-    wait_for_agent(&api, &agent_id, "overdue", Duration::from_secs(15), |a| a["status"] == "overdue").await;
-    wait_for_agent(&api, &agent_id, "offline", Duration::from_secs(15), |a| a["status"] == "offline").await;
+    wait_for_agent(&api, &agent_id, "overdue", Duration::from_secs(15), |a| {
+        a["status"] == "overdue"
+    })
+    .await;
+    wait_for_agent(&api, &agent_id, "offline", Duration::from_secs(15), |a| {
+        a["status"] == "offline"
+    })
+    .await;
 
     // SIGTERM stops the gateway cleanly.
     signal(&gateway.child, "TERM");
@@ -214,7 +300,10 @@ async fn a_real_agent_is_listed_online_rides_out_a_gateway_crash_and_goes_overdu
         if let Some(status) = gateway.child.try_wait().expect("wait") {
             break status;
         }
-        assert!(Instant::now() < deadline, "the gateway did not stop on SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not stop on SIGTERM"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(status.success(), "gateway exit status {status}");

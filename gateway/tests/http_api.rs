@@ -44,7 +44,11 @@ async fn an_enrolled_agent_checks_in_once_per_checkin_id() {
     .expect("event");
     assert_eq!(metadata["actor"], format!("agent:{}", agent.id));
     assert_eq!(metadata["correlation_id"], id);
-    assert!(metadata["request_id"].as_str().is_some_and(|r| !r.is_empty()));
+    assert!(
+        metadata["request_id"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty())
+    );
     assert!(metadata["recorded_at"].as_str().is_some());
 }
 
@@ -57,21 +61,32 @@ async fn check_ins_are_accepted_and_answered_as_protobuf() {
         report: Some(pb::CheckinReport {
             collected_at_unix_ms: chrono::Utc::now().timestamp_millis(),
             hostname: "web-01".into(),
-            os: Some(pb::OsInfo { family: "linux".into(), ..Default::default() }),
+            os: Some(pb::OsInfo {
+                family: "linux".into(),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
     };
     let (status, headers, body) = app
         .send(
             Request::post(format!("/api/v1/agents/{}/checkins", agent.id))
-                .header(header::AUTHORIZATION, format!("Bearer {}", agent.credential))
+                .header(
+                    header::AUTHORIZATION,
+                    format!("Bearer {}", agent.credential),
+                )
                 .header(header::CONTENT_TYPE, "application/x-protobuf")
                 .header(header::ACCEPT, "application/x-protobuf")
                 .body(Body::from(request.encode_to_vec()))
                 .expect("request"),
         )
         .await;
-    assert_eq!(status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
     assert_eq!(headers[header::CONTENT_TYPE], "application/x-protobuf");
     let answer = pb::CheckinResponse::decode(body.as_slice()).expect("protobuf answer");
     assert_eq!(answer.sequence, 1);
@@ -101,7 +116,10 @@ async fn many_agents_checking_in_at_once_are_all_recorded_in_order() {
     let (client_id, site_id) = app.site().await;
     let mut agents = Vec::new();
     for i in 0..20 {
-        agents.push(app.agent_in(&client_id, &site_id, &format!("host-{i}")).await);
+        agents.push(
+            app.agent_in(&client_id, &site_id, &format!("host-{i}"))
+                .await,
+        );
     }
     let mut tasks = Vec::new();
     for agent in agents {
@@ -110,13 +128,21 @@ async fn many_agents_checking_in_at_once_are_all_recorded_in_order() {
             let mut sequences = Vec::new();
             for _ in 0..10 {
                 let request = Request::post(format!("/api/v1/agents/{}/checkins", agent.id))
-                    .header(header::AUTHORIZATION, format!("Bearer {}", agent.credential))
+                    .header(
+                        header::AUTHORIZATION,
+                        format!("Bearer {}", agent.credential),
+                    )
                     .header(header::CONTENT_TYPE, "application/json")
                     .body(Body::from(checkin_body(&new_id(), "h").to_string()))
                     .expect("request");
-                let response = tower::ServiceExt::oneshot(router.clone(), request).await.expect("answer");
+                let response = tower::ServiceExt::oneshot(router.clone(), request)
+                    .await
+                    .expect("answer");
                 assert_eq!(response.status(), StatusCode::CREATED);
-                let body = http_body_util::BodyExt::collect(response.into_body()).await.expect("body").to_bytes();
+                let body = http_body_util::BodyExt::collect(response.into_body())
+                    .await
+                    .expect("body")
+                    .to_bytes();
                 let answer: serde_json::Value = serde_json::from_slice(&body).expect("json");
                 sequences.push(answer["sequence"].as_u64().expect("sequence"));
             }
@@ -124,7 +150,10 @@ async fn many_agents_checking_in_at_once_are_all_recorded_in_order() {
         }));
     }
     for task in tasks {
-        assert_eq!(task.await.expect("agent task"), (1..=10).collect::<Vec<u64>>());
+        assert_eq!(
+            task.await.expect("agent task"),
+            (1..=10).collect::<Vec<u64>>()
+        );
     }
 }
 
@@ -144,33 +173,65 @@ async fn enrollment_refuses_unknown_expired_used_up_and_revoked_tokens_and_recor
     let before = app.event_count().await;
     let (status, body) = app.enroll(&once, "second").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert!(body["error"]["message"].as_str().expect("message").contains("used up"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("used up"),
+        "{body}"
+    );
     assert_eq!(app.event_count().await, before);
 
-    let short = app.enrollment_token(&site_id, json!({"expires_in": "1s"})).await;
+    let short = app
+        .enrollment_token(&site_id, json!({"expires_in": "1s"}))
+        .await;
     let before = app.event_count().await;
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let (status, body) = app.enroll(&short, "late").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert!(body["error"]["message"].as_str().expect("message").contains("expired"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("expired"),
+        "{body}"
+    );
     assert_eq!(app.event_count().await, before);
 
     let (status, token) = app
-        .admin(Method::POST, &format!("/api/v1/sites/{site_id}/enrollment-tokens"), Some(json!({"max_uses": 5})))
+        .admin(
+            Method::POST,
+            &format!("/api/v1/sites/{site_id}/enrollment-tokens"),
+            Some(json!({"max_uses": 5})),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED);
     let (status, _) = app
-        .admin(Method::POST, &format!("/api/v1/enrollment-tokens/{}/revoke", token["id"].as_str().expect("id")), None)
+        .admin(
+            Method::POST,
+            &format!(
+                "/api/v1/enrollment-tokens/{}/revoke",
+                token["id"].as_str().expect("id")
+            ),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let before = app.event_count().await;
-    let (status, _) = app.enroll(token["token"].as_str().expect("token"), "x").await;
+    let (status, _) = app
+        .enroll(token["token"].as_str().expect("token"), "x")
+        .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(app.event_count().await, before);
 
     let (status, body) = app.enroll("", "").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    let fields: Vec<&str> = body["error"]["details"].as_array().expect("details").iter().map(|d| d["field"].as_str().expect("field")).collect();
+    let fields: Vec<&str> = body["error"]["details"]
+        .as_array()
+        .expect("details")
+        .iter()
+        .map(|d| d["field"].as_str().expect("field"))
+        .collect();
     assert_eq!(fields, ["token", "hostname"]);
 }
 
@@ -186,9 +247,14 @@ async fn concurrent_enrollments_never_exceed_a_tokens_uses() {
         tasks.push(tokio::spawn(async move {
             let request = Request::post("/api/v1/enroll")
                 .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(json!({"token": token, "hostname": format!("h{i}"), "os": "linux"}).to_string()))
+                .body(Body::from(
+                    json!({"token": token, "hostname": format!("h{i}"), "os": "linux"}).to_string(),
+                ))
                 .expect("request");
-            tower::ServiceExt::oneshot(router, request).await.expect("answer").status()
+            tower::ServiceExt::oneshot(router, request)
+                .await
+                .expect("answer")
+                .status()
         }));
     }
     let mut created = 0;
@@ -212,23 +278,42 @@ async fn foreign_missing_and_decommissioned_credentials_are_refused_and_record_n
 
     // B's credential on A's check-in URL.
     let (status, body) = app
-        .json(Method::POST, &format!("/api/v1/agents/{}/checkins", a.id), Some(&b.credential), Some(checkin_body(&new_id(), "a")))
+        .json(
+            Method::POST,
+            &format!("/api/v1/agents/{}/checkins", a.id),
+            Some(&b.credential),
+            Some(checkin_body(&new_id(), "a")),
+        )
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
     // No credential.
     let (status, _) = app
-        .json(Method::POST, &format!("/api/v1/agents/{}/checkins", a.id), None, Some(checkin_body(&new_id(), "a")))
+        .json(
+            Method::POST,
+            &format!("/api/v1/agents/{}/checkins", a.id),
+            None,
+            Some(checkin_body(&new_id(), "a")),
+        )
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     // An unknown agent id.
     let (status, _) = app
-        .json(Method::POST, &format!("/api/v1/agents/{}/checkins", new_id()), Some(&a.credential), Some(checkin_body(&new_id(), "a")))
+        .json(
+            Method::POST,
+            &format!("/api/v1/agents/{}/checkins", new_id()),
+            Some(&a.credential),
+            Some(checkin_body(&new_id(), "a")),
+        )
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(app.event_count().await, before);
 
     let (status, _) = app
-        .admin(Method::POST, &format!("/api/v1/agents/{}/decommission", a.id), Some(json!({"reason": "stolen"})))
+        .admin(
+            Method::POST,
+            &format!("/api/v1/agents/{}/decommission", a.id),
+            Some(json!({"reason": "stolen"})),
+        )
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let before = app.event_count().await;
@@ -236,7 +321,10 @@ async fn foreign_missing_and_decommissioned_credentials_are_refused_and_record_n
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(app.event_count().await, before);
     // B is unaffected.
-    assert_eq!(app.checkin(&b, checkin_body(&new_id(), "b")).await.0, StatusCode::CREATED);
+    assert_eq!(
+        app.checkin(&b, checkin_body(&new_id(), "b")).await.0,
+        StatusCode::CREATED
+    );
 }
 
 #[tokio::test]
@@ -247,18 +335,25 @@ async fn malformed_invalid_oversized_and_mistyped_check_ins_are_refused_and_reco
     let url = format!("/api/v1/agents/{}/checkins", agent.id);
     let post = |content_type: &'static str, body: Vec<u8>| {
         Request::post(url.clone())
-            .header(header::AUTHORIZATION, format!("Bearer {}", agent.credential))
+            .header(
+                header::AUTHORIZATION,
+                format!("Bearer {}", agent.credential),
+            )
             .header(header::CONTENT_TYPE, content_type)
             .body(Body::from(body))
             .expect("request")
     };
 
-    let (status, _, body) = app.send(post("application/json", b"{not json".to_vec())).await;
+    let (status, _, body) = app
+        .send(post("application/json", b"{not json".to_vec()))
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let body: serde_json::Value = serde_json::from_slice(&body).expect("json error");
     assert_eq!(body["error"]["details"][0]["field"], "body");
 
-    let (status, _, _) = app.send(post("application/x-protobuf", vec![0xff, 0xff, 0xff])).await;
+    let (status, _, _) = app
+        .send(post("application/x-protobuf", vec![0xff, 0xff, 0xff]))
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 
     let mut invalid = checkin_body("not-a-uuid", "");
@@ -266,13 +361,33 @@ async fn malformed_invalid_oversized_and_mistyped_check_ins_are_refused_and_reco
     invalid["report"]["ip_addresses"] = json!(["300.1.1.1"]);
     let (status, body) = app.checkin(&agent, invalid).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    let fields: Vec<&str> = body["error"]["details"].as_array().expect("details").iter().map(|d| d["field"].as_str().expect("field")).collect();
-    assert_eq!(fields, ["checkin_id", "report.hostname", "report.memory.used_bytes", "report.ip_addresses[0]"]);
+    let fields: Vec<&str> = body["error"]["details"]
+        .as_array()
+        .expect("details")
+        .iter()
+        .map(|d| d["field"].as_str().expect("field"))
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "checkin_id",
+            "report.hostname",
+            "report.memory.used_bytes",
+            "report.ip_addresses[0]"
+        ]
+    );
 
     let mut big = checkin_body(&new_id(), "web-01");
     big["report"]["logged_in_users"] = json!(vec!["x".repeat(100); 100]);
-    let (status, _, body) = app.send(post("application/json", big.to_string().into_bytes())).await;
-    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{}", String::from_utf8_lossy(&body));
+    let (status, _, body) = app
+        .send(post("application/json", big.to_string().into_bytes()))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
     let body: serde_json::Value = serde_json::from_slice(&body).expect("json error");
     assert_eq!(body["error"]["code"], "payload_too_large");
 
@@ -280,7 +395,12 @@ async fn malformed_invalid_oversized_and_mistyped_check_ins_are_refused_and_reco
     assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
 
     let (status, body) = app
-        .json(Method::POST, "/api/v1/agents/not-a-uuid/checkins", Some(&agent.credential), Some(checkin_body(&new_id(), "x")))
+        .json(
+            Method::POST,
+            "/api/v1/agents/not-a-uuid/checkins",
+            Some(&agent.credential),
+            Some(checkin_body(&new_id(), "x")),
+        )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"]["details"][0]["field"], "agent_id");
@@ -294,40 +414,81 @@ async fn admin_endpoints_need_a_live_api_token() {
     let (status, body) = app.json(Method::GET, "/api/v1/agents", None, None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body["error"]["code"], "unauthorized");
-    let (status, _) = app.json(Method::GET, "/api/v1/agents", Some("lbk_wrong"), None).await;
+    let (status, _) = app
+        .json(Method::GET, "/api/v1/agents", Some("lbk_wrong"), None)
+        .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
-    let (status, issued) = app.admin(Method::POST, "/api/v1/api-tokens", Some(json!({"name": "ci"}))).await;
+    let (status, issued) = app
+        .admin(
+            Method::POST,
+            "/api/v1/api-tokens",
+            Some(json!({"name": "ci"})),
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED);
     let token = issued["token"].as_str().expect("token");
-    assert_eq!(app.json(Method::GET, "/api/v1/clients", Some(token), None).await.0, StatusCode::OK);
+    assert_eq!(
+        app.json(Method::GET, "/api/v1/clients", Some(token), None)
+            .await
+            .0,
+        StatusCode::OK
+    );
     let (status, _) = app
-        .admin(Method::POST, &format!("/api/v1/api-tokens/{}/revoke", issued["id"].as_str().expect("id")), None)
+        .admin(
+            Method::POST,
+            &format!(
+                "/api/v1/api-tokens/{}/revoke",
+                issued["id"].as_str().expect("id")
+            ),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    assert_eq!(app.json(Method::GET, "/api/v1/clients", Some(token), None).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.json(Method::GET, "/api/v1/clients", Some(token), None)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[tokio::test]
 async fn tenancy_validation_and_conflicts_are_explained() {
     let app = TestApp::new().await;
-    let (status, body) = app.admin(Method::POST, "/api/v1/clients", Some(json!({"name": "  "}))).await;
+    let (status, body) = app
+        .admin(Method::POST, "/api/v1/clients", Some(json!({"name": "  "})))
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"]["details"][0]["field"], "name");
-    let (status, body) = app.admin(Method::POST, "/api/v1/clients", Some(json!({"nom": "x"}))).await;
+    let (status, body) = app
+        .admin(Method::POST, "/api/v1/clients", Some(json!({"nom": "x"})))
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     let (status, _) = app
-        .admin(Method::POST, &format!("/api/v1/clients/{}/sites", new_id()), Some(json!({"name": "HQ"})))
+        .admin(
+            Method::POST,
+            &format!("/api/v1/clients/{}/sites", new_id()),
+            Some(json!({"name": "HQ"})),
+        )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (_, site_id) = app.site().await;
     let (status, body) = app
-        .admin(Method::POST, &format!("/api/v1/sites/{site_id}/enrollment-tokens"), Some(json!({"expires_in": "soon"})))
+        .admin(
+            Method::POST,
+            &format!("/api/v1/sites/{site_id}/enrollment-tokens"),
+            Some(json!({"expires_in": "soon"})),
+        )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"]["details"][0]["field"], "expires_in");
     let (status, body) = app
-        .admin(Method::POST, &format!("/api/v1/sites/{site_id}/enrollment-tokens"), Some(json!({"max_uses": 0})))
+        .admin(
+            Method::POST,
+            &format!("/api/v1/sites/{site_id}/enrollment-tokens"),
+            Some(json!({"max_uses": 0})),
+        )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"]["details"][0]["field"], "max_uses");
@@ -340,16 +501,31 @@ async fn the_agent_list_filters_pages_and_shows_latest_metrics() {
     let (_, other_site) = app.site().await;
     let mut agents = Vec::new();
     for i in 0..5 {
-        let agent = app.agent_in(&client_id, &site_id, &format!("host-{i}")).await;
-        assert_eq!(app.checkin(&agent, checkin_body(&new_id(), &format!("host-{i}"))).await.0, StatusCode::CREATED);
+        let agent = app
+            .agent_in(&client_id, &site_id, &format!("host-{i}"))
+            .await;
+        assert_eq!(
+            app.checkin(&agent, checkin_body(&new_id(), &format!("host-{i}")))
+                .await
+                .0,
+            StatusCode::CREATED
+        );
         agents.push(agent);
     }
     let (status, _) = app
-        .admin(Method::POST, &format!("/api/v1/agents/{}/move", agents[4].id), Some(json!({"site_id": other_site})))
+        .admin(
+            Method::POST,
+            &format!("/api/v1/agents/{}/move", agents[4].id),
+            Some(json!({"site_id": other_site})),
+        )
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, _) = app
-        .admin(Method::PATCH, &format!("/api/v1/agents/{}", agents[0].id), Some(json!({"display_name": "Reception"})))
+        .admin(
+            Method::PATCH,
+            &format!("/api/v1/agents/{}", agents[0].id),
+            Some(json!({"display_name": "Reception"})),
+        )
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     app.settle().await;
@@ -371,11 +547,26 @@ async fn the_agent_list_filters_pages_and_shows_latest_metrics() {
             None => break,
         }
     }
-    assert_eq!(hostnames, ["host-0", "host-1", "host-2", "host-3", "host-4"]);
+    assert_eq!(
+        hostnames,
+        ["host-0", "host-1", "host-2", "host-3", "host-4"]
+    );
 
-    let (_, page) = app.admin(Method::GET, &format!("/api/v1/agents?site_id={site_id}"), None).await;
+    let (_, page) = app
+        .admin(
+            Method::GET,
+            &format!("/api/v1/agents?site_id={site_id}"),
+            None,
+        )
+        .await;
     assert_eq!(page["items"].as_array().expect("items").len(), 4);
-    let (_, page) = app.admin(Method::GET, "/api/v1/agents?status=online&search=host-3", None).await;
+    let (_, page) = app
+        .admin(
+            Method::GET,
+            "/api/v1/agents?status=online&search=host-3",
+            None,
+        )
+        .await;
     let items = page["items"].as_array().expect("items");
     assert_eq!(items.len(), 1);
     let agent = &items[0];
@@ -383,19 +574,31 @@ async fn the_agent_list_filters_pages_and_shows_latest_metrics() {
     assert_eq!(agent["metrics"]["disks"][0]["mount_point"], "/");
     assert_eq!(agent["metrics"]["logged_in_users"][0], "alice");
 
-    let (status, one) = app.admin(Method::GET, &format!("/api/v1/agents/{}", agents[0].id), None).await;
+    let (status, one) = app
+        .admin(
+            Method::GET,
+            &format!("/api/v1/agents/{}", agents[0].id),
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(one["display_name"], "Reception");
     assert_eq!(one["hostname"], "host-0");
 
-    let (status, body) = app.admin(Method::GET, "/api/v1/agents?status=sleepy", None).await;
+    let (status, body) = app
+        .admin(Method::GET, "/api/v1/agents?status=sleepy", None)
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"]["details"][0]["field"], "status");
     let (status, _) = app.admin(Method::GET, "/api/v1/agents?limit=0", None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    let (status, _) = app.admin(Method::GET, "/api/v1/agents?cursor=garbage", None).await;
+    let (status, _) = app
+        .admin(Method::GET, "/api/v1/agents?cursor=garbage", None)
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    let (status, _) = app.admin(Method::GET, &format!("/api/v1/agents/{}", new_id()), None).await;
+    let (status, _) = app
+        .admin(Method::GET, &format!("/api/v1/agents/{}", new_id()), None)
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
@@ -404,7 +607,12 @@ async fn the_timeline_pages_through_history_and_answers_what_a_machine_looked_li
     let app = TestApp::new().await;
     let agent = app.agent("web-01").await;
     for _ in 0..3 {
-        assert_eq!(app.checkin(&agent, checkin_body(&new_id(), "web-01")).await.0, StatusCode::CREATED);
+        assert_eq!(
+            app.checkin(&agent, checkin_body(&new_id(), "web-01"))
+                .await
+                .0,
+            StatusCode::CREATED
+        );
     }
     let between = chrono::Utc::now();
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -413,44 +621,100 @@ async fn the_timeline_pages_through_history_and_answers_what_a_machine_looked_li
     assert_eq!(app.checkin(&agent, later).await.0, StatusCode::CREATED);
     app.settle().await;
 
-    let (status, page) = app.admin(Method::GET, &format!("/api/v1/agents/{}/timeline?limit=3", agent.id), None).await;
+    let (status, page) = app
+        .admin(
+            Method::GET,
+            &format!("/api/v1/agents/{}/timeline?limit=3", agent.id),
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{page}");
     let items = page["items"].as_array().expect("items");
     assert_eq!(items.len(), 3);
     assert_eq!(items[0]["sequence"], 4);
-    assert_eq!(items[0]["payload"]["AgentCheckedIn"]["report"]["disks"][0]["used_bytes"], 999);
+    assert_eq!(
+        items[0]["payload"]["AgentCheckedIn"]["report"]["disks"][0]["used_bytes"],
+        999
+    );
     assert_eq!(items[0]["actor"], format!("agent:{}", agent.id));
     let next = page["next_cursor"].as_str().expect("more pages");
     let (_, older) = app
-        .admin(Method::GET, &format!("/api/v1/agents/{}/timeline?limit=3&before={next}", agent.id), None)
+        .admin(
+            Method::GET,
+            &format!("/api/v1/agents/{}/timeline?limit=3&before={next}", agent.id),
+            None,
+        )
         .await;
-    let types: Vec<&str> = older["items"].as_array().expect("items").iter().map(|i| i["event_type"].as_str().expect("type")).collect();
+    let types: Vec<&str> = older["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| i["event_type"].as_str().expect("type"))
+        .collect();
     assert_eq!(types, ["AgentCheckedIn", "AgentEnrolled"]);
     assert!(older["next_cursor"].is_null());
 
     let (status, state) = app
-        .admin(Method::GET, &format!("/api/v1/agents/{}/state?at={}", agent.id, between.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)), None)
+        .admin(
+            Method::GET,
+            &format!(
+                "/api/v1/agents/{}/state?at={}",
+                agent.id,
+                between.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+            ),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{state}");
     assert_eq!(state["checkin"]["sequence"], 3);
-    assert_eq!(state["checkin"]["payload"]["AgentCheckedIn"]["report"]["disks"][0]["used_bytes"], 400);
+    assert_eq!(
+        state["checkin"]["payload"]["AgentCheckedIn"]["report"]["disks"][0]["used_bytes"],
+        400
+    );
 
-    let (status, _) = app.admin(Method::GET, &format!("/api/v1/agents/{}/timeline", new_id()), None).await;
+    let (status, _) = app
+        .admin(
+            Method::GET,
+            &format!("/api/v1/agents/{}/timeline", new_id()),
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _) = app.admin(Method::GET, &format!("/api/v1/agents/{}/timeline?before=x", agent.id), None).await;
+    let (status, _) = app
+        .admin(
+            Method::GET,
+            &format!("/api/v1/agents/{}/timeline?before=x", agent.id),
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
 
 #[tokio::test]
 async fn the_openapi_document_describes_the_api() {
     let app = TestApp::new().await;
-    let (status, doc) = app.json(Method::GET, "/api/v1/openapi.json", None, None).await;
+    let (status, doc) = app
+        .json(Method::GET, "/api/v1/openapi.json", None, None)
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert!(doc["openapi"].as_str().expect("version").starts_with("3."));
-    for path in ["/api/v1/enroll", "/api/v1/agents/{agent_id}/checkins", "/api/v1/agents", "/api/v1/agents/{agent_id}/timeline", "/readyz"] {
-        assert!(doc["paths"].get(path).is_some(), "{path} missing from the OpenAPI document");
+    for path in [
+        "/api/v1/enroll",
+        "/api/v1/agents/{agent_id}/checkins",
+        "/api/v1/agents",
+        "/api/v1/agents/{agent_id}/timeline",
+        "/readyz",
+    ] {
+        assert!(
+            doc["paths"].get(path).is_some(),
+            "{path} missing from the OpenAPI document"
+        );
     }
-    assert!(doc["components"]["securitySchemes"].get("api_token").is_some());
+    assert!(
+        doc["components"]["securitySchemes"]
+            .get("api_token")
+            .is_some()
+    );
 }
 
 #[tokio::test]
@@ -459,7 +723,13 @@ async fn unknown_routes_and_metrics() {
     let (status, body) = app.json(Method::GET, "/nope", None, None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"]["code"], "not_found");
-    let (status, _, body) = app.send(Request::get("/metrics").body(Body::empty()).expect("request")).await;
+    let (status, _, body) = app
+        .send(
+            Request::get("/metrics")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert!(String::from_utf8_lossy(&body).contains("logbook_http_requests_total"));
 }

@@ -15,12 +15,19 @@ use support::{TestApp, checkin_body, new_id};
 async fn postgres_down_answers_503_and_recovers_on_its_own() {
     let db = TestDb::new().await;
     let direct: PgConnectOptions = db.url.parse().expect("url");
-    let target = format!("127.0.0.1:{}", direct.get_port()).parse().expect("address");
+    let target = format!("127.0.0.1:{}", direct.get_port())
+        .parse()
+        .expect("address");
     let proxy = TcpProxy::start(target).await;
     let pool = PgPoolOptions::new()
         .max_connections(8)
         .acquire_timeout(Duration::from_millis(500))
-        .connect_lazy_with(direct.clone().host("127.0.0.1").port(proxy.address().port()));
+        .connect_lazy_with(
+            direct
+                .clone()
+                .host("127.0.0.1")
+                .port(proxy.address().port()),
+        );
     let app = TestApp::on(db, pool, |_| {}).await;
     let agent = app.agent("web-01").await;
     let before = app.event_count().await;
@@ -29,9 +36,19 @@ async fn postgres_down_answers_503_and_recovers_on_its_own() {
     let (status, body) = app.checkin(&agent, checkin_body(&new_id(), "web-01")).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["error"]["code"], "unavailable");
-    let (status, body) = app.admin(Method::POST, "/api/v1/clients", Some(serde_json::json!({"name": "B"}))).await;
+    let (status, body) = app
+        .admin(
+            Method::POST,
+            "/api/v1/clients",
+            Some(serde_json::json!({"name": "B"})),
+        )
+        .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    assert_eq!(app.event_count().await, before, "nothing may be written while Postgres is away");
+    assert_eq!(
+        app.event_count().await,
+        before,
+        "nothing may be written while Postgres is away"
+    );
 
     proxy.restore();
     let id = new_id();

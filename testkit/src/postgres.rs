@@ -103,18 +103,23 @@ async fn connect(options: &PgConnectOptions) -> PgConnection {
     }
 }
 
-fn template_name() -> String {
+/// The template's name: per role (a role may only copy databases it owns) and per schema.
+fn template_name(role: &str) -> String {
     let mut hash = Sha256::new();
     for (version, file, sql) in logbook_migrations::MIGRATIONS {
         hash.update(version.to_le_bytes());
         hash.update(file.as_bytes());
         hash.update(sql.as_bytes());
     }
-    format!("logbook_template_{}", &hex::encode(hash.finalize())[..16])
+    let role: String = role.chars().filter(char::is_ascii_alphanumeric).collect();
+    format!(
+        "logbook_template_{role}_{}",
+        &hex::encode(hash.finalize())[..16]
+    )
 }
 
 async fn ensure_template(base: &PgConnectOptions) -> String {
-    let template = template_name();
+    let template = template_name(base.get_username());
     let mut admin = connect(base).await;
     if database_exists(&mut admin, &template).await {
         return template;
@@ -148,9 +153,13 @@ async fn ensure_template(base: &PgConnectOptions) -> String {
             .expect("publish template");
         // Templates of older schemas are of no further use.
         let stale: Vec<String> = sqlx::query_scalar(
-            "SELECT datname FROM pg_database WHERE datname LIKE 'logbook_template_%' AND datname <> $1",
+            "SELECT datname FROM pg_database WHERE datname LIKE $2 AND datname <> $1",
         )
         .bind(&template)
+        .bind(format!(
+            "{}%",
+            template.rsplit_once('_').map_or("", |(prefix, _)| prefix)
+        ))
         .fetch_all(&mut admin)
         .await
         .expect("list templates");

@@ -26,7 +26,9 @@ impl TcpProxy {
         let accepting = up.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((client, _)) = listener.accept().await else { return };
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
                 if !accepting.load(Ordering::SeqCst) {
                     drop(client);
                     continue;
@@ -35,7 +37,9 @@ impl TcpProxy {
                 // Only cuts after this connection was accepted end it.
                 cuts.borrow_and_update();
                 tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(target).await else { return };
+                    let Ok(mut server) = TcpStream::connect(target).await else {
+                        return;
+                    };
                     let mut client = client;
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}

@@ -12,14 +12,17 @@ pub(super) struct LinuxCollector {
 
 impl LinuxCollector {
     pub(super) fn new() -> Self {
-        Self { system: super::system_with_cpu_list() }
+        Self {
+            system: super::system_with_cpu_list(),
+        }
     }
 }
 
 impl Collector for LinuxCollector {
     fn collect(&mut self) -> CheckinReport {
         let mut report = super::portable_report(&mut self.system);
-        report.logged_in_users = logged_in_users(&std::fs::read("/var/run/utmp").unwrap_or_default());
+        report.logged_in_users =
+            logged_in_users(&std::fs::read("/var/run/utmp").unwrap_or_default());
         report
     }
 }
@@ -58,8 +61,13 @@ mod tests {
 
     #[test]
     fn only_user_sessions_count_once_each() {
-        let utmp = [record(USER_PROCESS, "alice"), record(2, "reboot"), record(USER_PROCESS, "bob"), record(USER_PROCESS, "alice")]
-            .concat();
+        let utmp = [
+            record(USER_PROCESS, "alice"),
+            record(2, "reboot"),
+            record(USER_PROCESS, "bob"),
+            record(USER_PROCESS, "alice"),
+        ]
+        .concat();
         assert_eq!(logged_in_users(&utmp), ["alice", "bob"]);
     }
 

@@ -115,7 +115,9 @@ struct Portable {
 #[cfg(not(target_os = "linux"))]
 impl Portable {
     fn new() -> Self {
-        Self { system: system_with_cpu_list() }
+        Self {
+            system: system_with_cpu_list(),
+        }
     }
 }
 

@@ -64,19 +64,36 @@ pub(super) async fn create_client(
     admin: Admin,
     JsonBody(body): JsonBody<NameRequest>,
 ) -> Result<(StatusCode, Json<ClientView>), ApiError> {
-    let id = state.commands().create_client(&admin.ctx, &body.name).await?;
-    Ok((StatusCode::CREATED, Json(ClientView { id: id.as_uuid(), name: body.name.trim().to_string(), created_at: None })))
+    let id = state
+        .commands()
+        .create_client(&admin.ctx, &body.name)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(ClientView {
+            id: id.as_uuid(),
+            name: body.name.trim().to_string(),
+            created_at: None,
+        }),
+    ))
 }
 
 /// Lists clients by name.
 #[utoipa::path(get, path = "/api/v1/clients", tag = "tenancy",
     responses((status = 200, body = Items<ClientView>), (status = 401, body = ErrorBody)),
     security(("api_token" = [])))]
-pub(super) async fn list_clients(State(state): State<AppState>, _admin: Admin) -> Result<Json<Items<ClientView>>, ApiError> {
+pub(super) async fn list_clients(
+    State(state): State<AppState>,
+    _admin: Admin,
+) -> Result<Json<Items<ClientView>>, ApiError> {
     let items = fleet::list_clients(state.pool())
         .await?
         .into_iter()
-        .map(|c| ClientView { id: c.client_id, name: c.name, created_at: Some(c.created_at) })
+        .map(|c| ClientView {
+            id: c.client_id,
+            name: c.name,
+            created_at: Some(c.created_at),
+        })
         .collect();
     Ok(Json(Items { items }))
 }
@@ -93,7 +110,10 @@ pub(super) async fn rename_client(
     JsonBody(body): JsonBody<NameRequest>,
 ) -> Result<StatusCode, ApiError> {
     let client_id: ClientId = path_id("client_id", &client_id)?;
-    state.commands().rename_client(&admin.ctx, client_id, &body.name).await?;
+    state
+        .commands()
+        .rename_client(&admin.ctx, client_id, &body.name)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -109,10 +129,18 @@ pub(super) async fn create_site(
     JsonBody(body): JsonBody<NameRequest>,
 ) -> Result<(StatusCode, Json<SiteView>), ApiError> {
     let client_id: ClientId = path_id("client_id", &client_id)?;
-    let id = state.commands().create_site(&admin.ctx, client_id, &body.name).await?;
+    let id = state
+        .commands()
+        .create_site(&admin.ctx, client_id, &body.name)
+        .await?;
     Ok((
         StatusCode::CREATED,
-        Json(SiteView { id: id.as_uuid(), client_id: client_id.as_uuid(), name: body.name.trim().to_string(), created_at: None }),
+        Json(SiteView {
+            id: id.as_uuid(),
+            client_id: client_id.as_uuid(),
+            name: body.name.trim().to_string(),
+            created_at: None,
+        }),
     ))
 }
 
@@ -137,7 +165,12 @@ pub(super) async fn list_sites(
     let items = fleet::list_sites(state.pool(), query.client_id)
         .await?
         .into_iter()
-        .map(|s| SiteView { id: s.site_id, client_id: s.client_id, name: s.name, created_at: Some(s.created_at) })
+        .map(|s| SiteView {
+            id: s.site_id,
+            client_id: s.client_id,
+            name: s.name,
+            created_at: Some(s.created_at),
+        })
         .collect();
     Ok(Json(Items { items }))
 }
@@ -154,7 +187,10 @@ pub(super) async fn rename_site(
     JsonBody(body): JsonBody<NameRequest>,
 ) -> Result<StatusCode, ApiError> {
     let site_id: SiteId = path_id("site_id", &site_id)?;
-    state.commands().rename_site(&admin.ctx, site_id, &body.name).await?;
+    state
+        .commands()
+        .rename_site(&admin.ctx, site_id, &body.name)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -198,11 +234,15 @@ pub(super) async fn create_enrollment_token(
     let site_id: SiteId = path_id("site_id", &site_id)?;
     let expires_in = match body.expires_in.as_deref() {
         None => Duration::from_secs(24 * 3600),
-        Some(text) => humantime::parse_duration(text)
-            .map_err(|e| ApiError::invalid_field("expires_in", format!("is not a duration such as 24h: {e}")))?,
+        Some(text) => humantime::parse_duration(text).map_err(|e| {
+            ApiError::invalid_field("expires_in", format!("is not a duration such as 24h: {e}"))
+        })?,
     };
     if expires_in.is_zero() || expires_in > MAX_TOKEN_LIFETIME {
-        return Err(ApiError::invalid_field("expires_in", "must be between 1s and 365d"));
+        return Err(ApiError::invalid_field(
+            "expires_in",
+            "must be between 1s and 365d",
+        ));
     }
     let issued = state
         .commands()
@@ -232,7 +272,10 @@ pub(super) async fn revoke_enrollment_token(
     Path(token_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let token_id: EnrollmentTokenId = path_id("token_id", &token_id)?;
-    state.commands().revoke_enrollment_token(&admin.ctx, token_id).await?;
+    state
+        .commands()
+        .revoke_enrollment_token(&admin.ctx, token_id)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -253,10 +296,17 @@ pub(super) async fn create_api_token(
     admin: Admin,
     JsonBody(body): JsonBody<NameRequest>,
 ) -> Result<(StatusCode, Json<ApiTokenView>), ApiError> {
-    let issued = state.commands().issue_api_token(&admin.ctx, &body.name).await?;
+    let issued = state
+        .commands()
+        .issue_api_token(&admin.ctx, &body.name)
+        .await?;
     Ok((
         StatusCode::CREATED,
-        Json(ApiTokenView { id: issued.token_id.as_uuid(), name: body.name.trim().to_string(), token: issued.token }),
+        Json(ApiTokenView {
+            id: issued.token_id.as_uuid(),
+            name: body.name.trim().to_string(),
+            token: issued.token,
+        }),
     ))
 }
 
@@ -271,6 +321,9 @@ pub(super) async fn revoke_api_token(
     Path(token_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let token_id: ApiTokenId = path_id("token_id", &token_id)?;
-    state.commands().revoke_api_token(&admin.ctx, token_id).await?;
+    state
+        .commands()
+        .revoke_api_token(&admin.ctx, token_id)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

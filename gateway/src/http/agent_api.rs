@@ -14,12 +14,17 @@ use crate::convert;
 use crate::ingest::{IngestError, Submission};
 
 fn request_id(headers: &HeaderMap) -> String {
-    headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Parses an id from the path, naming the parameter when it is not a UUID.
 pub(super) fn path_id<T: std::str::FromStr>(name: &str, raw: &str) -> Result<T, ApiError> {
-    raw.parse().map_err(|_| ApiError::invalid_field(name, format!("must be a UUID, got {raw:?}")))
+    raw.parse()
+        .map_err(|_| ApiError::invalid_field(name, format!("must be a UUID, got {raw:?}")))
 }
 
 /// Exchanges an enrollment token for an agent id and credential.
@@ -38,9 +43,13 @@ pub(super) async fn enroll(
     headers: HeaderMap,
     Wire { message, reply_as }: Wire<pb::EnrollRequest>,
 ) -> Result<Reply<pb::EnrollResponse>, ApiError> {
-    let (token, identity) = convert::enrollment(message)
-        .map_err(|problems| ApiError::invalid_fields("the enrollment request is invalid", problems))?;
-    let enrolled = state.commands().enroll_agent(&request_id(&headers), &token, identity).await?;
+    let (token, identity) = convert::enrollment(message).map_err(|problems| {
+        ApiError::invalid_fields("the enrollment request is invalid", problems)
+    })?;
+    let enrolled = state
+        .commands()
+        .enroll_agent(&request_id(&headers), &token, identity)
+        .await?;
     tracing::info!(agent_id = %enrolled.agent_id, site_id = %enrolled.site_id, "agent enrolled");
     Ok(Reply {
         status: StatusCode::CREATED,
@@ -83,17 +92,29 @@ pub(super) async fn checkin(
         .map_err(ApiError::internal)?;
     let recorded = state
         .ingest()
-        .submit(Submission { agent_id, credential, checkin_id, payload, request_id: request_id(&headers) })
+        .submit(Submission {
+            agent_id,
+            credential,
+            checkin_id,
+            payload,
+            request_id: request_id(&headers),
+        })
         .await
         .map_err(|e| match e {
-            IngestError::Unauthorized => ApiError::Unauthorized(format!("{e} for agent {agent_id}")),
+            IngestError::Unauthorized => {
+                ApiError::Unauthorized(format!("{e} for agent {agent_id}"))
+            }
             IngestError::Unavailable | IngestError::Overloaded | IngestError::ShuttingDown => {
                 ApiError::Unavailable(e.to_string())
             }
             IngestError::Internal => ApiError::internal(e),
         })?;
     Ok(Reply {
-        status: if recorded.duplicate { StatusCode::OK } else { StatusCode::CREATED },
+        status: if recorded.duplicate {
+            StatusCode::OK
+        } else {
+            StatusCode::CREATED
+        },
         format: reply_as,
         message: pb::CheckinResponse {
             sequence: recorded.sequence as u64,

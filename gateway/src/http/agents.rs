@@ -29,7 +29,10 @@ fn page_size(limit: Option<i64>) -> Result<i64, ApiError> {
     match limit {
         None => Ok(DEFAULT_PAGE),
         Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
-        Some(n) => Err(ApiError::invalid_field("limit", format!("must be between 1 and {MAX_PAGE}, got {n}"))),
+        Some(n) => Err(ApiError::invalid_field(
+            "limit",
+            format!("must be between 1 and {MAX_PAGE}, got {n}"),
+        )),
     }
 }
 
@@ -153,8 +156,14 @@ impl From<AgentRow> for AgentView {
     fn from(a: AgentRow) -> Self {
         Self {
             id: a.agent_id,
-            client: Named { id: a.client_id, name: a.client_name },
-            site: Named { id: a.site_id, name: a.site_name },
+            client: Named {
+                id: a.client_id,
+                name: a.client_name,
+            },
+            site: Named {
+                id: a.site_id,
+                name: a.site_name,
+            },
             hostname: a.hostname,
             display_name: a.display_name,
             os: OsView {
@@ -215,7 +224,9 @@ fn decode_cursor(text: &str) -> Result<AgentPageCursor, ApiError> {
         .decode(text)
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .ok_or_else(|| ApiError::invalid_field("cursor", "is not a cursor returned by this endpoint"))
+        .ok_or_else(|| {
+            ApiError::invalid_field("cursor", "is not a cursor returned by this endpoint")
+        })
 }
 
 /// Lists agents in hostname order with keyset pagination.
@@ -247,12 +258,20 @@ pub(super) async fn list(
     let mut rows = fleet::list_agents(state.pool(), &filter, state.thresholds()).await?;
     let next_cursor = if rows.len() as i64 > limit {
         rows.truncate(limit as usize);
-        let last = rows.last().ok_or_else(|| ApiError::internal(std::fmt::Error))?;
-        Some(encode_cursor(&AgentPageCursor { hostname: last.hostname.clone(), agent_id: last.agent_id })?)
+        let last = rows
+            .last()
+            .ok_or_else(|| ApiError::internal(std::fmt::Error))?;
+        Some(encode_cursor(&AgentPageCursor {
+            hostname: last.hostname.clone(),
+            agent_id: last.agent_id,
+        })?)
     } else {
         None
     };
-    Ok(Json(AgentPage { items: rows.into_iter().map(AgentView::from).collect(), next_cursor }))
+    Ok(Json(AgentPage {
+        items: rows.into_iter().map(AgentView::from).collect(),
+        next_cursor,
+    }))
 }
 
 /// One agent.
@@ -292,7 +311,10 @@ pub(super) async fn rename(
     JsonBody(body): JsonBody<RenameAgentRequest>,
 ) -> Result<StatusCode, ApiError> {
     let agent_id: AgentId = path_id("agent_id", &agent_id)?;
-    state.commands().rename_agent(&admin.ctx, agent_id, &body.display_name).await?;
+    state
+        .commands()
+        .rename_agent(&admin.ctx, agent_id, &body.display_name)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -316,7 +338,10 @@ pub(super) async fn move_agent(
     JsonBody(body): JsonBody<MoveAgentRequest>,
 ) -> Result<StatusCode, ApiError> {
     let agent_id: AgentId = path_id("agent_id", &agent_id)?;
-    state.commands().move_agent(&admin.ctx, agent_id, SiteId::from(body.site_id)).await?;
+    state
+        .commands()
+        .move_agent(&admin.ctx, agent_id, SiteId::from(body.site_id))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -341,7 +366,10 @@ pub(super) async fn decommission(
     JsonBody(body): JsonBody<DecommissionRequest>,
 ) -> Result<StatusCode, ApiError> {
     let agent_id: AgentId = path_id("agent_id", &agent_id)?;
-    state.commands().decommission_agent(&admin.ctx, agent_id, &body.reason).await?;
+    state
+        .commands()
+        .decommission_agent(&admin.ctx, agent_id, &body.reason)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -422,15 +450,36 @@ pub(super) async fn timeline(
     let before = params
         .before
         .as_deref()
-        .map(|b| b.parse::<LogCursor>().map_err(|()| ApiError::invalid_field("before", "is not a cursor returned by this endpoint")))
+        .map(|b| {
+            b.parse::<LogCursor>().map_err(|()| {
+                ApiError::invalid_field("before", "is not a cursor returned by this endpoint")
+            })
+        })
         .transpose()?;
     let event_types = params
         .event_type
-        .map(|t| t.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect())
+        .map(|t| {
+            t.split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(String::from)
+                .collect()
+        })
         .unwrap_or_default();
-    let query = TimelineQuery { before, event_types, since: params.since, until: params.until, limit: limit + 1 };
+    let query = TimelineQuery {
+        before,
+        event_types,
+        since: params.since,
+        until: params.until,
+        limit: limit + 1,
+    };
     let mut entries = timeline::agent_timeline(state.pool(), agent_id, &query).await?;
-    if entries.is_empty() && before.is_none() && fleet::get_agent(state.pool(), agent_id, state.thresholds()).await?.is_none() {
+    if entries.is_empty()
+        && before.is_none()
+        && fleet::get_agent(state.pool(), agent_id, state.thresholds())
+            .await?
+            .is_none()
+    {
         return Err(ApiError::NotFound(format!("agent {agent_id} not found")));
     }
     let next_cursor = if entries.len() as i64 > limit {
@@ -439,7 +488,10 @@ pub(super) async fn timeline(
     } else {
         None
     };
-    Ok(Json(TimelinePage { items: entries.into_iter().map(TimelineItem::from).collect(), next_cursor }))
+    Ok(Json(TimelinePage {
+        items: entries.into_iter().map(TimelineItem::from).collect(),
+        next_cursor,
+    }))
 }
 
 /// The point in time to look at.
@@ -474,6 +526,14 @@ pub(super) async fn state_at(
     let agent_id: Uuid = path_id("agent_id", &agent_id)?;
     let entry = timeline::checkin_at(state.pool(), agent_id, params.at)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("agent {agent_id} has no check-in recorded by {}", params.at)))?;
-    Ok(Json(StateAt { at: params.at, checkin: entry.into() }))
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "agent {agent_id} has no check-in recorded by {}",
+                params.at
+            ))
+        })?;
+    Ok(Json(StateAt {
+        at: params.at,
+        checkin: entry.into(),
+    }))
 }

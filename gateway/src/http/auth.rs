@@ -17,7 +17,10 @@ use crate::secrets::{self, SecretKind};
 fn bearer(parts: &Parts) -> Option<&str> {
     let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// The request id set by the request-id layer.
@@ -40,13 +43,23 @@ pub(super) struct Admin {
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts)
-            .ok_or_else(|| ApiError::Unauthorized("an API token is required: Authorization: Bearer <token>".into()))?;
-        let subject = credentials::subject(state.pool(), &secrets::hash(token), SecretKind::ApiToken)
-            .await?
-            .ok_or_else(|| ApiError::Unauthorized("invalid or revoked API token".into()))?;
-        Ok(Admin { ctx: Ctx::new(Actor::ApiToken(ApiTokenId::from(subject)), request_id(parts)) })
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts).ok_or_else(|| {
+            ApiError::Unauthorized("an API token is required: Authorization: Bearer <token>".into())
+        })?;
+        let subject =
+            credentials::subject(state.pool(), &secrets::hash(token), SecretKind::ApiToken)
+                .await?
+                .ok_or_else(|| ApiError::Unauthorized("invalid or revoked API token".into()))?;
+        Ok(Admin {
+            ctx: Ctx::new(
+                Actor::ApiToken(ApiTokenId::from(subject)),
+                request_id(parts),
+            ),
+        })
     }
 }
 
@@ -61,6 +74,10 @@ impl<S: Send + Sync> FromRequestParts<S> for AgentCredential {
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         bearer(parts)
             .map(|token| AgentCredential(secrets::hash(token)))
-            .ok_or_else(|| ApiError::Unauthorized("the agent credential is required: Authorization: Bearer <credential>".into()))
+            .ok_or_else(|| {
+                ApiError::Unauthorized(
+                    "the agent credential is required: Authorization: Bearer <credential>".into(),
+                )
+            })
     }
 }

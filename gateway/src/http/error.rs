@@ -58,13 +58,19 @@ impl ApiError {
         let problem = problem.into();
         ApiError::Invalid {
             message: format!("{field} {problem}"),
-            details: vec![FieldProblem { field: field.to_string(), problem }],
+            details: vec![FieldProblem {
+                field: field.to_string(),
+                problem,
+            }],
         }
     }
 
     /// A 400 listing several fields.
     pub fn invalid_fields(message: impl Into<String>, details: Vec<FieldProblem>) -> Self {
-        ApiError::Invalid { message: message.into(), details }
+        ApiError::Invalid {
+            message: message.into(),
+            details,
+        }
     }
 
     /// A 500 from any error.
@@ -78,8 +84,12 @@ impl ApiError {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            ApiError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            ApiError::PayloadTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -128,17 +138,28 @@ impl IntoResponse for ApiError {
         let details = match self {
             ApiError::Invalid { details, .. } => details
                 .into_iter()
-                .map(|d| FieldDetail { field: d.field, problem: d.problem })
+                .map(|d| FieldDetail {
+                    field: d.field,
+                    problem: d.problem,
+                })
                 .collect(),
             _ => Vec::new(),
         };
         let mut response = (
             status,
-            Json(ErrorBody { error: ErrorDetail { code: code.to_string(), message, details } }),
+            Json(ErrorBody {
+                error: ErrorDetail {
+                    code: code.to_string(),
+                    message,
+                    details,
+                },
+            }),
         )
             .into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }
@@ -147,7 +168,9 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(_) => ApiError::Unavailable("the database is unavailable; retry later".into()),
+            StoreError::Unavailable(_) => {
+                ApiError::Unavailable("the database is unavailable; retry later".into())
+            }
             StoreError::Conflict { .. } => ApiError::Conflict(format!("{e}; retry")),
             other => ApiError::internal(other),
         }
@@ -163,11 +186,23 @@ impl From<sqlx::Error> for ApiError {
 impl From<CommandError> for ApiError {
     fn from(e: CommandError) -> Self {
         match e {
-            CommandError::Invalid { field: Some(field), message } => ApiError::Invalid {
-                details: vec![FieldProblem { field: field.to_string(), problem: message.clone() }],
+            CommandError::Invalid {
+                field: Some(field),
+                message,
+            } => ApiError::Invalid {
+                details: vec![FieldProblem {
+                    field: field.to_string(),
+                    problem: message.clone(),
+                }],
                 message,
             },
-            CommandError::Invalid { field: None, message } => ApiError::Invalid { message, details: Vec::new() },
+            CommandError::Invalid {
+                field: None,
+                message,
+            } => ApiError::Invalid {
+                message,
+                details: Vec::new(),
+            },
             CommandError::NotFound(m) => ApiError::NotFound(m),
             CommandError::Conflict(m) => ApiError::Conflict(m),
             CommandError::Unauthorized(m) => ApiError::Unauthorized(m),

@@ -34,7 +34,12 @@ pub(super) struct Readiness {
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
 pub(super) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let postgres = match tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(state.pool())).await {
+    let postgres = match tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::query("SELECT 1").execute(state.pool()),
+    )
+    .await
+    {
         Ok(Ok(_)) => "ok".to_string(),
         Ok(Err(e)) => format!("unreachable: {e}"),
         Err(_) => "no answer within 2s".to_string(),
@@ -48,8 +53,20 @@ pub(super) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     };
     let startup = if state.is_started() { "ok" } else { "starting" }.to_string();
     let ready = postgres == "ok" && nats == "ok" && startup == "ok";
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(Readiness { ready, postgres, nats, startup }))
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(Readiness {
+            ready,
+            postgres,
+            nats,
+            startup,
+        }),
+    )
 }
 
 /// Prometheus metrics in the text exposition format.

@@ -34,7 +34,6 @@ use crate::commands::Commands;
 use crate::ingest::Ingest;
 use error::ApiError;
 
-
 /// What handlers share.
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -127,23 +126,56 @@ pub fn router(state: AppState) -> Router {
     crate::telemetry::metrics();
     let api = Router::new()
         .route("/api/v1/enroll", post(agent_api::enroll))
-        .route("/api/v1/agents/{agent_id}/checkins", post(agent_api::checkin))
-        .route("/api/v1/clients", get(admin::list_clients).post(admin::create_client))
-        .route("/api/v1/clients/{client_id}", axum::routing::patch(admin::rename_client))
-        .route("/api/v1/clients/{client_id}/sites", post(admin::create_site))
+        .route(
+            "/api/v1/agents/{agent_id}/checkins",
+            post(agent_api::checkin),
+        )
+        .route(
+            "/api/v1/clients",
+            get(admin::list_clients).post(admin::create_client),
+        )
+        .route(
+            "/api/v1/clients/{client_id}",
+            axum::routing::patch(admin::rename_client),
+        )
+        .route(
+            "/api/v1/clients/{client_id}/sites",
+            post(admin::create_site),
+        )
         .route("/api/v1/sites", get(admin::list_sites))
-        .route("/api/v1/sites/{site_id}", axum::routing::patch(admin::rename_site))
-        .route("/api/v1/sites/{site_id}/enrollment-tokens", post(admin::create_enrollment_token))
-        .route("/api/v1/enrollment-tokens/{token_id}/revoke", post(admin::revoke_enrollment_token))
+        .route(
+            "/api/v1/sites/{site_id}",
+            axum::routing::patch(admin::rename_site),
+        )
+        .route(
+            "/api/v1/sites/{site_id}/enrollment-tokens",
+            post(admin::create_enrollment_token),
+        )
+        .route(
+            "/api/v1/enrollment-tokens/{token_id}/revoke",
+            post(admin::revoke_enrollment_token),
+        )
         .route("/api/v1/api-tokens", post(admin::create_api_token))
-        .route("/api/v1/api-tokens/{token_id}/revoke", post(admin::revoke_api_token))
+        .route(
+            "/api/v1/api-tokens/{token_id}/revoke",
+            post(admin::revoke_api_token),
+        )
         .route("/api/v1/agents", get(agents::list))
-        .route("/api/v1/agents/{agent_id}", get(agents::get).patch(agents::rename))
+        .route(
+            "/api/v1/agents/{agent_id}",
+            get(agents::get).patch(agents::rename),
+        )
         .route("/api/v1/agents/{agent_id}/move", post(agents::move_agent))
-        .route("/api/v1/agents/{agent_id}/decommission", post(agents::decommission))
+        .route(
+            "/api/v1/agents/{agent_id}/decommission",
+            post(agents::decommission),
+        )
         .route("/api/v1/agents/{agent_id}/timeline", get(agents::timeline))
         .route("/api/v1/agents/{agent_id}/state", get(agents::state_at))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_started));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_started,
+        ));
 
     let timeout = state.0.request_timeout;
     let max_body = state.0.max_body_bytes;
@@ -173,7 +205,11 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn not_found(request: Request) -> ApiError {
-    ApiError::NotFound(format!("no route for {} {}", request.method(), request.uri().path()))
+    ApiError::NotFound(format!(
+        "no route for {} {}",
+        request.method(),
+        request.uri().path()
+    ))
 }
 
 /// API requests wait for start-up (migrations, bootstrap) to finish; health checks do not.
@@ -181,7 +217,8 @@ async fn require_started(State(state): State<AppState>, request: Request, next: 
     if state.is_started() {
         next.run(request).await
     } else {
-        ApiError::Unavailable("the gateway is starting (waiting for the database)".into()).into_response()
+        ApiError::Unavailable("the gateway is starting (waiting for the database)".into())
+            .into_response()
     }
 }
 

@@ -43,11 +43,17 @@ impl Modify for Security {
         let components = openapi.components.get_or_insert_with(Default::default);
         let bearer = |description: &str| {
             SecurityScheme::Http(
-                HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some(description.to_string())).build(),
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(description.to_string()))
+                    .build(),
             )
         };
         components.add_security_scheme("api_token", bearer("An API token (`lbk_...`)"));
-        components.add_security_scheme("agent_credential", bearer("An agent credential (`lba_...`)"));
+        components.add_security_scheme(
+            "agent_credential",
+            bearer("An agent credential (`lba_...`)"),
+        );
     }
 }
 

@@ -25,15 +25,20 @@ pub(super) enum Format {
 }
 
 fn is_protobuf(value: Option<&HeaderValue>) -> bool {
-    value
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|part| part.trim().starts_with(PROTOBUF_MEDIA_TYPE)))
+    value.and_then(|v| v.to_str().ok()).is_some_and(|v| {
+        v.split(',')
+            .any(|part| part.trim().starts_with(PROTOBUF_MEDIA_TYPE))
+    })
 }
 
 impl Format {
     /// The format the caller wants answers in.
     pub(super) fn accepted(headers: &HeaderMap) -> Self {
-        if is_protobuf(headers.get(header::ACCEPT)) { Format::Protobuf } else { Format::Json }
+        if is_protobuf(headers.get(header::ACCEPT)) {
+            Format::Protobuf
+        } else {
+            Format::Json
+        }
     }
 }
 
@@ -58,7 +63,13 @@ where
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase());
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_ascii_lowercase()
+            });
         let format = match content_type.as_deref() {
             None | Some("application/json") => Format::Json,
             Some(PROTOBUF_MEDIA_TYPE) => Format::Protobuf,
@@ -69,18 +80,22 @@ where
             }
         };
         let limit = state.max_body_bytes();
-        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge { limit }
-            } else {
-                ApiError::invalid_field("body", rejection.body_text())
-            }
-        })?;
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge { limit }
+                } else {
+                    ApiError::invalid_field("body", rejection.body_text())
+                }
+            })?;
         let message = match format {
-            Format::Protobuf => T::decode(bytes)
-                .map_err(|e| ApiError::invalid_field("body", format!("is not a valid protobuf message: {e}")))?,
-            Format::Json => serde_json::from_slice(&bytes)
-                .map_err(|e| ApiError::invalid_field("body", format!("is not valid JSON for this message: {e}")))?,
+            Format::Protobuf => T::decode(bytes).map_err(|e| {
+                ApiError::invalid_field("body", format!("is not a valid protobuf message: {e}"))
+            })?,
+            Format::Json => serde_json::from_slice(&bytes).map_err(|e| {
+                ApiError::invalid_field("body", format!("is not valid JSON for this message: {e}"))
+            })?,
         };
         Ok(Wire { message, reply_as })
     }
@@ -102,7 +117,10 @@ impl<T: prost::Message + Serialize> IntoResponse for Reply<T> {
         match self.format {
             Format::Protobuf => (
                 self.status,
-                [(header::CONTENT_TYPE, HeaderValue::from_static(PROTOBUF_MEDIA_TYPE))],
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(PROTOBUF_MEDIA_TYPE),
+                )],
                 self.message.encode_to_vec(),
             )
                 .into_response(),

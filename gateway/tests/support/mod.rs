@@ -69,25 +69,56 @@ impl TestApp {
             started: Arc::new(AtomicBool::new(true)),
         });
         let admin = Commands::new(EventStore::new(db.pool.clone()))
-            .issue_api_token(&Ctx::new(Actor::System("test".into()), "test"), "test admin")
+            .issue_api_token(
+                &Ctx::new(Actor::System("test".into()), "test"),
+                "test admin",
+            )
             .await
             .expect("admin token");
         for name in [FleetProjection::NAME, TimelineProjection::NAME] {
-            runner::ensure_checkpoint(&db.pool, name).await.expect("checkpoint");
+            runner::ensure_checkpoint(&db.pool, name)
+                .await
+                .expect("checkpoint");
         }
-        Self { db, pool, router: http::router(state), admin_token: admin.token, commands }
+        Self {
+            db,
+            pool,
+            router: http::router(state),
+            admin_token: admin.token,
+            commands,
+        }
     }
 
-    pub async fn send(&self, request: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
-        let response = self.router.clone().oneshot(request).await.expect("router answers");
+    pub async fn send(
+        &self,
+        request: Request<Body>,
+    ) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+        let response = self
+            .router
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("router answers");
         let status = response.status();
         let headers = response.headers().clone();
-        let body = response.into_body().collect().await.expect("body").to_bytes().to_vec();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+            .to_vec();
         (status, headers, body)
     }
 
     /// A JSON request; returns the status and the JSON answer (Null when empty).
-    pub async fn json(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn json(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut request = Request::builder().method(method).uri(path);
         if let Some(token) = token {
             request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
@@ -103,23 +134,40 @@ impl TestApp {
         let value = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| panic!("not JSON ({status}): {}", String::from_utf8_lossy(&bytes)))
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                panic!("not JSON ({status}): {}", String::from_utf8_lossy(&bytes))
+            })
         };
         (status, value)
     }
 
-    pub async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        self.json(method, path, Some(&self.admin_token.clone()), body).await
+    pub async fn admin(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        self.json(method, path, Some(&self.admin_token.clone()), body)
+            .await
     }
 
     /// Creates a client and a site; returns the site id.
     pub async fn site(&self) -> (String, String) {
-        let (status, client) = self.admin(Method::POST, "/api/v1/clients", Some(json!({"name": "Acme"}))).await;
+        let (status, client) = self
+            .admin(
+                Method::POST,
+                "/api/v1/clients",
+                Some(json!({"name": "Acme"})),
+            )
+            .await;
         assert_eq!(status, StatusCode::CREATED, "{client}");
         let client_id = client["id"].as_str().expect("id").to_string();
         let (status, site) = self
-            .admin(Method::POST, &format!("/api/v1/clients/{client_id}/sites"), Some(json!({"name": "HQ"})))
+            .admin(
+                Method::POST,
+                &format!("/api/v1/clients/{client_id}/sites"),
+                Some(json!({"name": "HQ"})),
+            )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{site}");
         (client_id, site["id"].as_str().expect("id").to_string())
@@ -127,7 +175,11 @@ impl TestApp {
 
     pub async fn enrollment_token(&self, site_id: &str, body: Value) -> String {
         let (status, token) = self
-            .admin(Method::POST, &format!("/api/v1/sites/{site_id}/enrollment-tokens"), Some(body))
+            .admin(
+                Method::POST,
+                &format!("/api/v1/sites/{site_id}/enrollment-tokens"),
+                Some(body),
+            )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{token}");
         token["token"].as_str().expect("token").to_string()
@@ -155,19 +207,30 @@ impl TestApp {
         assert_eq!(status, StatusCode::CREATED, "{enrolled}");
         Agent {
             id: enrolled["agent_id"].as_str().expect("agent_id").to_string(),
-            credential: enrolled["credential"].as_str().expect("credential").to_string(),
+            credential: enrolled["credential"]
+                .as_str()
+                .expect("credential")
+                .to_string(),
             site_id: site_id.to_string(),
             client_id: client_id.to_string(),
         }
     }
 
     pub async fn checkin(&self, agent: &Agent, body: Value) -> (StatusCode, Value) {
-        self.json(Method::POST, &format!("/api/v1/agents/{}/checkins", agent.id), Some(&agent.credential), Some(body))
-            .await
+        self.json(
+            Method::POST,
+            &format!("/api/v1/agents/{}/checkins", agent.id),
+            Some(&agent.credential),
+            Some(body),
+        )
+        .await
     }
 
     pub async fn event_count(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&self.db.pool).await.expect("count")
+        sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&self.db.pool)
+            .await
+            .expect("count")
     }
 
     /// Brings both projections up to date with the log.
@@ -181,13 +244,25 @@ async fn settle_projection<P: Projection>(pool: &PgPool, projection: &P) {
     let config = RunnerConfig::default();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        runner::catch_up(pool, projection, &config).await.expect("catch up");
-        let cursor = runner::checkpoint(pool, projection.name()).await.expect("checkpoint").unwrap_or_default();
+        runner::catch_up(pool, projection, &config)
+            .await
+            .expect("catch up");
+        let cursor = runner::checkpoint(pool, projection.name())
+            .await
+            .expect("checkpoint")
+            .unwrap_or_default();
         let mut conn = pool.acquire().await.expect("connection");
-        if !log::has_events_beyond_horizon(&mut conn, cursor).await.expect("check") {
+        if !log::has_events_beyond_horizon(&mut conn, cursor)
+            .await
+            .expect("check")
+        {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "projection {} did not catch up", projection.name());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "projection {} did not catch up",
+            projection.name()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Makes sure PostgreSQL and nats-server (with JetStream) are installed and running on this
+# Debian/Ubuntu machine, and that Logbook's database role exists. Installs from the system
+# packages when something is missing. Safe to run again.
+#
+# Prints nothing but progress; the variables it settles are written to .logbook/env so the
+# other scripts can source them.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+state="$root/.logbook"
+mkdir -p "$state"
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_install() {
+  echo "==> installing $* from the system packages"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+port_open() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# --- PostgreSQL -----------------------------------------------------------------------------
+if ! command -v pg_ctlcluster >/dev/null 2>&1 && ! command -v psql >/dev/null 2>&1; then
+  apt_install postgresql
+fi
+if ! port_open 5432; then
+  echo "==> starting PostgreSQL"
+  version=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)
+  if [ -z "$version" ]; then
+    apt_install postgresql
+    version=$(ls /etc/postgresql | sort -V | tail -n 1)
+  fi
+  if ! as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start 2>/dev/null; then
+    as_root pg_ctlcluster "$version" main start
+  fi
+  for _ in $(seq 1 50); do port_open 5432 && break; sleep 0.2; done
+  port_open 5432 || { echo "PostgreSQL did not start on 127.0.0.1:5432" >&2; exit 1; }
+fi
+
+# Run SQL as a PostgreSQL superuser: over TCP when trust auth allows it, else as the postgres
+# OS user over the socket (peer auth, the Debian default).
+pg_admin() {
+  if psql -h 127.0.0.1 -U postgres -d postgres -tAq -c 'SELECT 1' >/dev/null 2>&1; then
+    psql -h 127.0.0.1 -U postgres -d postgres -v ON_ERROR_STOP=1 -tAq "$@"
+  elif [ "$(id -u)" -eq 0 ]; then
+    (cd / && runuser -u postgres -- psql -d postgres -v ON_ERROR_STOP=1 -tAq "$@")
+  else
+    (cd / && sudo -u postgres psql -d postgres -v ON_ERROR_STOP=1 -tAq "$@")
+  fi
+}
+
+# A login role for Logbook that may create databases (tests create one per test).
+pg_admin -c "DO \$\$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'logbook') THEN
+    CREATE ROLE logbook LOGIN CREATEDB PASSWORD 'logbook';
+  END IF;
+END \$\$;"
+if [ "$(pg_admin -c "SELECT 1 FROM pg_database WHERE datname = 'logbook'")" != "1" ]; then
+  pg_admin -c "CREATE DATABASE logbook OWNER logbook"
+fi
+
+# --- NATS with JetStream ----------------------------------------------------------------------
+nats_bin=$(command -v nats-server || true)
+[ -z "$nats_bin" ] && [ -x /usr/sbin/nats-server ] && nats_bin=/usr/sbin/nats-server
+if [ -z "$nats_bin" ]; then
+  apt_install nats-server
+  nats_bin=$(command -v nats-server || echo /usr/sbin/nats-server)
+fi
+if ! port_open 4222; then
+  echo "==> starting nats-server with JetStream"
+  mkdir -p "$state/nats"
+  nohup "$nats_bin" -a 127.0.0.1 -p 4222 -js -sd "$state/nats" -l "$state/nats-server.log" >/dev/null 2>&1 &
+  for _ in $(seq 1 50); do port_open 4222 && break; sleep 0.2; done
+  port_open 4222 || { echo "nats-server did not start on 127.0.0.1:4222" >&2; exit 1; }
+fi
+
+cat >"$state/env" <<ENV
+export LOGBOOK_DATABASE__URL=postgres://logbook:logbook@127.0.0.1:5432/logbook
+export LOGBOOK_TEST_DATABASE_URL=postgres://logbook:logbook@127.0.0.1:5432/postgres
+export LOGBOOK_NATS__URL=nats://127.0.0.1:4222
+export LOGBOOK_TEST_NATS_SERVER=$nats_bin
+ENV
+echo "==> PostgreSQL and NATS (JetStream) are running"
