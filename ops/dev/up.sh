@@ -15,6 +15,11 @@ listen=${LOGBOOK_HTTP__LISTEN:-127.0.0.1:8080}
 api="http://$listen"
 
 "$root/ops/dev/services.sh"
+if ! command -v curl >/dev/null 2>&1; then
+  echo "==> installing curl from the system packages"
+  if [ "$(id -u)" -eq 0 ]; then sudo_cmd=(); else sudo_cmd=(sudo); fi
+  "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null
+fi
 # shellcheck disable=SC1091
 source "$state/env"
 export LOGBOOK_ADMIN__TOKEN_FILE="$state/admin-token"
