@@ -204,6 +204,12 @@ where
         .map_err(Rejection::into_command_error)
 }
 
+/// An advisory-lock key for one aggregate.
+fn lock_key(id: Uuid) -> i64 {
+    let (high, low) = id.as_u64_pair();
+    (high ^ low) as i64
+}
+
 /// A new enrollment token, shown once.
 #[derive(Debug, Clone)]
 pub struct IssuedEnrollmentToken {
@@ -493,6 +499,14 @@ impl Commands {
             correlation_id: CorrelationId::from(agent_id.as_uuid()),
         };
         retry_on_conflict(|| async {
+            // Agents enrolling with the same token at once (a fleet rollout) queue here instead
+            // of failing each other's optimistic-concurrency check. Advisory locks are not
+            // writes, so the append below is still the transaction's first write.
+            let mut tx = self.store.pool().begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(lock_key(token_id.as_uuid()))
+                .execute(&mut *tx)
+                .await?;
             let now = Utc::now();
             let mut token = self
                 .store
@@ -525,7 +539,6 @@ impl Commands {
             )
             .await?;
             let meta = ctx.metadata(now);
-            let mut tx = self.store.pool().begin().await?;
             EventStore::append::<EnrollmentToken>(
                 &mut tx,
                 &token_id.to_string(),

@@ -170,19 +170,25 @@ impl Default for IngestConfig {
 pub struct ProjectionsConfig {
     /// Run the projections in this process (several gateways may; one leads each projection).
     pub enabled: bool,
-    /// Most events per projection transaction.
+    /// Most events per projection transaction. Larger batches amortise more but make each
+    /// transaction hold back other log readers longer and grow connection buffers.
     pub batch_size: i64,
     /// Fallback poll when no notification arrives.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// How long events may accumulate after a notification before they are applied (fewer,
+    /// larger transactions under load, at the cost of this much lag).
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
 }
 
 impl Default for ProjectionsConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            batch_size: 2000,
+            batch_size: 250,
             poll_interval: Duration::from_secs(1),
+            linger: Duration::from_millis(10),
         }
     }
 }

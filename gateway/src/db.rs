@@ -27,6 +27,21 @@ pub fn pool(config: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
         .connect_lazy_with(options))
 }
 
+/// A small pool for the check-in ingest: one connection per lane, with generic plans forced so
+/// that the large batch statement is planned once per connection rather than per batch.
+pub fn ingest_pool(config: &DatabaseConfig, lanes: usize) -> Result<PgPool, sqlx::Error> {
+    let options: PgConnectOptions = config.url.parse()?;
+    let options = options
+        .application_name("logbook-ingest")
+        .options([("plan_cache_mode", "force_generic_plan")]);
+    Ok(PgPoolOptions::new()
+        .max_connections(lanes as u32 + 1)
+        .min_connections(0)
+        .acquire_timeout(config.acquire_timeout)
+        .idle_timeout(Some(Duration::from_secs(300)))
+        .connect_lazy_with(options))
+}
+
 /// Applies pending migrations.
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     logbook_migrations::migrator().run(pool).await
@@ -53,4 +68,10 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
 /// Whether a failure is a unique-key violation (an optimistic-concurrency conflict on `events`).
 pub fn is_unique_violation(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+}
+
+/// Whether a failure is a deadlock or serialization failure: the statement lost a race with a
+/// concurrent one and can simply run again.
+pub fn is_transient_conflict(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40P01" | "40001")))
 }

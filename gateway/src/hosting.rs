@@ -24,6 +24,7 @@ pub fn spawn(
         batch_size: config.batch_size,
         poll_interval: config.poll_interval,
         retry_after: Duration::from_secs(1),
+        linger: config.linger,
     };
     tasks.spawn(runner::run(
         pool.clone(),
@@ -43,9 +44,9 @@ pub fn spawn(
 }
 
 /// Every second, publishes each projection's backlog (events not yet applied, counted up to a
-/// cap) and lag (age of the oldest of them) as gauges.
+/// cap) and lag (age of the first of them) as gauges.
 async fn report_lag(pool: PgPool, shutdown: CancellationToken) {
-    const CAP: i64 = 1_000_000;
+    const CAP: i64 = 10_000;
     loop {
         for name in PROJECTION_NAMES {
             let sample = async {

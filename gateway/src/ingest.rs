@@ -15,8 +15,13 @@
 //! race with a concurrent batch, which is retried). Every caller is answered only after its
 //! batch committed; synchronous commit stays on.
 //!
-//! Batching needs no timer: a collector takes a flush slot, then everything already queued (up
-//! to `max_batch`); while all slots are busy, the queue grows and the next batch is bigger.
+//! Check-ins are spread over `concurrent_flushes` lanes by agent id. A lane appends one batch at
+//! a time: it takes everything already queued (up to `max_batch`), appends it, answers, and
+//! takes the next; while a lane's append runs its queue grows and the next batch is bigger, so
+//! batching needs no timer. Because an agent always lands in the same lane, two batches of one
+//! gateway never hold the same agent: its check-ins keep their order and never contend for the
+//! same sequence numbers (rows are also inserted in agent order, so batches of two gateways
+//! cannot deadlock; a deadlock or serialization failure would be retried like a sequence race).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,7 +33,7 @@ use logbook_domain::ids::{AgentId, CheckinId};
 use logbook_domain::metadata::{Actor, EventMetadata};
 use logbook_domain::secret::SecretHash;
 use sqlx::{PgPool, Row};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -94,7 +99,7 @@ struct Pending {
 /// The handle through which HTTP handlers submit check-ins.
 #[derive(Debug, Clone)]
 pub struct Ingest {
-    tx: mpsc::Sender<Pending>,
+    lanes: Arc<[mpsc::Sender<Pending>]>,
 }
 
 impl std::fmt::Debug for Pending {
@@ -106,17 +111,35 @@ impl std::fmt::Debug for Pending {
 }
 
 impl Ingest {
-    /// Starts the collector. It runs until every `Ingest` clone is dropped, then finishes the
-    /// batches in flight and returns.
+    /// Starts the lanes. They run until every `Ingest` clone is dropped, then finish the batch in
+    /// flight and return; the handle completes when all have.
     pub fn start(pool: PgPool, config: IngestConfig) -> (Self, JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(config.queue_capacity);
-        let retry = tx.downgrade();
-        let handle = tokio::spawn(collect(pool, config, rx, retry));
-        (Self { tx }, handle)
+        let lanes = config.concurrent_flushes.max(1);
+        let capacity = (config.queue_capacity / lanes).max(config.max_batch);
+        let mut senders = Vec::with_capacity(lanes);
+        let mut handles = Vec::with_capacity(lanes);
+        for _ in 0..lanes {
+            let (tx, rx) = mpsc::channel(capacity);
+            let retry = tx.downgrade();
+            handles.push(tokio::spawn(lane(pool.clone(), config.clone(), rx, retry)));
+            senders.push(tx);
+        }
+        let done = tokio::spawn(async move {
+            for handle in handles {
+                let _ = handle.await;
+            }
+        });
+        (
+            Self {
+                lanes: senders.into(),
+            },
+            done,
+        )
     }
 
     /// Records a check-in and returns once it is committed (or refused).
     pub async fn submit(&self, submission: Submission) -> Result<Recorded, IngestError> {
+        let lane = &self.lanes[lane_of(submission.agent_id, self.lanes.len())];
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
             submission,
@@ -124,28 +147,26 @@ impl Ingest {
             attempts: 0,
             queued_at: Instant::now(),
         };
-        self.tx.try_send(pending).map_err(|e| match e {
+        lane.try_send(pending).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => IngestError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => IngestError::ShuttingDown,
         })?;
-        metrics::gauge!("logbook_ingest_queue_depth")
-            .set((self.tx.max_capacity() - self.tx.capacity()) as f64);
         answer.await.map_err(|_| IngestError::ShuttingDown)?
     }
 }
 
-async fn collect(
+fn lane_of(agent: AgentId, lanes: usize) -> usize {
+    let (high, low) = agent.as_uuid().as_u64_pair();
+    ((high ^ low) % lanes as u64) as usize
+}
+
+async fn lane(
     pool: PgPool,
     config: IngestConfig,
     mut rx: mpsc::Receiver<Pending>,
     retry: mpsc::WeakSender<Pending>,
 ) {
-    let slots = Arc::new(Semaphore::new(config.concurrent_flushes));
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let Some(first) = rx.recv().await else { break };
+    while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < config.max_batch {
             match rx.try_recv() {
@@ -162,15 +183,9 @@ async fn collect(
                 }
             }
         }
-        let pool = pool.clone();
-        let retry = retry.clone();
-        tokio::spawn(async move {
-            flush(&pool, batch, &retry).await;
-            drop(slot);
-        });
+        metrics::gauge!("logbook_ingest_queue_depth").set(rx.len() as f64);
+        flush(&pool, batch, &retry).await;
     }
-    // Wait for the batches in flight before reporting that ingest has stopped.
-    let _ = slots.acquire_many(config.concurrent_flushes as u32).await;
 }
 
 /// Appends one batch and answers every caller in it.
@@ -197,6 +212,10 @@ async fn flush(pool: &PgPool, batch: Vec<Pending>, retry: &mpsc::WeakSender<Pend
     let recorded_at = Utc::now();
     let outcomes = match append(pool, &unique, recorded_at).await {
         Ok(outcomes) => outcomes,
+        Err(e) if db::is_transient_conflict(&e) => {
+            tracing::debug!(error = %e, batch = unique.len(), "check-in batch lost a race; retrying it");
+            vec![Outcome::Retry; unique.len()]
+        }
         Err(e) => {
             let error = if db::is_unavailable(&e) {
                 tracing::warn!(error = %e, batch = unique.len(), "check-in batch not recorded: database unavailable");
@@ -264,15 +283,18 @@ enum Outcome {
     Retry,
 }
 
-/// The batch append: authenticate, skip known ids, number, insert, in one statement.
+/// The batch append: authenticate, skip known ids, number, insert, in one statement. Every
+/// per-row step is an index probe (the `LATERAL ... LIMIT 1` keeps the planner from hashing the
+/// whole credentials table for a small batch), so its cost follows the batch, not the fleet.
 const APPEND_SQL: &str = "\
 WITH input AS ( \
     SELECT * FROM unnest($1::uuid[], $2::bytea[], $3::uuid[], $4::text[], $5::text[], $6::int[]) \
         AS i(agent_id, secret_hash, checkin_id, payload, metadata, ord) \
 ), authed AS ( \
     SELECT i.* FROM input i \
-      JOIN credentials c ON c.secret_hash = i.secret_hash AND c.kind = 'agent' \
-                        AND c.subject_id = i.agent_id AND c.revoked_at IS NULL \
+     CROSS JOIN LATERAL (SELECT 1 FROM credentials c \
+                          WHERE c.secret_hash = i.secret_hash AND c.kind = 'agent' \
+                            AND c.subject_id = i.agent_id AND c.revoked_at IS NULL LIMIT 1) c \
 ), fresh AS ( \
     SELECT a.* FROM authed a \
      WHERE NOT EXISTS (SELECT 1 FROM events e \
@@ -287,7 +309,7 @@ WITH input AS ( \
 ) \
 INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, idempotency_key) \
 SELECT $7, agent_id::text, seq, 'AgentCheckedIn', '1', payload::jsonb, metadata::jsonb, checkin_id \
-  FROM numbered ORDER BY ord \
+  FROM numbered ORDER BY agent_id, ord \
 ON CONFLICT DO NOTHING \
 RETURNING aggregate_id, sequence, idempotency_key";
 

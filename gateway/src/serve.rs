@@ -41,7 +41,9 @@ pub async fn run(
         .await
         .with_context(|| format!("connecting to NATS at {}", config.nats.url))?;
     let commands = Commands::new(EventStore::new(pool.clone()));
-    let (ingest, ingest_done) = Ingest::start(pool.clone(), config.ingest.clone());
+    let ingest_pool = db::ingest_pool(&config.database, config.ingest.concurrent_flushes)
+        .context("database.url")?;
+    let (ingest, ingest_done) = Ingest::start(ingest_pool.clone(), config.ingest.clone());
     let started = Arc::new(AtomicBool::new(false));
     let state = AppState::new(StateParts {
         pool: pool.clone(),
@@ -114,6 +116,7 @@ pub async fn run(
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     nats.flush().await.ok();
+    ingest_pool.close().await;
     pool.close().await;
     tracing::info!("Logbook stopped");
     match failure {

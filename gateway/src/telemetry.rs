@@ -48,6 +48,17 @@ pub fn metrics() -> PrometheusHandle {
             let handle = recorder.handle();
             // Fails only if another recorder was installed first, in which case that one wins.
             let _ = metrics::set_global_recorder(recorder);
+            // Histogram samples are buffered until upkeep folds them into their buckets; without
+            // it they would pile up between scrapes.
+            let upkeep = handle.clone();
+            let _ = std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(std::time::Duration::from_secs(1));
+                        upkeep.run_upkeep();
+                    }
+                });
             handle
         })
         .clone()

@@ -14,6 +14,24 @@ struct Gateway {
     port: u16,
 }
 
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        // A failing test must not leave a gateway running.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Kills a child process when dropped.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
@@ -195,7 +213,7 @@ async fn a_real_agent_is_listed_online_rides_out_a_gateway_crash_and_goes_overdu
     let agent_id = identity["agent_id"].as_str().expect("agent id").to_string();
 
     let agent_log = std::fs::File::create(dir.path().join("agent.log")).expect("agent log");
-    let mut agent = Command::new(&agent_bin)
+    let agent = Command::new(&agent_bin)
         .arg("--state-dir")
         .arg(&state_dir)
         .arg("run")
@@ -205,6 +223,7 @@ async fn a_real_agent_is_listed_online_rides_out_a_gateway_crash_and_goes_overdu
         .stderr(agent_log)
         .spawn()
         .expect("start logbook-agent run");
+    let mut agent = KillOnDrop(agent);
 
     // Online, with this machine's real facts.
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -242,6 +261,7 @@ async fn a_real_agent_is_listed_online_rides_out_a_gateway_crash_and_goes_overdu
     let down_at = chrono::Utc::now();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let up_at = chrono::Utc::now();
+    drop(gateway);
     gateway = start_gateway(&db.url, port, dir.path());
     wait_ready(&base, dir.path()).await;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -282,8 +302,8 @@ async fn a_real_agent_is_listed_online_rides_out_a_gateway_crash_and_goes_overdu
     );
 
     // The agent dies: overdue after 3 s of silence, offline after 6 s.
-    agent.kill().expect("kill agent");
-    agent.wait().expect("agent exit");
+    agent.0.kill().expect("kill agent");
+    agent.0.wait().expect("agent exit");
     wait_for_agent(&api, &agent_id, "overdue", Duration::from_secs(15), |a| {
         a["status"] == "overdue"
     })

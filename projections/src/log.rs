@@ -66,7 +66,8 @@ pub struct StoredEvent {
     pub event_type: String,
     /// Its metadata.
     pub metadata: EventMetadata,
-    /// The typed event, or `None` for aggregate types this build does not know.
+    /// The typed event; `None` for aggregate types this build does not know, and for events
+    /// read without their payload.
     pub event: Option<LogbookEvent>,
 }
 
@@ -108,9 +109,22 @@ pub async fn read_after(
     after: LogCursor,
     limit: i64,
 ) -> Result<Vec<StoredEvent>, LogError> {
+    read_after_skipping(conn, after, limit, &[]).await
+}
+
+/// Like [`read_after`], but leaves out the payloads of events of the `without_payload` aggregate
+/// types (their `event` is `None`): for readers that only need where such events are, not what
+/// they say, the payload is most of the bytes.
+pub async fn read_after_skipping(
+    conn: &mut PgConnection,
+    after: LogCursor,
+    limit: i64,
+    without_payload: &[&str],
+) -> Result<Vec<StoredEvent>, LogError> {
     let rows = sqlx::query(
         "SELECT tx_id::text::bigint AS tx, position, aggregate_type, aggregate_id, sequence, \
-                event_type, event_version, payload::text AS payload, metadata::text AS metadata \
+                event_type, event_version, metadata::text AS metadata, \
+                CASE WHEN aggregate_type = ANY($4) THEN NULL ELSE payload::text END AS payload \
            FROM events \
           WHERE (tx_id, position) > ($1::bigint::text::xid8, $2) \
             AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
@@ -120,6 +134,7 @@ pub async fn read_after(
     .bind(after.tx_id)
     .bind(after.position)
     .bind(limit)
+    .bind(without_payload)
     .fetch_all(&mut *conn)
     .await?;
     rows.iter().map(decode_row).collect()
@@ -134,7 +149,7 @@ fn decode_row(row: &sqlx::postgres::PgRow) -> Result<StoredEvent, LogError> {
     let aggregate_id: String = row.try_get("aggregate_id")?;
     let sequence: i64 = row.try_get("sequence")?;
     let event_version: String = row.try_get("event_version")?;
-    let payload: &str = row.try_get("payload")?;
+    let payload: Option<&str> = row.try_get("payload")?;
     let metadata: &str = row.try_get("metadata")?;
     let map: HashMap<String, String> =
         serde_json::from_str(metadata).map_err(|_| LogError::Metadata {
@@ -146,11 +161,13 @@ fn decode_row(row: &sqlx::postgres::PgRow) -> Result<StoredEvent, LogError> {
         })?;
     let metadata =
         EventMetadata::from_map(&map).map_err(|source| LogError::Metadata { cursor, source })?;
-    let event = match LogbookEvent::decode_str(&aggregate_type, &event_version, payload) {
-        Ok(event) => Some(event),
+    let decoded = payload.map(|p| LogbookEvent::decode_str(&aggregate_type, &event_version, p));
+    let event = match decoded {
+        None => None,
+        Some(Ok(event)) => Some(event),
         // Written by a newer build: not ours to interpret; projections pass over it.
-        Err(DecodeError::UnknownAggregateType(_)) => None,
-        Err(source) => {
+        Some(Err(DecodeError::UnknownAggregateType(_))) => None,
+        Some(Err(source)) => {
             return Err(LogError::Decode {
                 cursor,
                 aggregate_type,
@@ -177,34 +194,45 @@ pub async fn has_events_beyond_horizon(
     conn: &mut PgConnection,
     after: LogCursor,
 ) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM events WHERE (tx_id, position) > ($1::bigint::text::xid8, $2))",
+    // Not `EXISTS`: the planner misjudges row comparisons and would scan the table from its
+    // start; ordering by the index makes it look at the cursor's place only.
+    let next: Option<i64> = sqlx::query_scalar(
+        "SELECT position FROM events WHERE (tx_id, position) > ($1::bigint::text::xid8, $2) \
+          ORDER BY tx_id, position LIMIT 1",
     )
     .bind(after.tx_id)
     .bind(after.position)
-    .fetch_one(conn)
-    .await
+    .fetch_optional(conn)
+    .await?;
+    Ok(next.is_some())
 }
 
 /// How far behind `after` is: the number of committed events after it (counting at most
-/// `cap`), and the recorded time of the oldest of them.
+/// `cap`), and the recorded time of the first of them.
 pub async fn backlog(
     conn: &mut PgConnection,
     after: LogCursor,
     cap: i64,
 ) -> Result<(i64, Option<chrono::DateTime<chrono::Utc>>), sqlx::Error> {
-    let row = sqlx::query(
-        "WITH pending AS ( \
-            SELECT metadata FROM events \
-             WHERE (tx_id, position) > ($1::bigint::text::xid8, $2) \
-             ORDER BY tx_id, position LIMIT $3) \
-         SELECT (SELECT count(*) FROM pending) AS n, \
-                (SELECT min((metadata->>'recorded_at')::timestamptz) FROM pending) AS oldest",
+    let count: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT 1 FROM events \
+          WHERE (tx_id, position) > ($1::bigint::text::xid8, $2) ORDER BY tx_id, position LIMIT $3) pending",
     )
     .bind(after.tx_id)
     .bind(after.position)
     .bind(cap)
-    .fetch_one(conn)
+    .fetch_one(&mut *conn)
     .await?;
-    Ok((row.try_get("n")?, row.try_get("oldest")?))
+    if count == 0 {
+        return Ok((0, None));
+    }
+    let oldest = sqlx::query_scalar(
+        "SELECT (metadata->>'recorded_at')::timestamptz FROM events \
+          WHERE (tx_id, position) > ($1::bigint::text::xid8, $2) ORDER BY tx_id, position LIMIT 1",
+    )
+    .bind(after.tx_id)
+    .bind(after.position)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok((count, oldest))
 }

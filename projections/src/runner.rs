@@ -14,7 +14,7 @@
 //! poll interval, whichever comes first; the poll is the fallback when a notification is lost.
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection, PgPool, Row};
@@ -30,6 +30,12 @@ pub trait Projection: Send + Sync + 'static {
 
     /// The tables this projection owns and writes (and a rebuild recreates).
     fn tables(&self) -> &'static [&'static str];
+
+    /// Aggregate types whose payloads this projection never reads; their events reach
+    /// [`Projection::apply`] with `event: None`, saving the transfer of their bodies.
+    fn skips_payload_of(&self) -> &'static [&'static str] {
+        &[]
+    }
 
     /// Applies events, in log order, inside the caller's transaction. Must be idempotent per
     /// event only in the sense that it never sees an event twice; it may assume that.
@@ -49,6 +55,9 @@ pub struct RunnerConfig {
     pub poll_interval: Duration,
     /// How long to wait after an error before trying again.
     pub retry_after: Duration,
+    /// How long to let events accumulate after a wake-up before applying them: a few
+    /// milliseconds turn a burst of small transactions into one batch.
+    pub linger: Duration,
 }
 
 impl Default for RunnerConfig {
@@ -57,6 +66,7 @@ impl Default for RunnerConfig {
             batch_size: 1000,
             poll_interval: Duration::from_secs(1),
             retry_after: Duration::from_secs(1),
+            linger: Duration::from_millis(5),
         }
     }
 }
@@ -148,7 +158,8 @@ pub(crate) async fn apply_batch<P: Projection>(
     cursor: LogCursor,
     limit: i64,
 ) -> Result<BatchOutcome, RunError> {
-    let events = log::read_after(conn, cursor, limit).await?;
+    let events =
+        log::read_after_skipping(conn, cursor, limit, projection.skips_payload_of()).await?;
     let Some(last) = events.last() else {
         return Ok(BatchOutcome { applied: 0, cursor });
     };
@@ -204,37 +215,38 @@ pub async fn run_batch<P: Projection>(
     Ok(outcome)
 }
 
-/// Applies everything currently below the horizon. Returns the number of events applied.
+/// What a catch-up found.
+#[derive(Debug, Clone, Copy)]
+pub struct CatchUp {
+    /// Events applied.
+    pub applied: usize,
+    /// Whether committed events remain beyond the horizon, held back by an older transaction
+    /// that is still running.
+    pub held_back: bool,
+}
+
+/// Applies everything currently below the horizon.
 pub async fn catch_up<P: Projection>(
     pool: &PgPool,
     projection: &P,
     config: &RunnerConfig,
-) -> Result<usize, RunError> {
-    let mut total = 0;
-    let mut held_back_since: Option<Instant> = None;
+) -> Result<CatchUp, RunError> {
+    let mut applied = 0;
     loop {
         let outcome = run_batch(pool, projection, config.batch_size).await?;
-        total += outcome.applied;
-        if (outcome.applied as i64) == config.batch_size {
-            continue;
+        applied += outcome.applied;
+        if (outcome.applied as i64) < config.batch_size {
+            let mut conn = pool.acquire().await?;
+            let held_back = log::has_events_beyond_horizon(&mut conn, outcome.cursor).await?;
+            return Ok(CatchUp { applied, held_back });
         }
-        // Committed events held back by an older, still running transaction become readable
-        // as soon as it ends; look again shortly rather than at the next poll, for a while.
-        let mut conn = pool.acquire().await?;
-        let held_back = log::has_events_beyond_horizon(&mut conn, outcome.cursor).await?;
-        drop(conn);
-        let since = *held_back_since.get_or_insert_with(Instant::now);
-        if held_back && since.elapsed() < HELD_BACK_RETRY {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-            continue;
-        }
-        return Ok(total);
     }
 }
 
-/// How long a reader keeps looking again for events held back by a running transaction before
-/// it leaves them to the next notification or poll.
-const HELD_BACK_RETRY: Duration = Duration::from_millis(500);
+/// How soon to look again when events are held back by a running transaction. A transaction
+/// that appends events sends its own notification when it commits; this covers those that do
+/// not (a projection's own transaction, say).
+const HELD_BACK_RETRY: Duration = Duration::from_millis(20);
 
 /// Wakes log readers when new events commit. One per process; cheap to clone receivers from.
 #[derive(Debug, Clone)]
@@ -358,11 +370,17 @@ async fn lead<P: Projection>(
     metrics::gauge!("logbook_projection_leader", "projection" => name).set(1.0);
     let result = async {
         loop {
-            catch_up(pool, projection, config).await?;
+            let caught = catch_up(pool, projection, config).await?;
+            let wait = if caught.held_back {
+                HELD_BACK_RETRY
+            } else {
+                config.poll_interval
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                _ = waker.wait(config.poll_interval) => {}
+                _ = waker.wait(wait) => {}
             }
+            tokio::time::sleep(config.linger).await;
             // Losing the lock connection means losing leadership; find out now rather than
             // keep working as a leader that is not one.
             sqlx::query("SELECT 1").execute(&mut lock_conn).await?;

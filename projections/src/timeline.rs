@@ -6,7 +6,9 @@
 //! key for the page it returns, so check-in bodies are stored once, in the log.
 
 use chrono::{DateTime, Utc};
+use logbook_domain::agent::Agent;
 use logbook_domain::checkin::CHECKIN_STREAM;
+use logbook_domain::cqrs_es::Aggregate;
 use logbook_domain::event_log::LogbookEvent;
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool, Row};
@@ -24,8 +26,12 @@ impl TimelineProjection {
     pub const NAME: &'static str = "timeline";
 }
 
-/// The agent an event is about, if any.
+/// The agent an event is about, if any. Agent and check-in streams are keyed by the agent, so
+/// their payloads are not needed (and check-in payloads are not read) to place them.
 fn subject_agent(event: &StoredEvent) -> Option<Uuid> {
+    if event.aggregate_type == Agent::TYPE || event.aggregate_type == CHECKIN_STREAM {
+        return Uuid::parse_str(&event.aggregate_id).ok();
+    }
     match event.event.as_ref()? {
         LogbookEvent::Agent(_) | LogbookEvent::Checkin(_) => {
             Uuid::parse_str(&event.aggregate_id).ok()
@@ -44,6 +50,10 @@ impl Projection for TimelineProjection {
 
     fn tables(&self) -> &'static [&'static str] {
         &["agent_timeline_view"]
+    }
+
+    fn skips_payload_of(&self) -> &'static [&'static str] {
+        &[CHECKIN_STREAM]
     }
 
     async fn apply(

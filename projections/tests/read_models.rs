@@ -551,6 +551,7 @@ async fn two_competing_runners_apply_every_event_exactly_once() {
         batch_size: 5,
         poll_interval: Duration::from_millis(20),
         retry_after: Duration::from_millis(50),
+        linger: Duration::ZERO,
     };
     let mut runners = Vec::new();
     for _ in 0..2 {

@@ -1,0 +1,449 @@
+//! The environment a benchmark runs in: its own database on the running Postgres, a real
+//! `logbook serve` process, simulated agents enrolled through the API, and one real agent.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use logbook_proto::agent::v1 as pb;
+use prost::Message;
+use serde_json::{Value, json};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, Executor, PgPool};
+
+/// Where the benchmark connects.
+#[derive(Debug, Clone)]
+pub(crate) struct Targets {
+    /// A Postgres URL with the right to create databases (its database part is ignored).
+    pub(crate) postgres: String,
+    /// The NATS server.
+    pub(crate) nats: String,
+}
+
+/// A database created for one benchmark run.
+pub(crate) struct BenchDb {
+    pub(crate) name: String,
+    pub(crate) url: String,
+    pub(crate) pool: PgPool,
+    admin: PgConnectOptions,
+    keep: bool,
+}
+
+impl BenchDb {
+    /// Creates (or, with `reuse`, reopens) the database `name` and migrates it.
+    pub(crate) async fn open(
+        targets: &Targets,
+        name: &str,
+        reuse: bool,
+        keep: bool,
+    ) -> anyhow::Result<Self> {
+        let admin: PgConnectOptions = targets
+            .postgres
+            .parse()
+            .context("--postgres is not a Postgres URL")?;
+        let mut conn = admin
+            .connect()
+            .await
+            .with_context(|| format!("connecting to Postgres at {}", targets.postgres))?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                .bind(name)
+                .fetch_one(&mut conn)
+                .await?;
+        if exists && !reuse {
+            conn.execute(format!(r#"DROP DATABASE "{name}" WITH (FORCE)"#).as_str())
+                .await?;
+        }
+        if !exists || !reuse {
+            conn.execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
+                .await?;
+        }
+        conn.close().await?;
+        let options = admin.clone().database(name);
+        let url = options.to_url_lossy().to_string();
+        let pool = PgPoolOptions::new()
+            .max_connections(40)
+            .connect_with(options)
+            .await?;
+        logbook_migrations::migrator()
+            .run(&pool)
+            .await
+            .context("migrating the benchmark database")?;
+        Ok(Self {
+            name: name.to_string(),
+            url,
+            pool,
+            admin,
+            keep,
+        })
+    }
+
+    pub(crate) async fn drop_unless_kept(self) {
+        self.pool.close().await;
+        if self.keep {
+            return;
+        }
+        if let Ok(mut conn) = self.admin.connect().await {
+            let _ = conn
+                .execute(
+                    format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.name).as_str(),
+                )
+                .await;
+        }
+    }
+}
+
+/// The directory holding the workspace's binaries (next to this one).
+pub(crate) fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe
+        .parent()
+        .map(|d| d.join(name))
+        .context("locating the binaries")?;
+    if !path.exists() {
+        bail!(
+            "{} is missing; build everything first: cargo build --release --bins (or use ops/dev/bench.sh)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Peak and current resident memory of a process, in MiB, from /proc.
+pub(crate) fn memory_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kib| kib.parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// A running `logbook serve`.
+pub(crate) struct Gateway {
+    child: Child,
+    pub(crate) base: String,
+    pub(crate) admin_token: String,
+    pub(crate) http: reqwest::Client,
+    dir: tempfile_dir::TempDir,
+}
+
+mod tempfile_dir {
+    //! A temporary directory removed on drop (std only, to keep this tool's dependencies lean).
+    use std::path::{Path, PathBuf};
+
+    pub(crate) struct TempDir(PathBuf);
+
+    impl TempDir {
+        pub(crate) fn new(prefix: &str) -> std::io::Result<Self> {
+            let path =
+                std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::now_v7().simple()));
+            std::fs::create_dir_all(&path)?;
+            Ok(Self(path))
+        }
+
+        pub(crate) fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+pub(crate) use tempfile_dir::TempDir;
+
+impl Gateway {
+    /// Starts the gateway on `db` with extra `LOGBOOK_*` settings.
+    pub(crate) async fn start(
+        db: &BenchDb,
+        targets: &Targets,
+        extra: &[(String, String)],
+    ) -> anyhow::Result<Self> {
+        let dir = TempDir::new("logbook-bench")?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let log = std::fs::File::create(dir.path().join("gateway.log"))?;
+        let mut command = Command::new(binary("logbook")?);
+        command
+            .arg("serve")
+            .env("LOGBOOK_DATABASE__URL", &db.url)
+            .env("LOGBOOK_DATABASE__MAX_CONNECTIONS", "40")
+            .env("LOGBOOK_NATS__URL", &targets.nats)
+            .env("LOGBOOK_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+            .env("LOGBOOK_ADMIN__TOKEN_FILE", dir.path().join("admin-token"))
+            .env("LOGBOOK_LOG__FILTER", "warn")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (key, value) in extra {
+            command.env(key, value);
+        }
+        let child = command.spawn().context("starting logbook serve")?;
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(1024)
+            .build()?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+                && r.status().is_success()
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the gateway did not become ready: {}",
+                    std::fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let admin_token = std::fs::read_to_string(dir.path().join("admin-token"))
+            .map(|t| t.trim().to_string())
+            .unwrap_or_default();
+        Ok(Self {
+            child,
+            base,
+            admin_token,
+            http,
+            dir,
+        })
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// An admin API call.
+    pub(crate) async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.admin_token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        let text = response.text().await?;
+        if !status.is_success() {
+            bail!("{path}: {status}: {text}");
+        }
+        Ok(if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text)?
+        })
+    }
+
+    /// Prometheus metrics of the gateway, as `name{labels} -> value` lines.
+    pub(crate) async fn metrics(&self) -> anyhow::Result<String> {
+        Ok(self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await?
+            .text()
+            .await?)
+    }
+
+    /// Stops the gateway with SIGTERM (it drains and exits). Its log is kept at
+    /// `LOGBOOK_BENCH_GATEWAY_LOG` when that is set.
+    pub(crate) fn stop(mut self) {
+        if let Some(keep) = std::env::var_os("LOGBOOK_BENCH_GATEWAY_LOG") {
+            let _ = std::fs::copy(self.dir.path().join("gateway.log"), keep);
+        }
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Drop kills what did not stop.
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        // A run that fails half-way must not leave a gateway behind.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One simulated agent.
+#[derive(Debug, Clone)]
+pub(crate) struct SimAgent {
+    pub(crate) id: String,
+    pub(crate) credential: String,
+}
+
+/// Creates a client and a site, and enrolls `n` agents through the API.
+pub(crate) async fn enroll_fleet(
+    gateway: &Gateway,
+    n: usize,
+    progress: &indicatif::ProgressBar,
+) -> anyhow::Result<(String, Vec<SimAgent>)> {
+    let client = gateway
+        .admin(
+            reqwest::Method::POST,
+            "/api/v1/clients",
+            Some(json!({"name": "Bench"})),
+        )
+        .await?;
+    let client_id = client["id"].as_str().context("client id")?.to_string();
+    let site = gateway
+        .admin(
+            reqwest::Method::POST,
+            &format!("/api/v1/clients/{client_id}/sites"),
+            Some(json!({"name": "Load"})),
+        )
+        .await?;
+    let site_id = site["id"].as_str().context("site id")?.to_string();
+    // One token per 100 agents: a token's uses are serialised by design.
+    const PER_TOKEN: usize = 100;
+    let mut tokens = Vec::new();
+    for _ in 0..n.div_ceil(PER_TOKEN) {
+        let token = gateway
+            .admin(
+                reqwest::Method::POST,
+                &format!("/api/v1/sites/{site_id}/enrollment-tokens"),
+                Some(json!({"max_uses": PER_TOKEN, "expires_in": "2h"})),
+            )
+            .await?;
+        tokens.push(token["token"].as_str().context("token")?.to_string());
+    }
+    let tokens = Arc::new(tokens);
+    progress.set_length(n as u64);
+    let results = futures::future::join_all((0..16).map(|worker| {
+        let tokens = tokens.clone();
+        let http = gateway.http.clone();
+        let base = gateway.base.clone();
+        let progress = progress.clone();
+        async move {
+            let mut agents = Vec::new();
+            for i in (worker..n).step_by(16) {
+                let request = pb::EnrollRequest {
+                    token: tokens[i / PER_TOKEN].clone(),
+                    hostname: format!("sim-{i:06}"),
+                    os: "linux".into(),
+                    arch: "x86_64".into(),
+                    agent_version: "bench".into(),
+                };
+                let response = http
+                    .post(format!("{base}/api/v1/enroll"))
+                    .header("content-type", logbook_proto::PROTOBUF_MEDIA_TYPE)
+                    .header("accept", logbook_proto::PROTOBUF_MEDIA_TYPE)
+                    .body(request.encode_to_vec())
+                    .send()
+                    .await?;
+                let status = response.status();
+                let bytes = response.bytes().await?;
+                if !status.is_success() {
+                    bail!(
+                        "enrollment failed: {status}: {}",
+                        String::from_utf8_lossy(&bytes)
+                    );
+                }
+                let enrolled = pb::EnrollResponse::decode(bytes)?;
+                agents.push((
+                    i,
+                    SimAgent {
+                        id: enrolled.agent_id,
+                        credential: enrolled.credential,
+                    },
+                ));
+                progress.inc(1);
+            }
+            Ok::<_, anyhow::Error>(agents)
+        }
+    }))
+    .await;
+    let mut agents = Vec::with_capacity(n);
+    for result in results {
+        agents.extend(result?);
+    }
+    agents.sort_by_key(|(i, _)| *i);
+    Ok((site_id, agents.into_iter().map(|(_, a)| a).collect()))
+}
+
+/// A real `logbook-agent` enrolled into `site_id` and running with `interval`.
+pub(crate) struct RealAgent {
+    child: Child,
+    _dir: TempDir,
+}
+
+impl RealAgent {
+    pub(crate) async fn start(
+        gateway: &Gateway,
+        site_id: &str,
+        interval: &str,
+    ) -> anyhow::Result<Self> {
+        let token = gateway
+            .admin(
+                reqwest::Method::POST,
+                &format!("/api/v1/sites/{site_id}/enrollment-tokens"),
+                Some(json!({})),
+            )
+            .await?;
+        let dir = TempDir::new("logbook-bench-agent")?;
+        let bin = binary("logbook-agent")?;
+        let enrolled = Command::new(&bin)
+            .arg("--state-dir")
+            .arg(dir.path())
+            .args(["enroll", "--server", &gateway.base])
+            .env(
+                "LOGBOOK_AGENT_TOKEN",
+                token["token"].as_str().context("token")?,
+            )
+            .output()?;
+        if !enrolled.status.success() {
+            bail!(
+                "logbook-agent enroll: {}",
+                String::from_utf8_lossy(&enrolled.stderr)
+            );
+        }
+        let child = Command::new(&bin)
+            .arg("--state-dir")
+            .arg(dir.path())
+            .arg("run")
+            .env("LOGBOOK_AGENT_CHECKIN__INTERVAL", interval)
+            .env("LOGBOOK_AGENT_LOG__FILTER", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        Ok(Self { child, _dir: dir })
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for RealAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,251 @@
+//! `logbook-bench`: measures Logbook on the machine it runs on, against the running Postgres and
+//! NATS, with simulated agents and a real `logbook serve` process. Prints a table, writes JSON.
+//!
+//! Every scenario creates its own database (and NATS names) and removes it afterwards; nothing
+//! has to be started by hand. Build everything in release mode first (`ops/dev/bench.sh` does).
+
+mod env;
+mod scenarios;
+mod stats;
+mod ui;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use serde::Serialize;
+
+/// Measure Logbook: check-in throughput and latency, job delivery, reconnect storms, projection
+/// rebuilds and history queries, with the targets each figure is held to.
+#[derive(Debug, Parser)]
+#[command(name = "logbook-bench", version)]
+struct Cli {
+    /// Scenarios to run (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "checkin")]
+    scenario: Vec<Scenario>,
+    /// Simulated agents.
+    #[arg(long, default_value_t = 10_000)]
+    agents: usize,
+    /// Length of each measured phase.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Requests in flight during the saturation phase.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Check-ins per second in the fixed-rate phase.
+    #[arg(long, default_value_t = 5000)]
+    rate: u64,
+    /// A small, quick run (100 agents, 2 s phases) that checks the harness works.
+    #[arg(long)]
+    smoke: bool,
+    /// Postgres URL with the right to create databases.
+    #[arg(
+        long,
+        env = "LOGBOOK_BENCH_POSTGRES",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    postgres: String,
+    /// NATS URL.
+    #[arg(
+        long,
+        env = "LOGBOOK_BENCH_NATS",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    nats: String,
+    /// Where to write the results as JSON.
+    #[arg(long, default_value = "bench-results.json")]
+    out: PathBuf,
+    /// Gateway settings to try, as section.key=value (for example ingest.max_batch=1000 or
+    /// projections.enabled=false); passed as LOGBOOK_SECTION__KEY.
+    #[arg(long = "set", value_parser = parse_setting)]
+    settings: Vec<(String, String)>,
+}
+
+fn parse_setting(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected section.key=value, got {text:?}"))?;
+    let (section, field) = key
+        .split_once('.')
+        .ok_or_else(|| format!("expected section.key=value, got {text:?}"))?;
+    Ok((
+        format!(
+            "LOGBOOK_{}__{}",
+            section.to_ascii_uppercase(),
+            field.to_ascii_uppercase()
+        ),
+        value.to_string(),
+    ))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Scenario {
+    Checkin,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Report {
+    machine: String,
+    checkin: Option<scenarios::checkin::Results>,
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib / 1024 / 1024);
+    format!("{cores} cores ({cpu}), {mem} GiB")
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut cli = Cli::parse();
+    if cli.smoke {
+        cli.agents = 100;
+        cli.duration = Duration::from_secs(2);
+        cli.concurrency = 16;
+        cli.rate = 200;
+    }
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .ok();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let targets = env::Targets {
+            postgres: cli.postgres.clone(),
+            nats: cli.nats.clone(),
+        };
+        let mut report = Report {
+            machine: machine(),
+            ..Default::default()
+        };
+        for scenario in &cli.scenario {
+            match scenario {
+                Scenario::Checkin => {
+                    let options = scenarios::checkin::Options {
+                        agents: cli.agents,
+                        duration: cli.duration,
+                        concurrency: cli.concurrency,
+                        rate: cli.rate,
+                        settings: cli.settings.clone(),
+                    };
+                    report.checkin = Some(scenarios::checkin::run(&targets, &options).await?);
+                }
+            }
+        }
+        print_table(&report);
+        std::fs::write(&cli.out, serde_json::to_string_pretty(&report)?)?;
+        eprintln!("results written to {}", cli.out.display());
+        Ok(())
+    })
+}
+
+fn row(what: &str, value: String, target: &str, ok: Option<bool>) {
+    let verdict = match ok {
+        Some(true) => "ok",
+        Some(false) => "MISSED",
+        None => "",
+    };
+    println!("| {what:<48} | {value:>18} | {target:<16} | {verdict:<6} |");
+}
+
+fn print_table(report: &Report) {
+    println!("\nLogbook benchmark on {}\n", report.machine);
+    println!(
+        "| {:<48} | {:>18} | {:<16} | {:<6} |",
+        "measure", "value", "target", ""
+    );
+    println!("|{:-<50}|{:-<20}|{:-<18}|{:-<8}|", "", "", "", "");
+    if let Some(c) = &report.checkin {
+        row(
+            &format!("check-ins/s, saturated ({} agents)", c.agents),
+            format!("{:.0}", c.saturated_per_sec),
+            ">= 20000",
+            Some(c.saturated_per_sec >= 20_000.0),
+        );
+        row(
+            "  latency p50 / p99 / max (ms)",
+            format!(
+                "{:.1} / {:.1} / {:.0}",
+                c.saturated_latency.p50_ms, c.saturated_latency.p99_ms, c.saturated_latency.max_ms
+            ),
+            "p99 <= 50",
+            Some(c.saturated_latency.p99_ms <= 50.0),
+        );
+        row(
+            &format!("check-ins at a fixed {}/s: achieved", c.fixed_rate_target),
+            format!("{:.0}", c.fixed_rate_achieved),
+            "",
+            None,
+        );
+        row(
+            "  latency p50 / p99 / max (ms)",
+            format!(
+                "{:.1} / {:.1} / {:.0}",
+                c.fixed_rate_latency.p50_ms,
+                c.fixed_rate_latency.p99_ms,
+                c.fixed_rate_latency.max_ms
+            ),
+            "p99 <= 50",
+            Some(c.fixed_rate_latency.p99_ms <= 50.0),
+        );
+        row(
+            "CqrsFramework::execute commands/s (same run)",
+            format!("{:.0}", c.cqrs_execute_per_sec),
+            "",
+            None,
+        );
+        row(
+            "raw batched INSERT rows/s (same run)",
+            format!("{:.0}", c.raw_insert_rows_per_sec),
+            "",
+            None,
+        );
+        row(
+            "ratio: check-ins / execute",
+            format!("{:.1}x", c.ratio_vs_execute),
+            ">= 6x",
+            Some(c.ratio_vs_execute >= 6.0),
+        );
+        row(
+            "ratio: check-ins / raw INSERT",
+            format!("{:.2}", c.ratio_vs_raw),
+            "",
+            None,
+        );
+        row(
+            "failed requests",
+            c.errors.to_string(),
+            "0",
+            Some(c.errors == 0),
+        );
+        row(
+            "gateway peak RSS (MiB)",
+            format!("{:.0}", c.gateway_peak_rss_mib),
+            "< 300",
+            Some(c.gateway_peak_rss_mib < 300.0),
+        );
+        row(
+            "agent RSS idle / peak (MiB)",
+            format!("{:.1} / {:.1}", c.agent_rss_mib, c.agent_peak_rss_mib),
+            "< 20",
+            Some(c.agent_rss_mib < 20.0),
+        );
+    }
+}

@@ -1,0 +1,520 @@
+//! `checkin`: N simulated agents checking in over HTTP as fast as the gateway takes it, then at
+//! a fixed rate; and, in the same run and on the same database, the plain cqrs-es path
+//! (`CqrsFramework::execute` with postgres-es) and a raw batched `INSERT` into the same table.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use logbook_domain::checkin::{CheckinReport, CpuInfo, DiskUsage, MemoryInfo, OsInfo};
+use logbook_domain::ids::CorrelationId;
+use logbook_domain::metadata::{Actor, EventMetadata};
+use logbook_proto::agent::v1 as pb;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+
+use crate::env::{self, BenchDb, Gateway, RealAgent, SimAgent, Targets};
+use crate::stats::{Latencies, Summary};
+use crate::ui;
+
+/// Options of the scenario.
+#[derive(Debug, Clone)]
+pub(crate) struct Options {
+    pub(crate) agents: usize,
+    pub(crate) duration: Duration,
+    pub(crate) concurrency: usize,
+    pub(crate) rate: u64,
+    pub(crate) settings: Vec<(String, String)>,
+}
+
+/// What it measured.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Results {
+    pub(crate) agents: usize,
+    pub(crate) saturated_per_sec: f64,
+    pub(crate) saturated_latency: Summary,
+    pub(crate) fixed_rate_target: u64,
+    pub(crate) fixed_rate_achieved: f64,
+    pub(crate) fixed_rate_latency: Summary,
+    pub(crate) errors: u64,
+    pub(crate) mean_batch: f64,
+    pub(crate) mean_flush_ms: f64,
+    pub(crate) cqrs_execute_per_sec: f64,
+    pub(crate) raw_insert_rows_per_sec: f64,
+    pub(crate) ratio_vs_execute: f64,
+    pub(crate) ratio_vs_raw: f64,
+    pub(crate) gateway_peak_rss_mib: f64,
+    pub(crate) agent_rss_mib: f64,
+    pub(crate) agent_peak_rss_mib: f64,
+}
+
+/// A realistic report: three disks, two users, three addresses (~600 bytes as JSON).
+pub(crate) fn sample_report(hostname: &str, collected_at_ms: i64) -> pb::CheckinReport {
+    pb::CheckinReport {
+        collected_at_unix_ms: collected_at_ms,
+        hostname: hostname.to_string(),
+        os: Some(pb::OsInfo {
+            family: "linux".into(),
+            name: "Debian GNU/Linux".into(),
+            version: "12".into(),
+            kernel_version: "6.1.0-28-amd64".into(),
+            arch: "x86_64".into(),
+        }),
+        agent_version: "0.1.0".into(),
+        uptime_secs: 864_000,
+        cpu: Some(pb::CpuInfo {
+            logical_cores: 8,
+            load_1m: 0.42,
+            load_5m: 0.37,
+            load_15m: 0.31,
+        }),
+        memory: Some(pb::MemoryInfo {
+            total_bytes: 16 << 30,
+            used_bytes: 6 << 30,
+            swap_total_bytes: 2 << 30,
+            swap_used_bytes: 1 << 20,
+        }),
+        disks: ["/", "/home", "/var"]
+            .iter()
+            .map(|m| pb::DiskUsage {
+                mount_point: (*m).into(),
+                file_system: "ext4".into(),
+                total_bytes: 500 << 30,
+                used_bytes: 123 << 30,
+            })
+            .collect(),
+        logged_in_users: vec!["alice".into(), "bob".into()],
+        ip_addresses: vec![
+            "192.0.2.10".into(),
+            "10.1.2.3".into(),
+            "2001:db8::10".into(),
+        ],
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+async fn send_checkin(
+    http: &reqwest::Client,
+    base: &str,
+    agent: &SimAgent,
+    index: usize,
+) -> anyhow::Result<()> {
+    let request = pb::CheckinRequest {
+        checkin_id: uuid::Uuid::now_v7().to_string(),
+        report: Some(sample_report(&format!("sim-{index:06}"), now_ms())),
+    };
+    let response = http
+        .post(format!("{base}/api/v1/agents/{}/checkins", agent.id))
+        .bearer_auth(&agent.credential)
+        .header("content-type", logbook_proto::PROTOBUF_MEDIA_TYPE)
+        .header("accept", logbook_proto::PROTOBUF_MEDIA_TYPE)
+        .body(request.encode_to_vec())
+        .send()
+        .await?;
+    let status = response.status();
+    let _ = response.bytes().await?;
+    if status.as_u16() != 201 {
+        bail!("check-in answered {status}");
+    }
+    Ok(())
+}
+
+/// As many check-ins as `concurrency` connections can push for `duration`.
+pub(crate) async fn saturate(
+    gateway: &Gateway,
+    agents: &Arc<Vec<SimAgent>>,
+    concurrency: usize,
+    duration: Duration,
+) -> (f64, Latencies, u64) {
+    let errors = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + duration;
+    let workers = (0..concurrency).map(|w| {
+        let agents = agents.clone();
+        let http = gateway.http.clone();
+        let base = gateway.base.clone();
+        let errors = errors.clone();
+        tokio::spawn(async move {
+            let mut latencies = Latencies::default();
+            let mine: Vec<usize> = (w..agents.len()).step_by(concurrency).collect();
+            let mut next = 0;
+            while Instant::now() < deadline && !mine.is_empty() {
+                let i = mine[next % mine.len()];
+                next += 1;
+                let sent = Instant::now();
+                match send_checkin(&http, &base, &agents[i], i).await {
+                    Ok(()) => latencies.record(sent.elapsed()),
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            latencies
+        })
+    });
+    let mut all = Latencies::default();
+    for latencies in futures::future::join_all(workers)
+        .await
+        .into_iter()
+        .flatten()
+    {
+        all.extend(latencies);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    (
+        all.len() as f64 / elapsed,
+        all,
+        errors.load(Ordering::Relaxed),
+    )
+}
+
+/// Check-ins started at a fixed rate; latency counts from the scheduled start, so a stall is
+/// not hidden by fewer requests being sent (no coordinated omission).
+async fn fixed_rate(
+    gateway: &Gateway,
+    agents: &Arc<Vec<SimAgent>>,
+    rate: u64,
+    duration: Duration,
+) -> (f64, Latencies, u64) {
+    let errors = Arc::new(AtomicU64::new(0));
+    let total = (rate as f64 * duration.as_secs_f64()) as u64;
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let started = tokio::time::Instant::now();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for n in 0..total {
+        let scheduled = started + interval * n as u32;
+        tokio::time::sleep_until(scheduled).await;
+        let i = (n as usize) % agents.len();
+        let agents = agents.clone();
+        let http = gateway.http.clone();
+        let base = gateway.base.clone();
+        let errors = errors.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            match send_checkin(&http, &base, &agents[i], i).await {
+                Ok(()) => {
+                    let _ = tx.send(scheduled.elapsed());
+                }
+                Err(_) => {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    drop(tx);
+    let mut latencies = Latencies::default();
+    while let Some(latency) = rx.recv().await {
+        latencies.record(latency);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    (
+        latencies.len() as f64 / elapsed,
+        latencies,
+        errors.load(Ordering::Relaxed),
+    )
+}
+
+/// The aggregate a plain cqrs-es design would use: every check-in an event of the agent,
+/// recorded by `CqrsFramework::execute` (load, decide, insert, commit).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct PlainAgent {
+    checkins: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum PlainEvent {
+    CheckedIn {
+        checkin_id: uuid::Uuid,
+        report: CheckinReport,
+    },
+}
+
+impl DomainEvent for PlainEvent {
+    fn event_type(&self) -> String {
+        "CheckedIn".into()
+    }
+    fn event_version(&self) -> String {
+        "1".into()
+    }
+}
+
+/// The plain aggregate's only rejection.
+#[derive(Debug)]
+struct Invalid(String);
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Invalid {}
+
+impl Aggregate for PlainAgent {
+    const TYPE: &'static str = "bench_plain_agent";
+    type Command = CheckinReport;
+    type Event = PlainEvent;
+    type Error = Invalid;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        report: CheckinReport,
+        _: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), Invalid> {
+        report
+            .validate()
+            .map_err(|p| Invalid(format!("{} problems", p.len())))?;
+        sink.write(
+            PlainEvent::CheckedIn {
+                checkin_id: uuid::Uuid::now_v7(),
+                report,
+            },
+            self,
+        )
+        .await;
+        Ok(())
+    }
+
+    fn apply(&mut self, _event: PlainEvent) {
+        self.checkins += 1;
+    }
+}
+
+fn domain_report(i: usize) -> CheckinReport {
+    let r = sample_report(&format!("sim-{i:06}"), now_ms());
+    let os = r.os.unwrap_or_default();
+    let cpu = r.cpu.unwrap_or_default();
+    let memory = r.memory.unwrap_or_default();
+    CheckinReport {
+        collected_at: chrono::Utc::now(),
+        hostname: r.hostname,
+        os: OsInfo {
+            family: os.family,
+            name: os.name,
+            version: os.version,
+            kernel_version: os.kernel_version,
+            arch: os.arch,
+        },
+        agent_version: r.agent_version,
+        uptime_secs: r.uptime_secs,
+        cpu: CpuInfo {
+            logical_cores: cpu.logical_cores,
+            load_1m: cpu.load_1m,
+            load_5m: cpu.load_5m,
+            load_15m: cpu.load_15m,
+        },
+        memory: MemoryInfo {
+            total_bytes: memory.total_bytes,
+            used_bytes: memory.used_bytes,
+            swap_total_bytes: memory.swap_total_bytes,
+            swap_used_bytes: memory.swap_used_bytes,
+        },
+        disks: r
+            .disks
+            .into_iter()
+            .map(|d| DiskUsage {
+                mount_point: d.mount_point,
+                file_system: d.file_system,
+                total_bytes: d.total_bytes,
+                used_bytes: d.used_bytes,
+            })
+            .collect(),
+        logged_in_users: r.logged_in_users,
+        ip_addresses: r.ip_addresses,
+    }
+}
+
+fn metadata(agent: &str) -> std::collections::HashMap<String, String> {
+    EventMetadata {
+        actor: Actor::Agent(agent.parse().unwrap_or_else(|_| uuid::Uuid::nil().into())),
+        correlation_id: CorrelationId::from(uuid::Uuid::now_v7()),
+        request_id: "bench".into(),
+        recorded_at: chrono::Utc::now(),
+    }
+    .to_map()
+}
+
+/// `CqrsFramework::execute` against `aggregates` aggregates from 16 tasks.
+async fn cqrs_execute(pool: &PgPool, aggregates: usize, duration: Duration) -> anyhow::Result<f64> {
+    let cqrs = Arc::new(postgres_es::postgres_cqrs::<PlainAgent>(
+        pool.clone(),
+        Vec::new(),
+        (),
+    ));
+    let ids: Arc<Vec<String>> = Arc::new(
+        (0..aggregates)
+            .map(|_| uuid::Uuid::now_v7().to_string())
+            .collect(),
+    );
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + duration;
+    let tasks = (0..16).map(|t| {
+        let cqrs = cqrs.clone();
+        let ids = ids.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut i = t;
+            while Instant::now() < deadline {
+                let id = &ids[i % ids.len()];
+                match cqrs
+                    .execute_with_metadata(id, domain_report(i), metadata(id))
+                    .await
+                {
+                    Ok(()) => {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Two tasks on one aggregate: the loser retries, as a caller would.
+                    Err(cqrs_es::AggregateError::AggregateConflict) => continue,
+                    Err(e) => return Err(anyhow::Error::new(e)),
+                }
+                i += 16;
+            }
+            Ok::<_, anyhow::Error>(())
+        })
+    });
+    for task in futures::future::join_all(tasks).await {
+        task??;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Multi-row `INSERT ... SELECT FROM unnest` of 500 events per statement from 16 tasks.
+async fn raw_insert(pool: &PgPool, duration: Duration) -> anyhow::Result<f64> {
+    const BATCH: usize = 500;
+    let payload = serde_json::to_string(&PlainEvent::CheckedIn {
+        checkin_id: uuid::Uuid::nil(),
+        report: domain_report(0),
+    })?;
+    let meta = serde_json::to_string(&metadata("00000000-0000-0000-0000-000000000000"))?;
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + duration;
+    let tasks = (0..16).map(|_| {
+        let pool = pool.clone();
+        let done = done.clone();
+        let payload = payload.clone();
+        let meta = meta.clone();
+        tokio::spawn(async move {
+            let stream = uuid::Uuid::now_v7().to_string();
+            let mut next = 1i64;
+            while Instant::now() < deadline {
+                let sequences: Vec<i64> = (next..next + BATCH as i64).collect();
+                next += BATCH as i64;
+                sqlx::query(
+                    "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+                     SELECT 'bench_raw', $1, s, 'CheckedIn', '1', $2::jsonb, $3::jsonb FROM unnest($4::bigint[]) s",
+                )
+                .bind(&stream)
+                .bind(&payload)
+                .bind(&meta)
+                .bind(&sequences)
+                .execute(&pool)
+                .await?;
+                done.fetch_add(BATCH as u64, Ordering::Relaxed);
+            }
+            Ok::<_, anyhow::Error>(())
+        })
+    });
+    for task in futures::future::join_all(tasks).await {
+        task??;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Runs the scenario.
+pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<Results> {
+    let db = BenchDb::open(targets, "logbook_bench_checkin", false, false).await?;
+    let gateway = Gateway::start(&db, targets, &options.settings).await?;
+    let bar = ui::bar("enrolling simulated agents");
+    let (site_id, agents) = env::enroll_fleet(&gateway, options.agents, &bar).await?;
+    bar.finish_and_clear();
+    let agents = Arc::new(agents);
+    let real_agent = RealAgent::start(&gateway, &site_id, "5s").await?;
+
+    ui::step("warming up");
+    saturate(
+        &gateway,
+        &agents,
+        options.concurrency,
+        Duration::from_secs(2),
+    )
+    .await;
+    ui::step(&format!(
+        "check-ins at saturation for {}",
+        humantime::format_duration(options.duration)
+    ));
+    let (saturated_per_sec, mut saturated, errors_a) =
+        saturate(&gateway, &agents, options.concurrency, options.duration).await;
+    let metrics = gateway.metrics().await.unwrap_or_default();
+    if let Some(path) = std::env::var_os("LOGBOOK_BENCH_METRICS_DUMP") {
+        let _ = std::fs::write(path, &metrics);
+    }
+    let mean = |name: &str| {
+        let value = |suffix: &str| {
+            metrics
+                .lines()
+                .find(|l| l.starts_with(&format!("{name}_{suffix}")))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        value("sum") / value("count").max(1.0)
+    };
+    let mean_batch = mean("logbook_ingest_batch_size");
+    let mean_flush_ms = mean("logbook_ingest_flush_seconds") * 1000.0;
+    ui::step(&format!(
+        "mean ingest batch {mean_batch:.0} check-ins, mean flush {mean_flush_ms:.1} ms"
+    ));
+    ui::step(&format!("check-ins at {}/s", options.rate));
+    let (fixed_rate_achieved, mut fixed, errors_b) =
+        fixed_rate(&gateway, &agents, options.rate, options.duration).await;
+
+    let (gateway_peak_rss_mib, _) = env::memory_mib(gateway.pid());
+    let (agent_peak_rss_mib, agent_rss_mib) = env::memory_mib(real_agent.pid());
+    drop(real_agent);
+    // The comparison paths run with the gateway stopped, so that nothing else competes.
+    gateway.stop();
+
+    ui::step("CqrsFramework::execute, same table");
+    let cqrs_execute_per_sec = cqrs_execute(
+        &db.pool,
+        10_000.min(options.agents.max(100)),
+        options.duration,
+    )
+    .await
+    .context("the CqrsFramework::execute path")?;
+    ui::step("raw batched INSERT, same table");
+    let raw_insert_rows_per_sec = raw_insert(&db.pool, options.duration)
+        .await
+        .context("the raw INSERT path")?;
+    db.drop_unless_kept().await;
+
+    Ok(Results {
+        agents: options.agents,
+        saturated_per_sec,
+        saturated_latency: saturated.summary(),
+        fixed_rate_target: options.rate,
+        fixed_rate_achieved,
+        fixed_rate_latency: fixed.summary(),
+        errors: errors_a + errors_b,
+        mean_batch,
+        mean_flush_ms,
+        cqrs_execute_per_sec,
+        raw_insert_rows_per_sec,
+        ratio_vs_execute: saturated_per_sec / cqrs_execute_per_sec.max(f64::MIN_POSITIVE),
+        ratio_vs_raw: saturated_per_sec / raw_insert_rows_per_sec.max(f64::MIN_POSITIVE),
+        gateway_peak_rss_mib,
+        agent_rss_mib,
+        agent_peak_rss_mib,
+    })
+}

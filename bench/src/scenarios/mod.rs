@@ -1,0 +1,3 @@
+//! The benchmark scenarios.
+
+pub(crate) mod checkin;
