@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::commands::{Commands, Ctx};
 use crate::config::GatewayConfig;
+use crate::notify::LogNotifier;
 use crate::store::EventStore;
 use crate::{db, serve};
 
@@ -262,7 +263,7 @@ async fn rebuild_with_progress<P: Projection>(
 
 async fn admin(command: AdminCommand, config: &GatewayConfig) -> anyhow::Result<()> {
     let pool = connect(config).await?;
-    let commands = Commands::new(EventStore::new(pool));
+    let commands = Commands::new(EventStore::new(pool.clone()), LogNotifier::disabled());
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".to_string());
     let ctx = Ctx::new(
         Actor::System(format!("cli:{user}")),
@@ -307,6 +308,11 @@ async fn admin(command: AdminCommand, config: &GatewayConfig) -> anyhow::Result<
             println!("enrollment token {id} revoked");
         }
     }
+    // Wake the running gateways' projections now rather than at their next poll.
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(logbook_projections::runner::EVENTS_CHANNEL)
+        .execute(&pool)
+        .await?;
     Ok(())
 }
 

@@ -17,6 +17,7 @@ use logbook_domain::site::{Site, SiteCommand, SiteError};
 use uuid::Uuid;
 
 use crate::credentials;
+use crate::notify::LogNotifier;
 use crate::secrets::{self, SecretKind};
 use crate::store::{EventStore, Loaded, StoreError};
 
@@ -171,6 +172,7 @@ impl Rejection for ApiTokenError {
 #[derive(Debug, Clone)]
 pub struct Commands {
     store: EventStore,
+    notifier: LogNotifier,
 }
 
 /// Runs `attempt` again when it loses an optimistic-concurrency race.
@@ -250,9 +252,16 @@ pub struct IssuedApiToken {
 }
 
 impl Commands {
-    /// Commands recorded in `store`.
-    pub fn new(store: EventStore) -> Self {
-        Self { store }
+    /// Commands recorded in `store`; `notifier` hears of every commit.
+    pub fn new(store: EventStore, notifier: LogNotifier) -> Self {
+        Self { store, notifier }
+    }
+
+    /// Commits a transaction that appended events and wakes the log readers.
+    async fn commit(&self, tx: sqlx::Transaction<'_, sqlx::Postgres>) -> Result<(), CommandError> {
+        tx.commit().await?;
+        self.notifier.notify();
+        Ok(())
     }
 
     /// The event store.
@@ -284,7 +293,7 @@ impl Commands {
                 &ctx.metadata(Utc::now()),
             )
             .await?;
-            tx.commit().await?;
+            self.commit(tx).await?;
             Ok(events)
         })
         .await
@@ -424,7 +433,7 @@ impl Commands {
             now,
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(IssuedEnrollmentToken {
             token_id,
             token: secret.plaintext,
@@ -470,7 +479,7 @@ impl Commands {
                 now,
             )
             .await?;
-            tx.commit().await?;
+            self.commit(tx).await?;
             Ok(())
         })
         .await
@@ -557,7 +566,7 @@ impl Commands {
                 now,
             )
             .await?;
-            tx.commit().await?;
+            self.commit(tx).await?;
             Ok(EnrolledAgent {
                 agent_id,
                 credential: credential.plaintext.clone(),
@@ -628,7 +637,7 @@ impl Commands {
             EventStore::append::<Agent>(&mut tx, &id, loaded.version, &events, &ctx.metadata(now))
                 .await?;
             credentials::revoke(&mut tx, SecretKind::Agent, agent_id.as_uuid(), now).await?;
-            tx.commit().await?;
+            self.commit(tx).await?;
             Ok(())
         })
         .await
@@ -673,7 +682,7 @@ impl Commands {
             now,
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(IssuedApiToken {
             token_id,
             token: secret.plaintext,
@@ -701,7 +710,7 @@ impl Commands {
             )
             .await?;
             credentials::revoke(&mut tx, SecretKind::ApiToken, token_id.as_uuid(), now).await?;
-            tx.commit().await?;
+            self.commit(tx).await?;
             Ok(())
         })
         .await

@@ -158,7 +158,7 @@ impl Default for IngestConfig {
         Self {
             max_batch: 500,
             max_wait: Duration::ZERO,
-            concurrent_flushes: 4,
+            concurrent_flushes: 2,
             queue_capacity: 50_000,
         }
     }

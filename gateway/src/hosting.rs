@@ -15,11 +15,11 @@ use crate::config::ProjectionsConfig;
 /// Starts every projection's runner and the lag reporter on `tasks`.
 pub fn spawn(
     pool: &PgPool,
+    waker: LogWaker,
     config: &ProjectionsConfig,
     shutdown: &CancellationToken,
     tasks: &mut JoinSet<()>,
 ) {
-    let waker = LogWaker::spawn(pool.clone(), shutdown.clone());
     let runner_config = RunnerConfig {
         batch_size: config.batch_size,
         poll_interval: config.poll_interval,

@@ -39,6 +39,7 @@ use uuid::Uuid;
 
 use crate::config::IngestConfig;
 use crate::db;
+use crate::notify::LogNotifier;
 
 /// How many times a check-in that lost a sequence race is retried.
 const MAX_ATTEMPTS: u8 = 5;
@@ -113,7 +114,11 @@ impl std::fmt::Debug for Pending {
 impl Ingest {
     /// Starts the lanes. They run until every `Ingest` clone is dropped, then finish the batch in
     /// flight and return; the handle completes when all have.
-    pub fn start(pool: PgPool, config: IngestConfig) -> (Self, JoinHandle<()>) {
+    pub fn start(
+        pool: PgPool,
+        config: IngestConfig,
+        notifier: LogNotifier,
+    ) -> (Self, JoinHandle<()>) {
         let lanes = config.concurrent_flushes.max(1);
         let capacity = (config.queue_capacity / lanes).max(config.max_batch);
         let mut senders = Vec::with_capacity(lanes);
@@ -121,7 +126,13 @@ impl Ingest {
         for _ in 0..lanes {
             let (tx, rx) = mpsc::channel(capacity);
             let retry = tx.downgrade();
-            handles.push(tokio::spawn(lane(pool.clone(), config.clone(), rx, retry)));
+            handles.push(tokio::spawn(lane(
+                pool.clone(),
+                config.clone(),
+                rx,
+                retry,
+                notifier.clone(),
+            )));
             senders.push(tx);
         }
         let done = tokio::spawn(async move {
@@ -165,6 +176,7 @@ async fn lane(
     config: IngestConfig,
     mut rx: mpsc::Receiver<Pending>,
     retry: mpsc::WeakSender<Pending>,
+    notifier: LogNotifier,
 ) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -184,12 +196,17 @@ async fn lane(
             }
         }
         metrics::gauge!("logbook_ingest_queue_depth").set(rx.len() as f64);
-        flush(&pool, batch, &retry).await;
+        flush(&pool, batch, &retry, &notifier).await;
     }
 }
 
 /// Appends one batch and answers every caller in it.
-async fn flush(pool: &PgPool, batch: Vec<Pending>, retry: &mpsc::WeakSender<Pending>) {
+async fn flush(
+    pool: &PgPool,
+    batch: Vec<Pending>,
+    retry: &mpsc::WeakSender<Pending>,
+    notifier: &LogNotifier,
+) {
     let started = Instant::now();
     metrics::histogram!("logbook_ingest_batch_size").record(batch.len() as f64);
 
@@ -211,7 +228,15 @@ async fn flush(pool: &PgPool, batch: Vec<Pending>, retry: &mpsc::WeakSender<Pend
 
     let recorded_at = Utc::now();
     let outcomes = match append(pool, &unique, recorded_at).await {
-        Ok(outcomes) => outcomes,
+        Ok(outcomes) => {
+            if outcomes
+                .iter()
+                .any(|o| matches!(o, Outcome::Recorded(r) if !r.duplicate))
+            {
+                notifier.notify();
+            }
+            outcomes
+        }
         Err(e) if db::is_transient_conflict(&e) => {
             tracing::debug!(error = %e, batch = unique.len(), "check-in batch lost a race; retrying it");
             vec![Outcome::Retry; unique.len()]

@@ -17,6 +17,7 @@ pub mod db;
 pub mod hosting;
 pub mod http;
 pub mod ingest;
+pub mod notify;
 pub mod secrets;
 pub mod serve;
 pub mod store;

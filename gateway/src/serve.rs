@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use logbook_projections::runner::LogWaker;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -22,6 +23,7 @@ use crate::commands::Commands;
 use crate::config::GatewayConfig;
 use crate::http::{self, AppState, StateParts};
 use crate::ingest::Ingest;
+use crate::notify::LogNotifier;
 use crate::store::EventStore;
 use crate::{db, hosting};
 
@@ -40,10 +42,12 @@ pub async fn run(
         .connect(config.nats.url.as_str())
         .await
         .with_context(|| format!("connecting to NATS at {}", config.nats.url))?;
-    let commands = Commands::new(EventStore::new(pool.clone()));
+    let (waker, local_wake) = LogWaker::spawn(pool.clone(), shutdown.clone());
+    let notifier = LogNotifier::start(pool.clone(), local_wake, shutdown.clone());
+    let commands = Commands::new(EventStore::new(pool.clone()), notifier.clone());
     let ingest_pool = db::ingest_pool(&config.database, config.ingest.concurrent_flushes)
         .context("database.url")?;
-    let (ingest, ingest_done) = Ingest::start(ingest_pool.clone(), config.ingest.clone());
+    let (ingest, ingest_done) = Ingest::start(ingest_pool.clone(), config.ingest.clone(), notifier);
     let started = Arc::new(AtomicBool::new(false));
     let state = AppState::new(StateParts {
         pool: pool.clone(),
@@ -91,7 +95,7 @@ pub async fn run(
                 match result {
                     Ok(()) => {
                         if config.projections.enabled {
-                            hosting::spawn(&pool, &config.projections, &shutdown, &mut tasks);
+                            hosting::spawn(&pool, waker.clone(), &config.projections, &shutdown, &mut tasks);
                         }
                         started.store(true, Ordering::Release);
                         tracing::info!("Logbook is ready");

@@ -20,6 +20,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = migrations![
     2 => "0002_credentials.sql",
     3 => "0003_fleet_read_models.sql",
     4 => "0004_agent_timeline.sql",
+    5 => "0005_notify_after_commit.sql",
 ];
 
 /// A sqlx migrator over the embedded migrations.

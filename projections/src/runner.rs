@@ -10,8 +10,9 @@
 //! because the checkpoint row lock already serialises batches (a process that lost leadership
 //! without noticing re-reads the checkpoint under the lock and applies nothing twice).
 //!
-//! The leader sleeps until a `NOTIFY logbook_events` (sent by a trigger on every append) or the
-//! poll interval, whichever comes first; the poll is the fallback when a notification is lost.
+//! The leader sleeps until it is woken (by writers in its own process, or by a
+//! `NOTIFY logbook_events` that writers send after committing) or the poll interval passes,
+//! whichever comes first; the poll is the fallback when a notification is lost.
 
 use std::future::Future;
 use std::time::Duration;
@@ -248,27 +249,47 @@ pub async fn catch_up<P: Projection>(
 /// not (a projection's own transaction, say).
 const HELD_BACK_RETRY: Duration = Duration::from_millis(20);
 
-/// Wakes log readers when new events commit. One per process; cheap to clone receivers from.
+/// The channel writers `NOTIFY` after committing events, so that readers in other processes
+/// wake at once instead of at their next poll.
+pub const EVENTS_CHANNEL: &str = "logbook_events";
+
+/// Wakes log readers when new events commit: on `NOTIFY logbook_events` from any process, and
+/// directly through [`LocalWake`] from writers in this process. One per process.
 #[derive(Debug, Clone)]
 pub struct LogWaker {
     rx: watch::Receiver<u64>,
 }
 
+/// Wakes this process's log readers without a round trip through Postgres.
+#[derive(Debug, Clone)]
+pub struct LocalWake {
+    tx: std::sync::Arc<watch::Sender<u64>>,
+}
+
+impl LocalWake {
+    /// Wakes every reader waiting on the paired [`LogWaker`].
+    pub fn wake(&self) {
+        self.tx.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
 impl LogWaker {
     /// Listens for `NOTIFY logbook_events` until `shutdown`. Reconnects on its own; while it is
     /// disconnected readers fall back to polling.
-    pub fn spawn(pool: PgPool, shutdown: CancellationToken) -> Self {
+    pub fn spawn(pool: PgPool, shutdown: CancellationToken) -> (Self, LocalWake) {
         let (tx, rx) = watch::channel(0u64);
+        let local = LocalWake {
+            tx: std::sync::Arc::new(tx),
+        };
+        let listening = local.clone();
         tokio::spawn(async move {
-            let mut count = 0u64;
             loop {
                 let listener = async {
                     let mut listener = PgListener::connect_with(&pool).await?;
-                    listener.listen("logbook_events").await?;
+                    listener.listen(EVENTS_CHANNEL).await?;
                     loop {
                         listener.recv().await?;
-                        count += 1;
-                        tx.send_replace(count);
+                        listening.wake();
                     }
                     #[expect(unreachable_code, reason = "the loop only ends with an error")]
                     Ok::<(), sqlx::Error>(())
@@ -287,7 +308,7 @@ impl LogWaker {
                 }
             }
         });
-        Self { rx }
+        (Self { rx }, local)
     }
 
     /// A waker that never fires (readers poll).

@@ -555,7 +555,7 @@ async fn two_competing_runners_apply_every_event_exactly_once() {
     };
     let mut runners = Vec::new();
     for _ in 0..2 {
-        let waker = LogWaker::spawn(db.pool.clone(), shutdown.clone());
+        let (waker, _) = LogWaker::spawn(db.pool.clone(), shutdown.clone());
         runners.push(tokio::spawn(runner::run(
             db.pool.clone(),
             FleetProjection,

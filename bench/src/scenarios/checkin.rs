@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
 use crate::env::{self, BenchDb, Gateway, RealAgent, SimAgent, Targets};
-use crate::stats::{Latencies, Summary};
+use crate::stats::{Latencies, Summary, median};
 use crate::ui;
 
 /// Options of the scenario.
@@ -28,6 +28,7 @@ pub(crate) struct Options {
     pub(crate) duration: Duration,
     pub(crate) concurrency: usize,
     pub(crate) rate: u64,
+    pub(crate) runs: usize,
     pub(crate) settings: Vec<(String, String)>,
 }
 
@@ -35,7 +36,10 @@ pub(crate) struct Options {
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Results {
     pub(crate) agents: usize,
+    pub(crate) runs: usize,
+    /// Median over the runs; each run's figure is in `saturated_runs`.
     pub(crate) saturated_per_sec: f64,
+    pub(crate) saturated_runs: Vec<f64>,
     pub(crate) saturated_latency: Summary,
     pub(crate) fixed_rate_target: u64,
     pub(crate) fixed_rate_achieved: f64,
@@ -44,7 +48,9 @@ pub(crate) struct Results {
     pub(crate) mean_batch: f64,
     pub(crate) mean_flush_ms: f64,
     pub(crate) cqrs_execute_per_sec: f64,
+    pub(crate) cqrs_execute_runs: Vec<f64>,
     pub(crate) raw_insert_rows_per_sec: f64,
+    pub(crate) raw_insert_runs: Vec<f64>,
     pub(crate) ratio_vs_execute: f64,
     pub(crate) ratio_vs_raw: f64,
     pub(crate) gateway_peak_rss_mib: f64,
@@ -449,29 +455,28 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
         Duration::from_secs(2),
     )
     .await;
-    ui::step(&format!(
-        "check-ins at saturation for {}",
-        humantime::format_duration(options.duration)
-    ));
-    let (saturated_per_sec, mut saturated, errors_a) =
-        saturate(&gateway, &agents, options.concurrency, options.duration).await;
+    let mut saturated_runs = Vec::new();
+    let mut saturated = Latencies::default();
+    let mut errors_a = 0;
+    for run in 1..=options.runs {
+        ui::step(&format!(
+            "check-ins at saturation for {} (run {run} of {})",
+            humantime::format_duration(options.duration),
+            options.runs
+        ));
+        let (rate, latencies, errors) =
+            saturate(&gateway, &agents, options.concurrency, options.duration).await;
+        ui::step(&format!("{rate:.0} check-ins/s"));
+        saturated_runs.push(rate);
+        saturated.extend(latencies);
+        errors_a += errors;
+    }
     let metrics = gateway.metrics().await.unwrap_or_default();
     if let Some(path) = std::env::var_os("LOGBOOK_BENCH_METRICS_DUMP") {
         let _ = std::fs::write(path, &metrics);
     }
-    let mean = |name: &str| {
-        let value = |suffix: &str| {
-            metrics
-                .lines()
-                .find(|l| l.starts_with(&format!("{name}_{suffix}")))
-                .and_then(|l| l.rsplit(' ').next())
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        value("sum") / value("count").max(1.0)
-    };
-    let mean_batch = mean("logbook_ingest_batch_size");
-    let mean_flush_ms = mean("logbook_ingest_flush_seconds") * 1000.0;
+    let mean_batch = histogram_mean(&metrics, "logbook_ingest_batch_size");
+    let mean_flush_ms = histogram_mean(&metrics, "logbook_ingest_flush_seconds") * 1000.0;
     ui::step(&format!(
         "mean ingest batch {mean_batch:.0} check-ins, mean flush {mean_flush_ms:.1} ms"
     ));
@@ -485,23 +490,42 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
     // The comparison paths run with the gateway stopped, so that nothing else competes.
     gateway.stop();
 
-    ui::step("CqrsFramework::execute, same table");
-    let cqrs_execute_per_sec = cqrs_execute(
-        &db.pool,
-        10_000.min(options.agents.max(100)),
-        options.duration,
-    )
-    .await
-    .context("the CqrsFramework::execute path")?;
-    ui::step("raw batched INSERT, same table");
-    let raw_insert_rows_per_sec = raw_insert(&db.pool, options.duration)
-        .await
-        .context("the raw INSERT path")?;
+    let mut cqrs_execute_runs = Vec::new();
+    let mut raw_insert_runs = Vec::new();
+    for run in 1..=options.runs {
+        ui::step(&format!(
+            "CqrsFramework::execute, same table (run {run} of {})",
+            options.runs
+        ));
+        cqrs_execute_runs.push(
+            cqrs_execute(
+                &db.pool,
+                10_000.min(options.agents.max(100)),
+                options.duration,
+            )
+            .await
+            .context("the CqrsFramework::execute path")?,
+        );
+        ui::step(&format!(
+            "raw batched INSERT, same table (run {run} of {})",
+            options.runs
+        ));
+        raw_insert_runs.push(
+            raw_insert(&db.pool, options.duration)
+                .await
+                .context("the raw INSERT path")?,
+        );
+    }
     db.drop_unless_kept().await;
+    let saturated_per_sec = median(&mut saturated_runs.clone());
+    let cqrs_execute_per_sec = median(&mut cqrs_execute_runs.clone());
+    let raw_insert_rows_per_sec = median(&mut raw_insert_runs.clone());
 
     Ok(Results {
         agents: options.agents,
+        runs: options.runs,
         saturated_per_sec,
+        saturated_runs,
         saturated_latency: saturated.summary(),
         fixed_rate_target: options.rate,
         fixed_rate_achieved,
@@ -510,11 +534,26 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
         mean_batch,
         mean_flush_ms,
         cqrs_execute_per_sec,
+        cqrs_execute_runs,
         raw_insert_rows_per_sec,
+        raw_insert_runs,
         ratio_vs_execute: saturated_per_sec / cqrs_execute_per_sec.max(f64::MIN_POSITIVE),
         ratio_vs_raw: saturated_per_sec / raw_insert_rows_per_sec.max(f64::MIN_POSITIVE),
         gateway_peak_rss_mib,
         agent_rss_mib,
         agent_peak_rss_mib,
     })
+}
+
+/// The mean of a Prometheus histogram in the text exposition.
+pub(crate) fn histogram_mean(metrics: &str, name: &str) -> f64 {
+    let value = |suffix: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}_{suffix}")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    value("sum") / value("count").max(1.0)
 }

@@ -15,6 +15,7 @@ use logbook_gateway::commands::{Commands, Ctx};
 use logbook_gateway::config::GatewayConfig;
 use logbook_gateway::http::{self, AppState, StateParts};
 use logbook_gateway::ingest::Ingest;
+use logbook_gateway::notify::LogNotifier;
 use logbook_gateway::store::EventStore;
 use logbook_projections::fleet::FleetProjection;
 use logbook_projections::runner::{self, RunnerConfig};
@@ -56,8 +57,9 @@ impl TestApp {
     pub async fn on(db: TestDb, pool: PgPool, configure: impl FnOnce(&mut GatewayConfig)) -> Self {
         let mut config = GatewayConfig::default();
         configure(&mut config);
-        let commands = Commands::new(EventStore::new(pool.clone()));
-        let (ingest, _done) = Ingest::start(pool.clone(), config.ingest.clone());
+        let commands = Commands::new(EventStore::new(pool.clone()), LogNotifier::disabled());
+        let (ingest, _done) =
+            Ingest::start(pool.clone(), config.ingest.clone(), LogNotifier::disabled());
         let state = AppState::new(StateParts {
             pool: pool.clone(),
             commands: commands.clone(),
@@ -68,7 +70,7 @@ impl TestApp {
             request_timeout: config.http.request_timeout,
             started: Arc::new(AtomicBool::new(true)),
         });
-        let admin = Commands::new(EventStore::new(db.pool.clone()))
+        let admin = Commands::new(EventStore::new(db.pool.clone()), LogNotifier::disabled())
             .issue_api_token(
                 &Ctx::new(Actor::System("test".into()), "test"),
                 "test admin",

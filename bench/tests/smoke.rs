@@ -1,0 +1,42 @@
+//! A smoke-sized run of the benchmark, so that the harness cannot rot: it must start a real
+//! gateway, enroll agents, drive every phase and write its report.
+
+use std::process::Command;
+
+#[test]
+fn a_smoke_run_completes_and_writes_its_report() {
+    let dir = tempfile_path();
+    let out = dir.join("bench.json");
+    let postgres = std::env::var("LOGBOOK_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
+    let output = Command::new(env!("CARGO_BIN_EXE_logbook-bench"))
+        .args(["--smoke", "--postgres", &postgres, "--out"])
+        .arg(&out)
+        .output()
+        .expect("run logbook-bench");
+    assert!(
+        output.status.success(),
+        "logbook-bench --smoke failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&out).expect("report written")).expect("JSON report");
+    let checkin = &report["checkin"];
+    assert!(
+        checkin["saturated_per_sec"].as_f64().expect("rate") > 0.0,
+        "{report}"
+    );
+    assert!(checkin["cqrs_execute_per_sec"].as_f64().expect("rate") > 0.0);
+    assert!(checkin["raw_insert_rows_per_sec"].as_f64().expect("rate") > 0.0);
+    assert_eq!(checkin["errors"], 0);
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(table.contains("check-ins/s"), "{table}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tempfile_path() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("logbook-bench-smoke-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
