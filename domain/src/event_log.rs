@@ -12,9 +12,11 @@ use serde_json::Value;
 
 use crate::agent::{Agent, AgentEvent};
 use crate::api_token::{ApiToken, ApiTokenEvent};
+use crate::bulk_job::{BulkJob, BulkJobEvent};
 use crate::checkin::{CHECKIN_STREAM, CheckinEvent};
 use crate::client::{Client, ClientEvent};
 use crate::enrollment::{EnrollmentToken, EnrollmentTokenEvent};
+use crate::job::{Job, JobEvent};
 use crate::site::{Site, SiteEvent};
 
 /// Any event Logbook stores.
@@ -32,6 +34,10 @@ pub enum LogbookEvent {
     Checkin(CheckinEvent),
     /// An API token's event.
     ApiToken(ApiTokenEvent),
+    /// A job's event.
+    Job(JobEvent),
+    /// A bulk job's event.
+    BulkJob(BulkJobEvent),
 }
 
 /// Why a stored event could not be read.
@@ -118,6 +124,8 @@ impl LogbookEvent {
             Agent::TYPE => Self::Agent(payload.parse(t)?),
             CHECKIN_STREAM => Self::Checkin(payload.parse(t)?),
             ApiToken::TYPE => Self::ApiToken(payload.parse(t)?),
+            Job::TYPE => Self::Job(payload.parse(t)?),
+            BulkJob::TYPE => Self::BulkJob(payload.parse(t)?),
             other => return Err(DecodeError::UnknownAggregateType(other.to_string())),
         })
     }

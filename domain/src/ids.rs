@@ -83,3 +83,11 @@ id_type!(
     /// Ties together the events caused by one operator action or agent request.
     CorrelationId
 );
+id_type!(
+    /// One job for one agent.
+    JobId
+);
+id_type!(
+    /// A job issued to many agents at once.
+    BulkJobId
+);

@@ -236,3 +236,186 @@ fn unknown_streams_and_versions_are_errors_not_panics() {
     assert!(LogbookEvent::decode("client", "2", serde_json::json!({})).is_err());
     assert!(LogbookEvent::decode("client", "1", serde_json::json!({"Bogus": {}})).is_err());
 }
+
+fn job_result() -> logbook_domain::job::JobResult {
+    logbook_domain::job::JobResult {
+        exit_code: Some(0),
+        stdout: "hi\n".into(),
+        stderr: String::new(),
+        stdout_truncated: false,
+        stderr_truncated: false,
+        duration_ms: 12,
+        finished_at: Utc
+            .with_ymd_and_hms(2026, 1, 1, 12, 0, 1)
+            .single()
+            .expect("time"),
+        error: None,
+    }
+}
+
+#[test]
+fn job_events() {
+    use logbook_domain::job::{Interpreter, JobEvent, JobSpec};
+    let agent_id = AgentId::from(id(4));
+    let deadline = Utc
+        .with_ymd_and_hms(2026, 1, 2, 0, 0, 0)
+        .single()
+        .expect("time");
+    check(
+        "job",
+        JobEvent::JobQueued {
+            job_id: JobId::from(id(10)),
+            agent_id,
+            agent_seq: 3,
+            spec: JobSpec::Script {
+                interpreter: Interpreter::Bash,
+                body: "echo $1".into(),
+                args: vec!["hi".into()],
+                env: [("A".to_string(), "1".to_string())].into_iter().collect(),
+                timeout_secs: 60,
+                working_dir: Some("/tmp".into()),
+            },
+            deadline,
+            bulk_id: Some(BulkJobId::from(id(11))),
+        },
+        expect![[
+            r#"JobQueued v1 {"JobQueued":{"agent_id":"00000000-0000-0000-0000-000000000004","agent_seq":3,"bulk_id":"00000000-0000-0000-0000-00000000000b","deadline":"2026-01-02T00:00:00Z","job_id":"00000000-0000-0000-0000-00000000000a","spec":{"script":{"args":["hi"],"body":"echo $1","env":{"A":"1"},"interpreter":"bash","timeout_secs":60,"working_dir":"/tmp"}}}}"#
+        ]],
+    );
+    check(
+        "job",
+        JobEvent::JobQueued {
+            job_id: JobId::from(id(10)),
+            agent_id,
+            agent_seq: 4,
+            spec: JobSpec::Command {
+                command_line: "uptime".into(),
+                timeout_secs: 30,
+                working_dir: None,
+            },
+            deadline,
+            bulk_id: None,
+        },
+        expect![[
+            r#"JobQueued v1 {"JobQueued":{"agent_id":"00000000-0000-0000-0000-000000000004","agent_seq":4,"bulk_id":null,"deadline":"2026-01-02T00:00:00Z","job_id":"00000000-0000-0000-0000-00000000000a","spec":{"command":{"command_line":"uptime","timeout_secs":30,"working_dir":null}}}}"#
+        ]],
+    );
+    check(
+        "job",
+        JobEvent::JobDispatched {
+            agent_id,
+            stream_seq: 42,
+        },
+        expect![[
+            r#"JobDispatched v1 {"JobDispatched":{"agent_id":"00000000-0000-0000-0000-000000000004","stream_seq":42}}"#
+        ]],
+    );
+    check(
+        "job",
+        JobEvent::JobStarted { agent_id },
+        expect![[
+            r#"JobStarted v1 {"JobStarted":{"agent_id":"00000000-0000-0000-0000-000000000004"}}"#
+        ]],
+    );
+    check(
+        "job",
+        JobEvent::JobSucceeded {
+            agent_id,
+            result: job_result(),
+        },
+        expect![[
+            r#"JobSucceeded v1 {"JobSucceeded":{"agent_id":"00000000-0000-0000-0000-000000000004","result":{"duration_ms":12,"error":null,"exit_code":0,"finished_at":"2026-01-01T12:00:01Z","stderr":"","stderr_truncated":false,"stdout":"hi\n","stdout_truncated":false}}}"#
+        ]],
+    );
+    check(
+        "job",
+        JobEvent::JobFailed {
+            agent_id,
+            result: job_result(),
+        },
+        expect![[
+            r#"JobFailed v1 {"JobFailed":{"agent_id":"00000000-0000-0000-0000-000000000004","result":{"duration_ms":12,"error":null,"exit_code":0,"finished_at":"2026-01-01T12:00:01Z","stderr":"","stderr_truncated":false,"stdout":"hi\n","stdout_truncated":false}}}"#
+        ]],
+    );
+    check(
+        "job",
+        JobEvent::JobTimedOut {
+            agent_id,
+            result: job_result(),
+        },
+        expect![[
+            r#"JobTimedOut v1 {"JobTimedOut":{"agent_id":"00000000-0000-0000-0000-000000000004","result":{"duration_ms":12,"error":null,"exit_code":0,"finished_at":"2026-01-01T12:00:01Z","stderr":"","stderr_truncated":false,"stdout":"hi\n","stdout_truncated":false}}}"#
+        ]],
+    );
+    check(
+        "job",
+        JobEvent::JobExpired { agent_id, deadline },
+        expect![[
+            r#"JobExpired v1 {"JobExpired":{"agent_id":"00000000-0000-0000-0000-000000000004","deadline":"2026-01-02T00:00:00Z"}}"#
+        ]],
+    );
+    check(
+        "job",
+        JobEvent::JobCancelled { agent_id },
+        expect![[
+            r#"JobCancelled v1 {"JobCancelled":{"agent_id":"00000000-0000-0000-0000-000000000004"}}"#
+        ]],
+    );
+}
+
+#[test]
+fn bulk_job_events() {
+    use logbook_domain::bulk_job::{BulkJobEvent, BulkMember, BulkRetry, BulkTarget};
+    use logbook_domain::job::JobSpec;
+    let member = BulkMember {
+        agent_id: AgentId::from(id(4)),
+        job_id: JobId::from(id(10)),
+    };
+    check(
+        "bulk_job",
+        BulkJobEvent::BulkJobIssued {
+            bulk_id: BulkJobId::from(id(11)),
+            target: BulkTarget {
+                client_id: Some(ClientId::from(id(1))),
+                site_id: None,
+                agent_ids: None,
+                os: Some("linux".into()),
+            },
+            members: vec![member],
+            spec: JobSpec::Command {
+                command_line: "uptime".into(),
+                timeout_secs: 30,
+                working_dir: None,
+            },
+            deadline: Utc
+                .with_ymd_and_hms(2026, 1, 2, 0, 0, 0)
+                .single()
+                .expect("time"),
+        },
+        expect![[
+            r#"BulkJobIssued v1 {"BulkJobIssued":{"bulk_id":"00000000-0000-0000-0000-00000000000b","deadline":"2026-01-02T00:00:00Z","members":[{"agent_id":"00000000-0000-0000-0000-000000000004","job_id":"00000000-0000-0000-0000-00000000000a"}],"spec":{"command":{"command_line":"uptime","timeout_secs":30,"working_dir":null}},"target":{"agent_ids":null,"client_id":"00000000-0000-0000-0000-000000000001","os":"linux","site_id":null}}}"#
+        ]],
+    );
+    check(
+        "bulk_job",
+        BulkJobEvent::BulkJobRemainingCancelled {
+            cancelled: vec![JobId::from(id(10))],
+        },
+        expect![[
+            r#"BulkJobRemainingCancelled v1 {"BulkJobRemainingCancelled":{"cancelled":["00000000-0000-0000-0000-00000000000a"]}}"#
+        ]],
+    );
+    check(
+        "bulk_job",
+        BulkJobEvent::BulkJobFailedRetried {
+            retries: vec![BulkRetry {
+                agent_id: AgentId::from(id(4)),
+                failed_job_id: JobId::from(id(10)),
+                new_job_id: JobId::from(id(12)),
+            }],
+        },
+        expect![[
+            r#"BulkJobFailedRetried v1 {"BulkJobFailedRetried":{"retries":[{"agent_id":"00000000-0000-0000-0000-000000000004","failed_job_id":"00000000-0000-0000-0000-00000000000a","new_job_id":"00000000-0000-0000-0000-00000000000c"}]}}"#
+        ]],
+    );
+}

@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use logbook_domain::ids::{ApiTokenId, ClientId, EnrollmentTokenId, SiteId};
 use logbook_domain::metadata::Actor;
 use logbook_projections::fleet::FleetProjection;
+use logbook_projections::jobs::JobsProjection;
 use logbook_projections::rebuild::{self, Progress, RebuildReport};
 use logbook_projections::timeline::TimelineProjection;
 use logbook_projections::{PROJECTION_NAMES, Projection, runner};
@@ -68,6 +69,29 @@ pub enum Command {
     },
     /// Check the configuration and print it.
     CheckConfig,
+    /// Set up NATS authentication: per-agent identities without reloading nats-server.
+    Nats {
+        /// What to do.
+        #[command(subcommand)]
+        command: NatsCommand,
+    },
+}
+
+/// `logbook nats ...`
+#[derive(Debug, Subcommand)]
+pub enum NatsCommand {
+    /// Create fresh operator, account and signing keys and write: `nats-server.conf` (operator
+    /// mode, Logbook's account preloaded, JetStream on), `gateway.creds` (the gateway's NATS
+    /// user) and `account-signing.nk` (the key that issues agents' identities). Prints the
+    /// gateway settings that go with them.
+    Init {
+        /// Where to write the files (created, mode 0700; existing files are not overwritten).
+        #[arg(long)]
+        out_dir: PathBuf,
+        /// nats-server's JetStream store directory.
+        #[arg(long, default_value = "/var/lib/nats-server/jetstream")]
+        store_dir: PathBuf,
+    },
 }
 
 /// `logbook projections ...`
@@ -78,7 +102,7 @@ pub enum ProjectionsCommand {
     /// Rebuild a read model from the start of the event log. The current read model keeps
     /// serving until the new one has caught up, then they are swapped in one transaction.
     Rebuild {
-        /// The projection: fleet (clients, sites, agent list) or timeline (agent history).
+        /// The projection: fleet (clients, sites, agent list), timeline (agent history) or jobs.
         name: String,
         /// Events applied per transaction.
         #[arg(long, default_value_t = 5000)]
@@ -157,6 +181,9 @@ pub async fn execute(
             println!("{config:#?}");
             Ok(())
         }
+        Command::Nats {
+            command: NatsCommand::Init { out_dir, store_dir },
+        } => nats_init(&out_dir, &store_dir),
     }
 }
 
@@ -215,6 +242,9 @@ async fn projections(command: ProjectionsCommand, config: &GatewayConfig) -> any
             let report = match name.as_str() {
                 FleetProjection::NAME => {
                     rebuild_with_progress(&pool, &FleetProjection, batch_size).await?
+                }
+                JobsProjection::NAME => {
+                    rebuild_with_progress(&pool, &JobsProjection, batch_size).await?
                 }
                 TimelineProjection::NAME => {
                     rebuild_with_progress(&pool, &TimelineProjection, batch_size).await?
@@ -313,6 +343,45 @@ async fn admin(command: AdminCommand, config: &GatewayConfig) -> anyhow::Result<
         .bind(logbook_projections::runner::EVENTS_CHANNEL)
         .execute(&pool)
         .await?;
+    Ok(())
+}
+
+fn nats_init(out_dir: &std::path::Path, store_dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let setup = crate::jobs::nats_auth::init_operator(store_dir)?;
+    let mut dir = std::fs::DirBuilder::new();
+    dir.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
+    dir.create(out_dir)
+        .with_context(|| format!("creating {}", out_dir.display()))?;
+    let files = [
+        ("nats-server.conf", setup.server_config.as_str()),
+        ("gateway.creds", setup.gateway_creds.as_str()),
+        ("account-signing.nk", setup.account_signing_seed.as_str()),
+    ];
+    for (name, content) in files {
+        let path = out_dir.join(name);
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options
+            .open(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        file.write_all(content.as_bytes())?;
+    }
+    println!(
+        "Wrote {dir}/nats-server.conf, gateway.creds and account-signing.nk.\n\
+         Run nats-server with: nats-server -c {dir}/nats-server.conf\n\
+         and configure the gateway with:\n\n\
+         [nats]\n\
+         credentials_file = \"{dir}/gateway.creds\"\n\
+         account_public_key = \"{account}\"\n\
+         account_signing_key_file = \"{dir}/account-signing.nk\"",
+        dir = out_dir.display(),
+        account = setup.account_public_key,
+    );
     Ok(())
 }
 

@@ -45,7 +45,7 @@ impl Ctx {
         }
     }
 
-    fn metadata(&self, now: DateTime<Utc>) -> EventMetadata {
+    pub(crate) fn metadata(&self, now: DateTime<Utc>) -> EventMetadata {
         EventMetadata {
             actor: self.actor.clone(),
             correlation_id: self.correlation_id,
@@ -86,8 +86,17 @@ impl From<sqlx::Error> for CommandError {
     }
 }
 
+/// How a command ended when it did not succeed.
+#[derive(Debug)]
+pub(crate) enum Executed<E> {
+    /// The domain refused it.
+    Rejected(E),
+    /// Something else failed.
+    Failed(CommandError),
+}
+
 /// How a domain rejection reads to a caller.
-trait Rejection: std::error::Error {
+pub(crate) trait Rejection: std::error::Error {
     fn into_command_error(self) -> CommandError;
 }
 
@@ -258,7 +267,10 @@ impl Commands {
     }
 
     /// Commits a transaction that appended events and wakes the log readers.
-    async fn commit(&self, tx: sqlx::Transaction<'_, sqlx::Postgres>) -> Result<(), CommandError> {
+    pub(crate) async fn commit(
+        &self,
+        tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    ) -> Result<(), CommandError> {
         tx.commit().await?;
         self.notifier.notify();
         Ok(())
@@ -270,7 +282,8 @@ impl Commands {
     }
 
     /// Runs a command against one aggregate and appends its events.
-    async fn execute<A>(
+    /// Runs a command against one aggregate and appends its events.
+    pub(crate) async fn execute<A>(
         &self,
         ctx: &Ctx,
         id: &str,
@@ -281,22 +294,64 @@ impl Commands {
         A::Command: Clone,
         A::Error: Rejection,
     {
-        retry_on_conflict(|| async {
-            let mut loaded = self.store.load::<A>(id).await?;
-            let events = decide(&mut loaded, command.clone()).await?;
-            let mut tx = self.store.pool().begin().await?;
-            EventStore::append::<A>(
-                &mut tx,
-                id,
-                loaded.version,
-                &events,
-                &ctx.metadata(Utc::now()),
-            )
-            .await?;
-            self.commit(tx).await?;
-            Ok(events)
-        })
-        .await
+        self.try_execute::<A>(ctx, id, command)
+            .await
+            .map_err(|e| match e {
+                Executed::Rejected(e) => e.into_command_error(),
+                Executed::Failed(e) => e,
+            })
+    }
+
+    /// Like [`Commands::execute`], but hands back the domain's rejection itself.
+    pub(crate) async fn try_execute<A>(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        command: A::Command,
+    ) -> Result<Vec<A::Event>, Executed<A::Error>>
+    where
+        A: Aggregate<Services = ()>,
+        A::Command: Clone,
+    {
+        let mut tries = 0;
+        loop {
+            let attempt = async {
+                let mut loaded = self
+                    .store
+                    .load::<A>(id)
+                    .await
+                    .map_err(|e| Executed::Failed(e.into()))?;
+                let events = loaded
+                    .decide(command.clone())
+                    .await
+                    .map_err(Executed::Rejected)?;
+                let mut tx = self
+                    .store
+                    .pool()
+                    .begin()
+                    .await
+                    .map_err(|e| Executed::Failed(e.into()))?;
+                EventStore::append::<A>(
+                    &mut tx,
+                    id,
+                    loaded.version,
+                    &events,
+                    &ctx.metadata(Utc::now()),
+                )
+                .await
+                .map_err(|e| Executed::Failed(e.into()))?;
+                self.commit(tx).await.map_err(Executed::Failed)?;
+                Ok(events)
+            };
+            match attempt.await {
+                Err(Executed::Failed(CommandError::Store(StoreError::Conflict { .. })))
+                    if tries < CONFLICT_RETRIES =>
+                {
+                    tries += 1;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Creates a client.

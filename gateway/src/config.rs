@@ -29,6 +29,8 @@ pub struct GatewayConfig {
     pub agents: AgentsConfig,
     /// The check-in ingest path.
     pub ingest: IngestConfig,
+    /// Jobs.
+    pub jobs: JobsConfig,
     /// Projection runners.
     pub projections: ProjectionsConfig,
     /// The bootstrap admin token.
@@ -94,14 +96,75 @@ impl Default for DatabaseConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsConfig {
-    /// Server URL.
+    /// Server URL, as the gateway reaches it.
     pub url: String,
+    /// Server URL as agents reach it (defaults to `url`).
+    pub agent_url: Option<String>,
+    /// Prefix of every subject, stream and consumer name.
+    pub namespace: String,
+    /// The gateway's `.creds` file, when nats-server requires authentication.
+    pub credentials_file: Option<PathBuf>,
+    /// The Logbook account (`A...`) whose signing key issues agents' identities. With
+    /// `account_signing_key_file`, each agent gets its own NATS user limited to its own subjects;
+    /// without, agents connect without authentication (development).
+    pub account_public_key: Option<String>,
+    /// File holding the account signing key seed (`SA...`).
+    pub account_signing_key_file: Option<PathBuf>,
+    /// How long an agent's NATS identity is valid before it renews it.
+    #[serde(with = "humantime_serde")]
+    pub agent_identity_lifetime: Duration,
 }
 
 impl Default for NatsConfig {
     fn default() -> Self {
         Self {
             url: "nats://127.0.0.1:4222".to_string(),
+            agent_url: None,
+            namespace: "logbook".to_string(),
+            credentials_file: None,
+            account_public_key: None,
+            account_signing_key_file: None,
+            agent_identity_lifetime: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+/// Jobs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// Deadline of a job when the request gives none.
+    #[serde(with = "humantime_serde")]
+    pub default_deadline: Duration,
+    /// Longest deadline a request may ask for (jobs are kept in NATS this long).
+    #[serde(with = "humantime_serde")]
+    pub max_deadline: Duration,
+    /// Largest script or command accepted, in bytes.
+    pub max_script_bytes: usize,
+    /// Most agents one bulk job may target.
+    pub max_bulk_targets: usize,
+    /// Most events the dispatcher reads per round.
+    pub dispatch_batch: i64,
+    /// How often jobs past their deadline are looked for.
+    #[serde(with = "humantime_serde")]
+    pub expiry_interval: Duration,
+    /// Results recorded at the same time.
+    pub result_concurrency: usize,
+    /// Claims answered at the same time.
+    pub claim_concurrency: usize,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            default_deadline: Duration::from_secs(24 * 3600),
+            max_deadline: Duration::from_secs(30 * 24 * 3600),
+            max_script_bytes: 256 * 1024,
+            max_bulk_targets: 100_000,
+            dispatch_batch: 1000,
+            expiry_interval: Duration::from_secs(1),
+            result_concurrency: 32,
+            claim_concurrency: 64,
         }
     }
 }
@@ -270,6 +333,42 @@ impl GatewayConfig {
             self.nats.url.starts_with("nats://") || self.nats.url.starts_with("tls://"),
             "nats.url",
             "must start with nats:// or tls://",
+        );
+        p.check(
+            !self.nats.namespace.is_empty()
+                && self
+                    .nats
+                    .namespace
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+            "nats.namespace",
+            "must be letters, digits, - or _",
+        );
+        p.check(
+            self.nats.account_public_key.is_some() == self.nats.account_signing_key_file.is_some(),
+            "nats.account_signing_key_file",
+            "nats.account_public_key and nats.account_signing_key_file go together",
+        );
+        p.check(
+            self.jobs.default_deadline > Duration::ZERO
+                && self.jobs.default_deadline <= self.jobs.max_deadline,
+            "jobs.default_deadline",
+            "must be more than 0 and at most jobs.max_deadline",
+        );
+        p.check(
+            (1024..=16 * 1024 * 1024).contains(&self.jobs.max_script_bytes),
+            "jobs.max_script_bytes",
+            "must be between 1024 and 16777216",
+        );
+        p.check(
+            (1..=100_000).contains(&self.jobs.dispatch_batch),
+            "jobs.dispatch_batch",
+            "must be between 1 and 100000",
+        );
+        p.check(
+            self.jobs.max_bulk_targets >= 1,
+            "jobs.max_bulk_targets",
+            "must be at least 1",
         );
         p.check(
             !self.agents.overdue_after.is_zero(),

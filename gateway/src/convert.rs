@@ -7,6 +7,7 @@ use logbook_domain::checkin::{
     CheckinReport, CpuInfo, DiskUsage, FieldProblem, MemoryInfo, OsInfo,
 };
 use logbook_domain::ids::CheckinId;
+use logbook_domain::job::{Interpreter, JobResult, Outcome};
 use logbook_proto::agent::v1 as pb;
 
 fn problem(field: &str, text: &str) -> FieldProblem {
@@ -124,6 +125,37 @@ pub fn enrollment(
             agent_version: request.agent_version,
         },
     ))
+}
+
+/// The wire form of an interpreter.
+pub fn interpreter(interpreter: Interpreter) -> pb::Interpreter {
+    match interpreter {
+        Interpreter::Sh => pb::Interpreter::Sh,
+        Interpreter::Bash => pb::Interpreter::Bash,
+        Interpreter::Python3 => pb::Interpreter::Python3,
+        Interpreter::Pwsh => pb::Interpreter::Pwsh,
+    }
+}
+
+/// Reads a result an agent reported.
+pub fn job_result(report: &pb::JobResultReport) -> (Outcome, JobResult) {
+    let outcome = match pb::JobOutcome::try_from(report.outcome) {
+        Ok(pb::JobOutcome::Succeeded) => Outcome::Succeeded,
+        Ok(pb::JobOutcome::TimedOut) => Outcome::TimedOut,
+        _ => Outcome::Failed,
+    };
+    let result = JobResult {
+        exit_code: report.has_exit_code.then_some(report.exit_code),
+        stdout: report.stdout.clone(),
+        stderr: report.stderr.clone(),
+        stdout_truncated: report.stdout_truncated,
+        stderr_truncated: report.stderr_truncated,
+        duration_ms: report.duration_ms,
+        finished_at: DateTime::<Utc>::from_timestamp_millis(report.finished_at_unix_ms)
+            .unwrap_or_else(Utc::now),
+        error: (!report.error.is_empty()).then(|| report.error.clone()),
+    };
+    (outcome, result)
 }
 
 #[cfg(test)]

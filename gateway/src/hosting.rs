@@ -1,8 +1,12 @@
-//! Running the projections inside the gateway process, and reporting how far behind they are.
+//! Running the background work inside the gateway process: the projections (and how far behind
+//! they are), and the job dispatcher, claims, results and expiry.
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use logbook_projections::fleet::FleetProjection;
+use logbook_projections::jobs::JobsProjection;
 use logbook_projections::runner::{self, LogWaker, RunnerConfig};
 use logbook_projections::timeline::TimelineProjection;
 use logbook_projections::{PROJECTION_NAMES, log};
@@ -10,7 +14,10 @@ use sqlx::PgPool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ProjectionsConfig;
+use crate::commands::Commands;
+use crate::config::{JobsConfig, ProjectionsConfig};
+use crate::jobs::transport::Transport;
+use crate::jobs::{claims, dispatch, expiry, results};
 
 /// Starts every projection's runner and the lag reporter on `tasks`.
 pub fn spawn(
@@ -36,6 +43,13 @@ pub fn spawn(
     tasks.spawn(runner::run(
         pool.clone(),
         TimelineProjection,
+        waker.clone(),
+        runner_config.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(runner::run(
+        pool.clone(),
+        JobsProjection,
         waker,
         runner_config,
         shutdown.clone(),
@@ -48,7 +62,7 @@ pub fn spawn(
 async fn report_lag(pool: PgPool, shutdown: CancellationToken) {
     const CAP: i64 = 10_000;
     loop {
-        for name in PROJECTION_NAMES {
+        for name in PROJECTION_NAMES.iter().chain([&dispatch::CHECKPOINT]) {
             let sample = async {
                 let cursor = runner::checkpoint(&pool, name).await?.unwrap_or_default();
                 let mut conn = pool.acquire().await?;
@@ -79,4 +93,53 @@ async fn report_lag(pool: PgPool, shutdown: CancellationToken) {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
+}
+
+/// Starts the job machinery on `tasks`: claims at once, and the dispatcher and results consumer
+/// once the streams exist (NATS may still be down when the gateway starts).
+pub fn spawn_jobs(
+    pool: &PgPool,
+    commands: &Commands,
+    transport: Arc<Transport>,
+    waker: LogWaker,
+    config: &JobsConfig,
+    poll_interval: Duration,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) {
+    tasks.spawn(claims::run(
+        transport.client().clone(),
+        transport.names().clone(),
+        commands.clone(),
+        config.claim_concurrency,
+        shutdown.clone(),
+    ));
+    tasks.spawn(expiry::run(
+        pool.clone(),
+        commands.clone(),
+        config.expiry_interval,
+        shutdown.clone(),
+    ));
+    let (pool, commands, config, shutdown) = (
+        pool.clone(),
+        commands.clone(),
+        config.clone(),
+        shutdown.clone(),
+    );
+    tasks.spawn(async move {
+        loop {
+            match transport.ensure_streams().await {
+                Ok(()) => break,
+                Err(e) => tracing::warn!(error = %e, "waiting for NATS JetStream to create the job streams"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        let settings = dispatch::DispatchSettings { batch_size: config.dispatch_batch, poll_interval };
+        let dispatcher = dispatch::run(pool, commands.clone(), transport.clone(), waker, settings, shutdown.clone());
+        let results = results::run(transport, commands, config.result_concurrency, shutdown);
+        tokio::join!(dispatcher, results);
+    });
 }

@@ -4,7 +4,8 @@
 //! - [`serve::run`] is the server; `main.rs` only parses flags, loads [`config::GatewayConfig`],
 //!   installs logging and calls it (tests call it too).
 //! - [`commands`] carries out every operator and agent action; [`ingest`] records check-ins in
-//!   batches; [`store`] appends to the event log; [`http`] is the API.
+//!   batches; [`jobs`] delivers jobs through NATS JetStream; [`store`] appends to the event log;
+//!   [`http`] is the API.
 //! - [`cli`] holds the other subcommands (`migrate`, `projections`, `admin`).
 
 pub mod bootstrap;
@@ -17,6 +18,7 @@ pub mod db;
 pub mod hosting;
 pub mod http;
 pub mod ingest;
+pub mod jobs;
 pub mod notify;
 pub mod secrets;
 pub mod serve;

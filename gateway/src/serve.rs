@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use logbook_projections::runner::LogWaker;
+use logbook_proto::subjects::Names;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -21,8 +22,10 @@ use tokio_util::sync::CancellationToken;
 use crate::bootstrap::{self, AdminToken};
 use crate::commands::Commands;
 use crate::config::GatewayConfig;
-use crate::http::{self, AppState, StateParts};
+use crate::http::{self, AgentNats, AppState, StateParts};
 use crate::ingest::Ingest;
+use crate::jobs::nats_auth::AgentIdentities;
+use crate::jobs::transport::{Transport, TransportSettings};
 use crate::notify::LogNotifier;
 use crate::store::EventStore;
 use crate::{db, hosting};
@@ -35,13 +38,44 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let pool = db::pool(&config.database).context("database.url")?;
-    let nats = async_nats::ConnectOptions::new()
+    let nats_options = match &config.nats.credentials_file {
+        Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
+            .await
+            .with_context(|| format!("reading nats.credentials_file {}", path.display()))?,
+        None => async_nats::ConnectOptions::new(),
+    };
+    let nats = nats_options
         .name("logbook-gateway")
         .retry_on_initial_connect()
+        .max_reconnects(None)
         .connection_timeout(Duration::from_secs(5))
         .connect(config.nats.url.as_str())
         .await
         .with_context(|| format!("connecting to NATS at {}", config.nats.url))?;
+    let names = Names::new(&config.nats.namespace);
+    let transport = Arc::new(Transport::new(
+        nats.clone(),
+        names.clone(),
+        TransportSettings {
+            job_max_age: config.jobs.max_deadline + Duration::from_secs(24 * 3600),
+            ..TransportSettings::default()
+        },
+    ));
+    let identities = match (
+        &config.nats.account_public_key,
+        &config.nats.account_signing_key_file,
+    ) {
+        (Some(account), Some(seed_file)) => Some(Arc::new(
+            AgentIdentities::from_seed_file(
+                account,
+                seed_file,
+                config.nats.agent_identity_lifetime,
+                names.clone(),
+            )
+            .context("nats.account_signing_key_file")?,
+        )),
+        _ => None,
+    };
     let (waker, local_wake) = LogWaker::spawn(pool.clone(), shutdown.clone());
     let notifier = LogNotifier::start(pool.clone(), local_wake, shutdown.clone());
     let commands = Commands::new(EventStore::new(pool.clone()), notifier.clone());
@@ -58,6 +92,17 @@ pub async fn run(
         max_body_bytes: config.http.max_body_bytes,
         request_timeout: config.http.request_timeout,
         started: started.clone(),
+        jobs: config.jobs.clone(),
+        agent_nats: AgentNats {
+            url: config
+                .nats
+                .agent_url
+                .clone()
+                .unwrap_or_else(|| config.nats.url.clone()),
+            namespace: config.nats.namespace.clone(),
+            identities,
+            transport: Some(transport.clone()),
+        },
     });
 
     let listener = match listener {
@@ -97,6 +142,16 @@ pub async fn run(
                         if config.projections.enabled {
                             hosting::spawn(&pool, waker.clone(), &config.projections, &shutdown, &mut tasks);
                         }
+                        hosting::spawn_jobs(
+                            &pool,
+                            &commands,
+                            transport.clone(),
+                            waker.clone(),
+                            &config.jobs,
+                            config.projections.poll_interval,
+                            &shutdown,
+                            &mut tasks,
+                        );
                         started.store(true, Ordering::Release);
                         tracing::info!("Logbook is ready");
                     }

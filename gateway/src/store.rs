@@ -156,50 +156,123 @@ impl EventStore {
         events: &[A::Event],
         metadata: &EventMetadata,
     ) -> Result<(), StoreError> {
-        if events.is_empty() {
-            return Ok(());
+        let rows = NewEvent::for_aggregate::<A>(aggregate_id, version, events, metadata)?;
+        Self::append_rows(conn, &rows, Conflicts::Fail)
+            .await
+            .map(drop)
+    }
+
+    /// Appends rows of any aggregates with one statement, inside the caller's transaction.
+    /// With [`Conflicts::Skip`], rows whose sequence is taken are left out (for facts that
+    /// another writer may have overtaken, such as a dispatch record); returns how many were
+    /// inserted.
+    pub async fn append_rows(
+        conn: &mut PgConnection,
+        rows: &[NewEvent],
+        conflicts: Conflicts,
+    ) -> Result<u64, StoreError> {
+        if rows.is_empty() {
+            return Ok(0);
         }
-        let meta =
-            serde_json::to_value(metadata.to_map()).map_err(|source| StoreError::Corrupt {
-                aggregate_type: A::TYPE,
-                source,
-            })?;
-        let mut sequences = Vec::with_capacity(events.len());
-        let mut types = Vec::with_capacity(events.len());
-        let mut versions = Vec::with_capacity(events.len());
-        let mut payloads = Vec::with_capacity(events.len());
-        for (i, event) in events.iter().enumerate() {
-            sequences.push(version + 1 + i as i64);
-            types.push(event.event_type());
-            versions.push(event.event_version());
-            payloads.push(
-                serde_json::to_value(event).map_err(|source| StoreError::Corrupt {
-                    aggregate_type: A::TYPE,
-                    source,
-                })?,
-            );
+        let mut types = Vec::with_capacity(rows.len());
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut sequences = Vec::with_capacity(rows.len());
+        let mut event_types = Vec::with_capacity(rows.len());
+        let mut versions = Vec::with_capacity(rows.len());
+        let mut payloads = Vec::with_capacity(rows.len());
+        let mut metadata = Vec::with_capacity(rows.len());
+        for row in rows {
+            types.push(row.aggregate_type);
+            ids.push(row.aggregate_id.as_str());
+            sequences.push(row.sequence);
+            event_types.push(row.event_type.as_str());
+            versions.push(row.event_version.as_str());
+            payloads.push(&row.payload);
+            metadata.push(&row.metadata);
         }
-        let result = sqlx::query(
+        let on_conflict = match conflicts {
+            Conflicts::Fail => "",
+            Conflicts::Skip => " ON CONFLICT DO NOTHING",
+        };
+        let result = sqlx::query(&format!(
             "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
-             SELECT $1, $2, s, t, v, p, $7 \
-               FROM unnest($3::bigint[], $4::text[], $5::text[], $6::jsonb[]) AS e(s, t, v, p)",
-        )
-        .bind(A::TYPE)
-        .bind(aggregate_id)
-        .bind(sequences)
-        .bind(types)
-        .bind(versions)
-        .bind(payloads)
-        .bind(meta)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[]){on_conflict}"
+        ))
+        .bind(&types)
+        .bind(&ids)
+        .bind(&sequences)
+        .bind(&event_types)
+        .bind(&versions)
+        .bind(&payloads)
+        .bind(&metadata)
         .execute(conn)
         .await;
         match result {
-            Ok(_) => Ok(()),
+            Ok(done) => Ok(done.rows_affected()),
             Err(e) if db::is_unique_violation(&e) => Err(StoreError::Conflict {
-                aggregate_type: A::TYPE,
-                aggregate_id: aggregate_id.to_string(),
+                aggregate_type: rows[0].aggregate_type,
+                aggregate_id: rows[0].aggregate_id.clone(),
             }),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// What to do when an appended row's sequence is already taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conflicts {
+    /// Fail the append (optimistic concurrency).
+    Fail,
+    /// Leave the row out.
+    Skip,
+}
+
+/// One event row to append.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// The aggregate type.
+    pub aggregate_type: &'static str,
+    /// The aggregate id.
+    pub aggregate_id: String,
+    /// Its sequence in the aggregate.
+    pub sequence: i64,
+    /// `event_type()`.
+    pub event_type: String,
+    /// `event_version()`.
+    pub event_version: String,
+    /// The serialized event.
+    pub payload: serde_json::Value,
+    /// The serialized metadata.
+    pub metadata: serde_json::Value,
+}
+
+impl NewEvent {
+    /// Rows for `events` of one aggregate, numbered after `version`.
+    pub fn for_aggregate<A: Aggregate>(
+        aggregate_id: &str,
+        version: i64,
+        events: &[A::Event],
+        metadata: &EventMetadata,
+    ) -> Result<Vec<Self>, StoreError> {
+        let corrupt = |source| StoreError::Corrupt {
+            aggregate_type: A::TYPE,
+            source,
+        };
+        let metadata = serde_json::to_value(metadata.to_map()).map_err(corrupt)?;
+        events
+            .iter()
+            .enumerate()
+            .map(|(i, event)| {
+                Ok(NewEvent {
+                    aggregate_type: A::TYPE,
+                    aggregate_id: aggregate_id.to_string(),
+                    sequence: version + 1 + i as i64,
+                    event_type: event.event_type(),
+                    event_version: event.event_version(),
+                    payload: serde_json::to_value(event).map_err(corrupt)?,
+                    metadata: metadata.clone(),
+                })
+            })
+            .collect()
     }
 }

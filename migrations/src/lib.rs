@@ -21,6 +21,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = migrations![
     3 => "0003_fleet_read_models.sql",
     4 => "0004_agent_timeline.sql",
     5 => "0005_notify_after_commit.sql",
+    6 => "0006_jobs.sql",
 ];
 
 /// A sqlx migrator over the embedded migrations.

@@ -119,7 +119,10 @@ impl Projection for FleetProjection {
                         latest.report = report;
                     }
                 }
-                LogbookEvent::EnrollmentToken(_) | LogbookEvent::ApiToken(_) => {}
+                LogbookEvent::EnrollmentToken(_)
+                | LogbookEvent::ApiToken(_)
+                | LogbookEvent::Job(_)
+                | LogbookEvent::BulkJob(_) => {}
             }
         }
         flush_checkins(conn, &mut checkins).await
@@ -566,4 +569,30 @@ impl FromRow<'_, PgRow> for AgentRow {
             latest_report: row.try_get("latest_report")?,
         })
     }
+}
+
+/// Every active (not decommissioned) agent matching all the given conditions, for resolving a
+/// bulk job's targets.
+pub async fn active_agent_ids(
+    pool: &PgPool,
+    client_id: Option<Uuid>,
+    site_id: Option<Uuid>,
+    agent_ids: Option<&[Uuid]>,
+    os_family: Option<&str>,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT agent_id FROM agents_view \
+          WHERE decommissioned_at IS NULL \
+            AND ($1::uuid IS NULL OR client_id = $1) \
+            AND ($2::uuid IS NULL OR site_id = $2) \
+            AND ($3::uuid[] IS NULL OR agent_id = ANY($3)) \
+            AND ($4::text IS NULL OR os_family = $4) \
+          ORDER BY agent_id",
+    )
+    .bind(client_id)
+    .bind(site_id)
+    .bind(agent_ids)
+    .bind(os_family)
+    .fetch_all(pool)
+    .await
 }

@@ -5,12 +5,13 @@
 //!   woken by `NOTIFY`, with its checkpoint stored in the same transaction as its read model.
 //! - [`rebuild`] recreates a projection's tables from zero beside the live ones and swaps them in
 //!   once caught up.
-//! - [`fleet`] (clients, sites, the agent list) and [`timeline`] (per-agent history) are the
-//!   projections, each with the queries that read them.
+//! - [`fleet`] (clients, sites, the agent list), [`timeline`] (per-agent history) and [`jobs`]
+//!   (jobs and bulk jobs) are the projections, each with the queries that read them.
 //!
 //! This crate never appends events and knows nothing of HTTP, gRPC or NATS.
 
 pub mod fleet;
+pub mod jobs;
 pub mod log;
 pub mod rebuild;
 pub mod runner;

@@ -324,6 +324,31 @@ impl LogWaker {
     }
 }
 
+/// Waits until this process holds the leadership of `name` (a session advisory lock on a
+/// connection of its own, so that it never travels back into the pool) and returns that
+/// connection: leadership lasts as long as it stays open. `None` when `shutdown` came first.
+pub async fn acquire_leadership(
+    pool: &PgPool,
+    name: &str,
+    retry_every: Duration,
+    shutdown: &CancellationToken,
+) -> Result<Option<PgConnection>, sqlx::Error> {
+    let mut conn = PgConnection::connect_with(&pool.connect_options()).await?;
+    loop {
+        let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(lock_key(name))
+            .fetch_one(&mut conn)
+            .await?;
+        if leader {
+            return Ok(Some(conn));
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(retry_every) => {}
+        }
+    }
+}
+
 fn lock_key(name: &str) -> i64 {
     // FNV-1a: stable across builds and processes, unlike the std hasher.
     let mut hash: u64 = 0xcbf29ce484222325;
@@ -372,21 +397,11 @@ async fn lead<P: Projection>(
 ) -> Result<(), RunError> {
     let name = projection.name();
     ensure_checkpoint(pool, name).await?;
-    // A connection of its own: a session advisory lock must not travel back into the pool.
-    let mut lock_conn = PgConnection::connect_with(&pool.connect_options()).await?;
-    loop {
-        let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(lock_key(name))
-            .fetch_one(&mut lock_conn)
-            .await?;
-        if leader {
-            break;
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(config.poll_interval) => {}
-        }
-    }
+    let Some(mut lock_conn) =
+        acquire_leadership(pool, name, config.poll_interval, shutdown).await?
+    else {
+        return Ok(());
+    };
     tracing::info!(projection = name, "leading projection");
     metrics::gauge!("logbook_projection_leader", "projection" => name).set(1.0);
     let result = async {

@@ -10,6 +10,8 @@ use logbook_domain::agent::Agent;
 use logbook_domain::checkin::CHECKIN_STREAM;
 use logbook_domain::cqrs_es::Aggregate;
 use logbook_domain::event_log::LogbookEvent;
+use logbook_domain::ids::AgentId;
+use logbook_domain::job::JobEvent;
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
@@ -36,10 +38,25 @@ fn subject_agent(event: &StoredEvent) -> Option<Uuid> {
         LogbookEvent::Agent(_) | LogbookEvent::Checkin(_) => {
             Uuid::parse_str(&event.aggregate_id).ok()
         }
+        LogbookEvent::Job(event) => Some(job_agent(event).as_uuid()),
         LogbookEvent::Client(_)
         | LogbookEvent::Site(_)
         | LogbookEvent::EnrollmentToken(_)
-        | LogbookEvent::ApiToken(_) => None,
+        | LogbookEvent::ApiToken(_)
+        | LogbookEvent::BulkJob(_) => None,
+    }
+}
+
+fn job_agent(event: &JobEvent) -> AgentId {
+    match event {
+        JobEvent::JobQueued { agent_id, .. }
+        | JobEvent::JobDispatched { agent_id, .. }
+        | JobEvent::JobStarted { agent_id }
+        | JobEvent::JobSucceeded { agent_id, .. }
+        | JobEvent::JobFailed { agent_id, .. }
+        | JobEvent::JobTimedOut { agent_id, .. }
+        | JobEvent::JobExpired { agent_id, .. }
+        | JobEvent::JobCancelled { agent_id } => *agent_id,
     }
 }
 

@@ -12,6 +12,8 @@ pub mod agent {
     }
 }
 
+pub mod subjects;
+
 /// The media type of protobuf bodies.
 pub const PROTOBUF_MEDIA_TYPE: &str = "application/x-protobuf";
 

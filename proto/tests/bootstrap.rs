@@ -16,10 +16,8 @@ fn generated_code_is_up_to_date() {
     let mut config = prost_build::Config::new();
     config
         .out_dir(&out)
-        .type_attribute(
-            ".",
-            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
-        )
+        .type_attribute(".", "#[derive(serde::Serialize, serde::Deserialize)]")
+        .message_attribute(".", "#[serde(default)]")
         .compile_protos(
             &[root.join("proto/logbook/agent/v1/agent.proto")],
             &[root.join("proto")],

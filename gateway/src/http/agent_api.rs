@@ -43,14 +43,39 @@ pub(super) async fn enroll(
     headers: HeaderMap,
     Wire { message, reply_as }: Wire<pb::EnrollRequest>,
 ) -> Result<Reply<pb::EnrollResponse>, ApiError> {
+    let nats_public_key = message.nats_public_key.clone();
+    let nats = state.agent_nats();
+    if nats.identities.is_some() && nats_public_key.is_empty() {
+        return Err(ApiError::invalid_field(
+            "nats_public_key",
+            "is required: this server gives each agent its own NATS identity",
+        ));
+    }
     let (token, identity) = convert::enrollment(message).map_err(|problems| {
         ApiError::invalid_fields("the enrollment request is invalid", problems)
     })?;
+    if let Some(identities) = &nats.identities {
+        // Check the key before anything is recorded.
+        identities
+            .agent_jwt(AgentId::from(uuid::Uuid::nil()), &nats_public_key)
+            .map_err(|e| ApiError::invalid_field("nats_public_key", e.to_string()))?;
+    }
     let enrolled = state
         .commands()
         .enroll_agent(&request_id(&headers), &token, identity)
         .await?;
     tracing::info!(agent_id = %enrolled.agent_id, site_id = %enrolled.site_id, "agent enrolled");
+    let access = nats_access(&state, enrolled.agent_id, &nats_public_key)?;
+    if let Some(transport) = nats.transport.clone() {
+        // The consumer is also created by the dispatcher before the first job; doing it now
+        // lets the agent bind at once. NATS being down must not fail the enrollment.
+        let agent_id = enrolled.agent_id;
+        tokio::spawn(async move {
+            if let Err(e) = transport.ensure_agent_consumer(agent_id).await {
+                tracing::warn!(error = %e, %agent_id, "could not create the agent's job consumer yet");
+            }
+        });
+    }
     Ok(Reply {
         status: StatusCode::CREATED,
         format: reply_as,
@@ -59,7 +84,60 @@ pub(super) async fn enroll(
             credential: enrolled.credential,
             client_id: enrolled.client_id.to_string(),
             site_id: enrolled.site_id.to_string(),
+            nats: Some(access),
         },
+    })
+}
+
+fn nats_access(
+    state: &AppState,
+    agent_id: AgentId,
+    public_key: &str,
+) -> Result<pb::NatsAccess, ApiError> {
+    let nats = state.agent_nats();
+    let user_jwt = match &nats.identities {
+        Some(identities) => identities
+            .agent_jwt(agent_id, public_key)
+            .map_err(|e| ApiError::invalid_field("nats_public_key", e.to_string()))?,
+        None => String::new(),
+    };
+    Ok(pb::NatsAccess {
+        url: nats.url.clone(),
+        namespace: nats.namespace.clone(),
+        user_jwt,
+    })
+}
+
+/// Issues a fresh NATS identity to an agent whose previous one is about to expire.
+#[utoipa::path(
+    post, path = "/api/v1/agents/{agent_id}/nats-credentials", tag = "agents",
+    params(("agent_id" = String, Path, description = "The agent's id")),
+    request_body(content = inline(Object), description = "`logbook.agent.v1.NatsCredentialsRequest` as JSON or protobuf"),
+    responses(
+        (status = 200, description = "`logbook.agent.v1.NatsAccess`"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody, description = "Not this agent's live credential"),
+    ),
+    security(("agent_credential" = []))
+)]
+pub(super) async fn nats_credentials(
+    State(state): State<AppState>,
+    Path(agent_id): Path<String>,
+    AgentCredential(credential): AgentCredential,
+    Wire { message, reply_as }: Wire<pb::NatsCredentialsRequest>,
+) -> Result<Reply<pb::NatsAccess>, ApiError> {
+    let agent_id: AgentId = path_id("agent_id", &agent_id)?;
+    let owner =
+        crate::credentials::subject(state.pool(), &credential, crate::secrets::SecretKind::Agent)
+            .await?;
+    if owner != Some(agent_id.as_uuid()) {
+        return Err(ApiError::Unauthorized(format!(
+            "invalid agent credential for agent {agent_id}"
+        )));
+    }
+    Ok(Reply {
+        status: StatusCode::OK,
+        format: reply_as,
+        message: nats_access(&state, agent_id, &message.nats_public_key)?,
     })
 }
 

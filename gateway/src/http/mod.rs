@@ -10,6 +10,7 @@ mod agents;
 mod auth;
 pub mod error;
 mod health;
+mod jobs;
 mod openapi;
 mod wire;
 
@@ -31,7 +32,10 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::commands::Commands;
+use crate::config::JobsConfig;
 use crate::ingest::Ingest;
+use crate::jobs::nats_auth::AgentIdentities;
+use crate::jobs::transport::Transport;
 use error::ApiError;
 
 /// What handlers share.
@@ -47,6 +51,21 @@ struct Inner {
     max_body_bytes: usize,
     request_timeout: Duration,
     started: Arc<AtomicBool>,
+    jobs: JobsConfig,
+    agent_nats: AgentNats,
+}
+
+/// What agents are told about NATS at enrollment.
+#[derive(Debug, Clone, Default)]
+pub struct AgentNats {
+    /// The URL agents connect to.
+    pub url: String,
+    /// The names' namespace.
+    pub namespace: String,
+    /// Issues each agent's NATS identity; `None` when NATS runs without authentication.
+    pub identities: Option<Arc<AgentIdentities>>,
+    /// Creates agents' consumers at enrollment and removes them at decommissioning.
+    pub transport: Option<Arc<Transport>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -74,6 +93,10 @@ pub struct StateParts {
     pub request_timeout: Duration,
     /// Set once migrations and bootstrap have finished.
     pub started: Arc<AtomicBool>,
+    /// Job limits.
+    pub jobs: JobsConfig,
+    /// NATS as agents see it.
+    pub agent_nats: AgentNats,
 }
 
 impl AppState {
@@ -88,6 +111,8 @@ impl AppState {
             max_body_bytes: parts.max_body_bytes,
             request_timeout: parts.request_timeout,
             started: parts.started,
+            jobs: parts.jobs,
+            agent_nats: parts.agent_nats,
         }))
     }
 
@@ -113,6 +138,14 @@ impl AppState {
 
     fn max_body_bytes(&self) -> usize {
         self.0.max_body_bytes
+    }
+
+    fn jobs_config(&self) -> &JobsConfig {
+        &self.0.jobs
+    }
+
+    fn agent_nats(&self) -> &AgentNats {
+        &self.0.agent_nats
     }
 
     fn is_started(&self) -> bool {
@@ -172,6 +205,19 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/agents/{agent_id}/timeline", get(agents::timeline))
         .route("/api/v1/agents/{agent_id}/state", get(agents::state_at))
+        .route(
+            "/api/v1/agents/{agent_id}/nats-credentials",
+            post(agent_api::nats_credentials),
+        )
+        .route(
+            "/api/v1/agents/{agent_id}/jobs",
+            get(jobs::agent_jobs).post(jobs::queue),
+        )
+        .route("/api/v1/jobs", post(jobs::queue_bulk))
+        .route("/api/v1/jobs/{id}", get(jobs::get))
+        .route("/api/v1/jobs/{id}/jobs", get(jobs::bulk_members))
+        .route("/api/v1/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/api/v1/jobs/{id}/retry-failed", post(jobs::retry_failed))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_started,

@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, agent_api, agents, error, health};
+use super::{admin, agent_api, agents, error, health, jobs};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -22,13 +22,15 @@ use super::{admin, agent_api, agents, error, health};
         admin::create_enrollment_token, admin::revoke_enrollment_token,
         admin::create_api_token, admin::revoke_api_token,
         agents::list, agents::get, agents::rename, agents::move_agent, agents::decommission,
-        agents::timeline, agents::state_at,
+        agents::timeline, agents::state_at, agent_api::nats_credentials,
+        jobs::queue, jobs::queue_bulk, jobs::get, jobs::agent_jobs, jobs::bulk_members, jobs::cancel, jobs::retry_failed,
         health::healthz, health::readyz, health::metrics,
     ),
     components(schemas(error::ErrorBody)),
     modifiers(&Security),
     tags(
         (name = "agents", description = "Enrollment, check-ins, the agent list and history"),
+        (name = "jobs", description = "Scripts and commands for agents, delivered when they are online, run at most once"),
         (name = "tenancy", description = "Clients, sites and enrollment tokens"),
         (name = "access", description = "API tokens"),
         (name = "operations", description = "Health and metrics"),

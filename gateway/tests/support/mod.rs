@@ -13,11 +13,12 @@ use http_body_util::BodyExt;
 use logbook_domain::metadata::Actor;
 use logbook_gateway::commands::{Commands, Ctx};
 use logbook_gateway::config::GatewayConfig;
-use logbook_gateway::http::{self, AppState, StateParts};
+use logbook_gateway::http::{self, AgentNats, AppState, StateParts};
 use logbook_gateway::ingest::Ingest;
 use logbook_gateway::notify::LogNotifier;
 use logbook_gateway::store::EventStore;
 use logbook_projections::fleet::FleetProjection;
+use logbook_projections::jobs::JobsProjection;
 use logbook_projections::runner::{self, RunnerConfig};
 use logbook_projections::timeline::TimelineProjection;
 use logbook_projections::{Projection, log};
@@ -69,6 +70,8 @@ impl TestApp {
             max_body_bytes: config.http.max_body_bytes,
             request_timeout: config.http.request_timeout,
             started: Arc::new(AtomicBool::new(true)),
+            jobs: config.jobs.clone(),
+            agent_nats: AgentNats::default(),
         });
         let admin = Commands::new(EventStore::new(db.pool.clone()), LogNotifier::disabled())
             .issue_api_token(
@@ -77,7 +80,11 @@ impl TestApp {
             )
             .await
             .expect("admin token");
-        for name in [FleetProjection::NAME, TimelineProjection::NAME] {
+        for name in [
+            FleetProjection::NAME,
+            TimelineProjection::NAME,
+            JobsProjection::NAME,
+        ] {
             runner::ensure_checkpoint(&db.pool, name)
                 .await
                 .expect("checkpoint");
@@ -239,6 +246,7 @@ impl TestApp {
     pub async fn settle(&self) {
         settle_projection(&self.db.pool, &FleetProjection).await;
         settle_projection(&self.db.pool, &TimelineProjection).await;
+        settle_projection(&self.db.pool, &JobsProjection).await;
     }
 }
 

@@ -16,6 +16,10 @@ pub struct EnrollRequest {
     pub arch: ::prost::alloc::string::String,
     #[prost(string, tag = "5")]
     pub agent_version: ::prost::alloc::string::String,
+    /// The public half of an NKey the agent generated for NATS (U...); its seed never leaves the
+    /// machine. Empty when the agent does not use NATS authentication.
+    #[prost(string, tag = "6")]
+    pub nats_public_key: ::prost::alloc::string::String,
 }
 #[derive(serde::Serialize, serde::Deserialize)]
 #[serde(default)]
@@ -32,6 +36,33 @@ pub struct EnrollResponse {
     pub client_id: ::prost::alloc::string::String,
     #[prost(string, tag = "4")]
     pub site_id: ::prost::alloc::string::String,
+    /// How to receive jobs.
+    #[prost(message, optional, tag = "5")]
+    pub nats: ::core::option::Option<NatsAccess>,
+}
+/// POST /api/v1/agents/{agent_id}/nats-credentials (agent credential): a fresh user JWT for the
+/// agent's NKey, when the previous one is about to expire.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct NatsCredentialsRequest {
+    #[prost(string, tag = "1")]
+    pub nats_public_key: ::prost::alloc::string::String,
+}
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct NatsAccess {
+    /// Where nats-server listens, as agents reach it.
+    #[prost(string, tag = "1")]
+    pub url: ::prost::alloc::string::String,
+    /// Prefix of every subject, stream and consumer name (see logbook_proto::subjects).
+    #[prost(string, tag = "2")]
+    pub namespace: ::prost::alloc::string::String,
+    /// A user JWT for the agent's NKey, limited to its own subjects; empty when the server runs
+    /// without NATS authentication.
+    #[prost(string, tag = "3")]
+    pub user_jwt: ::prost::alloc::string::String,
 }
 /// POST /api/v1/agents/{agent_id}/checkins, authenticated with the agent credential.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -139,4 +170,223 @@ pub struct CheckinResponse {
     /// Server time at which the check-in was recorded, in milliseconds since the Unix epoch.
     #[prost(int64, tag = "3")]
     pub recorded_at_unix_ms: i64,
+}
+/// A job, as published on the agent's job subject (Nats-Msg-Id: the job id).
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct JobDispatch {
+    #[prost(string, tag = "1")]
+    pub job_id: ::prost::alloc::string::String,
+    /// The job's place in this agent's queue: 1, 2, 3...
+    #[prost(uint64, tag = "2")]
+    pub agent_seq: u64,
+    /// The job must not start after this time (milliseconds since the Unix epoch).
+    #[prost(int64, tag = "3")]
+    pub deadline_unix_ms: i64,
+    #[prost(uint32, tag = "4")]
+    pub timeout_secs: u32,
+    /// Empty: the agent's default directory.
+    #[prost(string, tag = "5")]
+    pub working_dir: ::prost::alloc::string::String,
+    #[prost(oneof = "job_dispatch::Spec", tags = "6, 7")]
+    pub spec: ::core::option::Option<job_dispatch::Spec>,
+}
+/// Nested message and enum types in `JobDispatch`.
+pub mod job_dispatch {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
+    pub enum Spec {
+        #[prost(message, tag = "6")]
+        Script(super::Script),
+        #[prost(message, tag = "7")]
+        Command(super::CommandLine),
+    }
+}
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Script {
+    #[prost(enumeration = "Interpreter", tag = "1")]
+    pub interpreter: i32,
+    #[prost(string, tag = "2")]
+    pub body: ::prost::alloc::string::String,
+    #[prost(string, repeated, tag = "3")]
+    pub args: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(map = "string, string", tag = "4")]
+    pub env: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+}
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CommandLine {
+    #[prost(string, tag = "1")]
+    pub command_line: ::prost::alloc::string::String,
+}
+/// Sent as a NATS request on the agent's claim subject right before a job runs. The server
+/// decides once whether it may still run.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ClaimRequest {
+    #[prost(string, tag = "1")]
+    pub job_id: ::prost::alloc::string::String,
+}
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ClaimResponse {
+    #[prost(enumeration = "ClaimVerdict", tag = "1")]
+    pub verdict: i32,
+    #[prost(string, tag = "2")]
+    pub reason: ::prost::alloc::string::String,
+}
+/// Published (JetStream, Nats-Msg-Id: "<job id>.result") on the agent's result subject.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct JobResultReport {
+    #[prost(string, tag = "1")]
+    pub job_id: ::prost::alloc::string::String,
+    #[prost(enumeration = "JobOutcome", tag = "2")]
+    pub outcome: i32,
+    #[prost(bool, tag = "3")]
+    pub has_exit_code: bool,
+    #[prost(int32, tag = "4")]
+    pub exit_code: i32,
+    #[prost(string, tag = "5")]
+    pub stdout: ::prost::alloc::string::String,
+    #[prost(string, tag = "6")]
+    pub stderr: ::prost::alloc::string::String,
+    #[prost(bool, tag = "7")]
+    pub stdout_truncated: bool,
+    #[prost(bool, tag = "8")]
+    pub stderr_truncated: bool,
+    #[prost(uint64, tag = "9")]
+    pub duration_ms: u64,
+    #[prost(int64, tag = "10")]
+    pub finished_at_unix_ms: i64,
+    /// Why it failed without an exit code (could not start, interrupted by an agent restart...).
+    #[prost(string, tag = "11")]
+    pub error: ::prost::alloc::string::String,
+}
+#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum Interpreter {
+    Unspecified = 0,
+    Sh = 1,
+    Bash = 2,
+    Python3 = 3,
+    Pwsh = 4,
+}
+impl Interpreter {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "INTERPRETER_UNSPECIFIED",
+            Self::Sh => "SH",
+            Self::Bash => "BASH",
+            Self::Python3 => "PYTHON3",
+            Self::Pwsh => "PWSH",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "INTERPRETER_UNSPECIFIED" => Some(Self::Unspecified),
+            "SH" => Some(Self::Sh),
+            "BASH" => Some(Self::Bash),
+            "PYTHON3" => Some(Self::Python3),
+            "PWSH" => Some(Self::Pwsh),
+            _ => None,
+        }
+    }
+}
+#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum ClaimVerdict {
+    Unspecified = 0,
+    /// Run it now.
+    Run = 1,
+    /// An operator cancelled it: do not run it.
+    Cancelled = 2,
+    /// Its deadline passed: do not run it (the expiry is recorded).
+    Expired = 3,
+    /// It was already claimed (by this agent, before a restart): do not run it again.
+    AlreadyStarted = 4,
+    /// It already has a result: do not run it again.
+    Finished = 5,
+    /// Not this agent's job, or no such job.
+    Refused = 6,
+}
+impl ClaimVerdict {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "CLAIM_VERDICT_UNSPECIFIED",
+            Self::Run => "RUN",
+            Self::Cancelled => "CANCELLED",
+            Self::Expired => "EXPIRED",
+            Self::AlreadyStarted => "ALREADY_STARTED",
+            Self::Finished => "FINISHED",
+            Self::Refused => "REFUSED",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "CLAIM_VERDICT_UNSPECIFIED" => Some(Self::Unspecified),
+            "RUN" => Some(Self::Run),
+            "CANCELLED" => Some(Self::Cancelled),
+            "EXPIRED" => Some(Self::Expired),
+            "ALREADY_STARTED" => Some(Self::AlreadyStarted),
+            "FINISHED" => Some(Self::Finished),
+            "REFUSED" => Some(Self::Refused),
+            _ => None,
+        }
+    }
+}
+#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum JobOutcome {
+    Unspecified = 0,
+    Succeeded = 1,
+    Failed = 2,
+    TimedOut = 3,
+}
+impl JobOutcome {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "JOB_OUTCOME_UNSPECIFIED",
+            Self::Succeeded => "SUCCEEDED",
+            Self::Failed => "FAILED",
+            Self::TimedOut => "TIMED_OUT",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "JOB_OUTCOME_UNSPECIFIED" => Some(Self::Unspecified),
+            "SUCCEEDED" => Some(Self::Succeeded),
+            "FAILED" => Some(Self::Failed),
+            "TIMED_OUT" => Some(Self::TimedOut),
+            _ => None,
+        }
+    }
 }

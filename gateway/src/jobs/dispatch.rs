@@ -1,0 +1,258 @@
+//! The dispatcher: a reader of the event log that publishes each queued job to its agent.
+//!
+//! It tails the log like a projection (gap-free, in order) from its own checkpoint, but its
+//! effects are outside Postgres, so it cannot commit them together with the checkpoint.
+//! Instead it is at-least-once: publish, wait for JetStream's acknowledgement, record
+//! `JobDispatched`, and only then move the checkpoint. A crash anywhere in between means the
+//! same jobs are published again after a restart; the job id as `Nats-Msg-Id` makes JetStream
+//! drop the copy within its duplicate window, and the agent's journal beyond it. Cancelled and
+//! expired jobs are removed from their agent's queue the same way.
+
+use std::time::Duration;
+
+use logbook_domain::checkin::CHECKIN_STREAM;
+use logbook_domain::event_log::LogbookEvent;
+use logbook_domain::ids::{AgentId, JobId};
+use logbook_domain::job::{JobEvent, JobSpec};
+use logbook_projections::log::{self, LogCursor, StoredEvent};
+use logbook_projections::runner::{self, LogWaker};
+use logbook_proto::agent::v1 as pb;
+use prost::Message;
+use sqlx::{PgPool, Row};
+use tokio_util::sync::CancellationToken;
+
+use super::transport::Transport;
+use crate::commands::Commands;
+
+/// The dispatcher's checkpoint name (and leadership lock).
+pub const CHECKPOINT: &str = "dispatcher";
+
+/// How the dispatcher paces itself.
+#[derive(Debug, Clone)]
+pub struct DispatchSettings {
+    /// Most events read per round.
+    pub batch_size: i64,
+    /// Fallback poll when no notification arrives.
+    pub poll_interval: Duration,
+}
+
+/// Runs the dispatcher until `shutdown`: one leader across gateway processes.
+pub async fn run(
+    pool: PgPool,
+    commands: Commands,
+    transport: std::sync::Arc<Transport>,
+    mut waker: LogWaker,
+    settings: DispatchSettings,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let result = async {
+            runner::ensure_checkpoint(&pool, CHECKPOINT).await?;
+            let Some(mut leadership) =
+                runner::acquire_leadership(&pool, CHECKPOINT, settings.poll_interval, &shutdown)
+                    .await?
+            else {
+                return Ok(());
+            };
+            tracing::info!("leading job dispatch");
+            loop {
+                loop {
+                    let (handled, held_back) =
+                        round(&pool, &commands, &transport, settings.batch_size).await?;
+                    if handled < settings.batch_size as usize && !held_back {
+                        break;
+                    }
+                    if handled == 0 {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = waker.wait(settings.poll_interval) => {}
+                }
+                sqlx::query("SELECT 1").execute(&mut leadership).await?;
+            }
+        }
+        .await;
+        match result {
+            Ok(()) => return,
+            Err(e) => {
+                let e: anyhow::Error = e;
+                tracing::warn!(error = %format!("{e:#}"), "job dispatch interrupted; retrying");
+                metrics::counter!("logbook_dispatch_errors_total").increment(1);
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// One round: returns how many events were handled, and whether events beyond the horizon are
+/// waiting for an older transaction.
+async fn round(
+    pool: &PgPool,
+    commands: &Commands,
+    transport: &Transport,
+    batch_size: i64,
+) -> anyhow::Result<(usize, bool)> {
+    let cursor = runner::checkpoint(pool, CHECKPOINT)
+        .await?
+        .unwrap_or(LogCursor::START);
+    let mut conn = pool.acquire().await?;
+    let events = log::read_after_skipping(&mut conn, cursor, batch_size, &[CHECKIN_STREAM]).await?;
+    let Some(last) = events.last().map(|e| e.cursor) else {
+        let held_back = log::has_events_beyond_horizon(&mut conn, cursor).await?;
+        return Ok((0, held_back));
+    };
+    drop(conn);
+
+    let queued: Vec<(&StoredEvent, JobId, AgentId, Vec<u8>)> = events
+        .iter()
+        .filter_map(|stored| match &stored.event {
+            Some(LogbookEvent::Job(
+                event @ JobEvent::JobQueued {
+                    job_id, agent_id, ..
+                },
+            )) => Some((
+                stored,
+                *job_id,
+                *agent_id,
+                dispatch_message(event)?.encode_to_vec(),
+            )),
+            _ => None,
+        })
+        .collect();
+    let ended: Vec<JobId> = events
+        .iter()
+        .filter_map(|stored| match &stored.event {
+            Some(LogbookEvent::Job(
+                JobEvent::JobCancelled { .. } | JobEvent::JobExpired { .. },
+            )) => stored.aggregate_id.parse().ok(),
+            _ => None,
+        })
+        .collect();
+
+    if !queued.is_empty() {
+        // A job cancelled or expired before it was published stays unpublished.
+        let ids: Vec<String> = queued
+            .iter()
+            .map(|(_, job, _, _)| job.to_string())
+            .collect();
+        let settled: std::collections::HashSet<String> = sqlx::query_scalar(
+            "SELECT aggregate_id FROM events WHERE aggregate_type = 'job' AND aggregate_id = ANY($1) \
+               AND event_type IN ('JobCancelled', 'JobExpired')",
+        )
+        .bind(&ids)
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .collect();
+        let to_publish: Vec<_> = queued
+            .into_iter()
+            .filter(|(_, job, _, _)| !settled.contains(&job.to_string()))
+            .collect();
+        for (_, _, agent, _) in &to_publish {
+            transport.ensure_agent_consumer(*agent).await?;
+        }
+        let published = transport
+            .publish_jobs(
+                to_publish
+                    .iter()
+                    .map(|(_, job, agent, bytes)| (*agent, *job, bytes.clone()))
+                    .collect(),
+            )
+            .await;
+        let mut dispatched = Vec::with_capacity(published.len());
+        for ((_, job, agent, _), result) in to_publish.iter().zip(published) {
+            // Stop at the first failure: the checkpoint stays before this batch and the whole
+            // batch is published again (the acknowledged ones are dropped as duplicates).
+            dispatched.push((*job, *agent, result?));
+        }
+        metrics::counter!("logbook_jobs_dispatched_total").increment(dispatched.len() as u64);
+        commands.record_dispatches(&dispatched).await?;
+    }
+
+    for job in ended {
+        let stream_seq: Option<i64> = sqlx::query(
+            "SELECT (payload->'JobDispatched'->>'stream_seq')::bigint AS seq FROM events \
+              WHERE aggregate_type = 'job' AND aggregate_id = $1 AND event_type = 'JobDispatched'",
+        )
+        .bind(job.to_string())
+        .fetch_optional(pool)
+        .await?
+        .map(|row| row.try_get("seq"))
+        .transpose()?;
+        if let Some(seq) = stream_seq {
+            // Best effort: if the agent already holds the message, its claim is refused.
+            if let Err(e) = transport.remove_job(seq as u64).await {
+                tracing::debug!(error = %e, %job, "could not remove a settled job from its agent's queue");
+            }
+        }
+    }
+
+    sqlx::query(
+        "UPDATE projection_checkpoints SET tx_id = $2::bigint::text::xid8, position = $3, \
+                events_applied = events_applied + $4, updated_at = now() WHERE projection = $1",
+    )
+    .bind(CHECKPOINT)
+    .bind(last.tx_id)
+    .bind(last.position)
+    .bind(events.len() as i64)
+    .execute(pool)
+    .await?;
+    Ok((events.len(), false))
+}
+
+/// The message an agent receives for a queued job.
+pub fn dispatch_message(event: &JobEvent) -> Option<pb::JobDispatch> {
+    let JobEvent::JobQueued {
+        job_id,
+        agent_seq,
+        spec,
+        deadline,
+        ..
+    } = event
+    else {
+        return None;
+    };
+    let (timeout_secs, working_dir, spec) = match spec {
+        JobSpec::Script {
+            interpreter,
+            body,
+            args,
+            env,
+            timeout_secs,
+            working_dir,
+        } => (
+            *timeout_secs,
+            working_dir.clone(),
+            pb::job_dispatch::Spec::Script(pb::Script {
+                interpreter: crate::convert::interpreter(*interpreter) as i32,
+                body: body.clone(),
+                args: args.clone(),
+                env: env.clone().into_iter().collect(),
+            }),
+        ),
+        JobSpec::Command {
+            command_line,
+            timeout_secs,
+            working_dir,
+        } => (
+            *timeout_secs,
+            working_dir.clone(),
+            pb::job_dispatch::Spec::Command(pb::CommandLine {
+                command_line: command_line.clone(),
+            }),
+        ),
+    };
+    Some(pb::JobDispatch {
+        job_id: job_id.to_string(),
+        agent_seq: *agent_seq,
+        deadline_unix_ms: deadline.timestamp_millis(),
+        timeout_secs,
+        working_dir: working_dir.unwrap_or_default(),
+        spec: Some(spec),
+    })
+}

@@ -1,0 +1,234 @@
+//! The JetStream side of jobs: the streams, each agent's consumer, publishing jobs.
+//!
+//! Stream and consumer settings are explained in docs/adr/0004. Names come from
+//! `logbook_proto::subjects`.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use logbook_domain::ids::{AgentId, JobId};
+use logbook_proto::subjects::Names;
+
+/// Why the transport failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// A JetStream API call failed.
+    #[error("JetStream {action} failed: {message}")]
+    JetStream {
+        /// What was being done.
+        action: &'static str,
+        /// What the server or client said.
+        message: String,
+    },
+}
+
+fn js_error(action: &'static str) -> impl Fn(&dyn std::fmt::Display) -> TransportError {
+    move |e| TransportError::JetStream {
+        action,
+        message: e.to_string(),
+    }
+}
+
+/// How long things are kept and retried.
+#[derive(Debug, Clone)]
+pub struct TransportSettings {
+    /// Longest a job waits in the stream for its agent (at least the longest deadline).
+    pub job_max_age: Duration,
+    /// Longest a result waits for a gateway.
+    pub result_max_age: Duration,
+    /// How long a redelivered job waits for its agent's acknowledgement, step by step.
+    pub redelivery_backoff: Vec<Duration>,
+}
+
+impl Default for TransportSettings {
+    fn default() -> Self {
+        Self {
+            job_max_age: Duration::from_secs(31 * 24 * 3600),
+            result_max_age: Duration::from_secs(14 * 24 * 3600),
+            redelivery_backoff: vec![
+                Duration::from_secs(30),
+                Duration::from_secs(60),
+                Duration::from_secs(120),
+                Duration::from_secs(300),
+            ],
+        }
+    }
+}
+
+/// Streams and consumers of one installation.
+#[derive(Debug)]
+pub struct Transport {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    names: Names,
+    settings: TransportSettings,
+    ensured: Mutex<HashSet<AgentId>>,
+}
+
+impl Transport {
+    /// A transport over `client`.
+    pub fn new(client: async_nats::Client, names: Names, settings: TransportSettings) -> Self {
+        let js = jetstream::new(client.clone());
+        Self {
+            client,
+            js,
+            names,
+            settings,
+            ensured: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The NATS client.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// The JetStream context.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// The names.
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// Creates the jobs and results streams if they do not exist.
+    pub async fn ensure_streams(&self) -> Result<(), TransportError> {
+        self.js
+            .get_or_create_stream(stream::Config {
+                name: self.names.jobs_stream(),
+                subjects: vec![self.names.all_jobs()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                max_age: self.settings.job_max_age,
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| js_error("creating the jobs stream")(&e))?;
+        self.js
+            .get_or_create_stream(stream::Config {
+                name: self.names.results_stream(),
+                subjects: vec![self.names.all_results()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                max_age: self.settings.result_max_age,
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| js_error("creating the results stream")(&e))?;
+        Ok(())
+    }
+
+    /// The consumer settings of one agent's job queue (docs/adr/0004).
+    fn agent_consumer_config(&self, agent_id: AgentId) -> consumer::pull::Config {
+        let agent = agent_id.to_string();
+        consumer::pull::Config {
+            durable_name: Some(self.names.agent_consumer(&agent)),
+            description: Some(format!("jobs of agent {agent}")),
+            filter_subject: self.names.jobs(&agent),
+            deliver_policy: consumer::DeliverPolicy::All,
+            ack_policy: consumer::AckPolicy::Explicit,
+            // One job at a time, in order.
+            max_ack_pending: 1,
+            ack_wait: self
+                .settings
+                .redelivery_backoff
+                .first()
+                .copied()
+                .unwrap_or(Duration::from_secs(30)),
+            backoff: self.settings.redelivery_backoff.clone(),
+            // Never give up on a job: the agent's journal makes a redelivery harmless, and a
+            // limit would silently drop jobs of an agent that keeps crashing.
+            max_deliver: -1,
+            ..Default::default()
+        }
+    }
+
+    /// Creates the agent's consumer unless this process already did.
+    pub async fn ensure_agent_consumer(&self, agent_id: AgentId) -> Result<(), TransportError> {
+        if self
+            .ensured
+            .lock()
+            .map(|set| set.contains(&agent_id))
+            .unwrap_or(false)
+        {
+            return Ok(());
+        }
+        self.js
+            .create_consumer_on_stream(
+                self.agent_consumer_config(agent_id),
+                self.names.jobs_stream(),
+            )
+            .await
+            .map_err(|e| js_error("creating an agent's consumer")(&e))?;
+        if let Ok(mut set) = self.ensured.lock() {
+            set.insert(agent_id);
+        }
+        Ok(())
+    }
+
+    /// Removes a decommissioned agent's consumer.
+    pub async fn remove_agent_consumer(&self, agent_id: AgentId) -> Result<(), TransportError> {
+        if let Ok(mut set) = self.ensured.lock() {
+            set.remove(&agent_id);
+        }
+        self.js
+            .delete_consumer_from_stream(
+                self.names.agent_consumer(&agent_id.to_string()),
+                self.names.jobs_stream(),
+            )
+            .await
+            .map(drop)
+            .map_err(|e| js_error("deleting an agent's consumer")(&e))
+    }
+
+    /// Publishes jobs (in order, pipelined) and returns each one's stream sequence.
+    pub async fn publish_jobs(
+        &self,
+        jobs: Vec<(AgentId, JobId, Vec<u8>)>,
+    ) -> Vec<Result<u64, TransportError>> {
+        let mut pending = Vec::with_capacity(jobs.len());
+        for (agent_id, job_id, payload) in jobs {
+            let publish = jetstream::message::PublishMessage::build()
+                .payload(payload.into())
+                .message_id(self.names.job_msg_id(&job_id.to_string()));
+            pending.push(
+                self.js
+                    .send_publish(self.names.jobs(&agent_id.to_string()), publish)
+                    .await
+                    .map_err(|e| js_error("publishing a job")(&e)),
+            );
+        }
+        let mut results = Vec::with_capacity(pending.len());
+        for sent in pending {
+            results.push(match sent {
+                Ok(ack) => ack
+                    .await
+                    .map(|a| a.sequence)
+                    .map_err(|e| js_error("publishing a job")(&e)),
+                Err(e) => Err(e),
+            });
+        }
+        results
+    }
+
+    /// Removes a job from its agent's queue (after a cancel or expiry); false when it was no
+    /// longer there.
+    pub async fn remove_job(&self, stream_seq: u64) -> Result<bool, TransportError> {
+        let stream = self
+            .js
+            .get_stream(self.names.jobs_stream())
+            .await
+            .map_err(|e| js_error("opening the jobs stream")(&e))?;
+        match stream.delete_message(stream_seq).await {
+            Ok(deleted) => Ok(deleted),
+            Err(e) if e.to_string().contains("no message found") => Ok(false),
+            Err(e) => Err(js_error("removing a job")(&e)),
+        }
+    }
+}
