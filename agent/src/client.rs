@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use logbook_proto::PROTOBUF_MEDIA_TYPE;
-use logbook_proto::agent::v1::{CheckinRequest, CheckinResponse, EnrollRequest, EnrollResponse};
+use logbook_proto::agent::v1::{
+    CheckinRequest, CheckinResponse, EnrollRequest, EnrollResponse, NatsAccess,
+    NatsCredentialsRequest,
+};
 use prost::Message;
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
@@ -71,6 +74,24 @@ impl Server {
     ) -> Result<CheckinResponse, SendError> {
         self.post(
             &format!("/api/v1/agents/{agent_id}/checkins"),
+            Some(credential),
+            request.encode_to_vec(),
+        )
+        .await
+    }
+
+    /// Asks for a fresh NATS identity for the agent's key.
+    pub async fn renew_nats(
+        &self,
+        agent_id: &str,
+        credential: &str,
+        nats_public_key: &str,
+    ) -> Result<NatsAccess, SendError> {
+        let request = NatsCredentialsRequest {
+            nats_public_key: nats_public_key.to_string(),
+        };
+        self.post(
+            &format!("/api/v1/agents/{agent_id}/nats-credentials"),
             Some(credential),
             request.encode_to_vec(),
         )

@@ -19,8 +19,26 @@ pub struct AgentConfig {
     pub state: StateConfig,
     /// How often to check in.
     pub checkin: CheckinConfig,
+    /// Running jobs.
+    pub jobs: JobsConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// Running jobs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// Most bytes of stdout, and of stderr, kept per job (the rest is cut with a marker).
+    pub output_cap_bytes: usize,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            output_cap_bytes: 1024 * 1024,
+        }
+    }
 }
 
 /// The state directory.

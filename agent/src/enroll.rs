@@ -6,7 +6,7 @@ use logbook_proto::agent::v1::EnrollRequest;
 
 use crate::client::{SendError, Server};
 use crate::collector;
-use crate::state::{Identity, StateDir, StateError};
+use crate::state::{Identity, NatsIdentity, StateDir, StateError};
 
 /// Why enrollment failed.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +30,9 @@ pub enum EnrollError {
     /// The server refused or could not be reached.
     #[error("enrollment failed")]
     Server(#[from] SendError),
+    /// The NATS key could not be made.
+    #[error("creating the agent's NATS key: {0}")]
+    Key(String),
 }
 
 /// Enrolls with the server at `server_url` and stores the identity in `state_dir`.
@@ -47,6 +50,20 @@ pub async fn enroll(
             path: state.path().join("identity.json").display().to_string(),
         });
     }
+    // The agent's own NATS key: the seed stays here, the server only sees the public half.
+    let seed = match state.nkey_seed()? {
+        Some(seed) => seed,
+        None => {
+            let seed = nkeys::KeyPair::new_user()
+                .seed()
+                .map_err(|e| EnrollError::Key(e.to_string()))?;
+            state.save_nkey_seed(&seed)?;
+            seed
+        }
+    };
+    let public_key = nkeys::KeyPair::from_seed(&seed)
+        .map_err(|e| EnrollError::Key(e.to_string()))?
+        .public_key();
     let server = Server::new(server_url, timeout)?;
     let response = server
         .enroll(&EnrollRequest {
@@ -55,6 +72,7 @@ pub async fn enroll(
             os: collector::os_family().to_string(),
             arch: std::env::consts::ARCH.to_string(),
             agent_version: collector::AGENT_VERSION.to_string(),
+            nats_public_key: public_key,
         })
         .await?;
     let identity = Identity {
@@ -63,6 +81,14 @@ pub async fn enroll(
         credential: response.credential,
         client_id: response.client_id,
         site_id: response.site_id,
+        nats: response
+            .nats
+            .filter(|n| !n.url.is_empty())
+            .map(|n| NatsIdentity {
+                url: n.url,
+                namespace: n.namespace,
+                user_jwt: n.user_jwt,
+            }),
     };
     state.save_identity(&identity)?;
     Ok(identity)

@@ -47,6 +47,31 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         .identity()?
         .ok_or_else(|| RunError::NotEnrolled(state.path().display().to_string()))?;
     let server = Server::new(&identity.server_url, config.checkin.timeout)?;
+    let jobs = tokio::spawn(crate::jobs::run(
+        state.clone(),
+        server.clone(),
+        crate::jobs::JobSettings {
+            output_cap: config.jobs.output_cap_bytes,
+            ..Default::default()
+        },
+        shutdown.clone(),
+    ));
+    let result = check_in_loop(&config, &state, &server, &identity, &shutdown).await;
+    match jobs.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "the job worker stopped"),
+        Err(e) => tracing::error!(error = %e, "the job worker panicked"),
+    }
+    result
+}
+
+async fn check_in_loop(
+    config: &AgentConfig,
+    state: &StateDir,
+    server: &Server,
+    identity: &Identity,
+    shutdown: &CancellationToken,
+) -> Result<(), RunError> {
     let mut collector = collector::for_this_platform();
     tracing::info!(agent_id = %identity.agent_id, server = %identity.server_url, interval = ?config.checkin.interval, "agent running");
 
@@ -55,10 +80,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     loop {
         let now = tokio::time::Instant::now();
         if now >= next_collect {
-            spool_new_checkin(&state, collector.as_mut(), config.state.max_spooled)?;
+            spool_new_checkin(state, collector.as_mut(), config.state.max_spooled)?;
             next_collect = now + with_jitter(config.checkin.interval, config.checkin.jitter);
         }
-        let wake = match drain(&state, &server, &identity, &shutdown).await? {
+        let wake = match drain(state, server, identity, shutdown).await? {
             Drain::Empty => {
                 backoff = None;
                 next_collect

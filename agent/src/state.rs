@@ -27,6 +27,20 @@ pub struct Identity {
     pub client_id: String,
     /// The site it belongs to.
     pub site_id: String,
+    /// Where and how it receives jobs; absent for an agent enrolled before jobs existed.
+    #[serde(default)]
+    pub nats: Option<NatsIdentity>,
+}
+
+/// How the agent reaches NATS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatsIdentity {
+    /// The server URL.
+    pub url: String,
+    /// The names' namespace.
+    pub namespace: String,
+    /// The agent's user JWT; empty when the server runs without NATS authentication.
+    pub user_jwt: String,
 }
 
 /// Why the state directory could not be used.
@@ -69,13 +83,16 @@ pub struct StateDir {
 }
 
 const IDENTITY_FILE: &str = "identity.json";
+const NKEY_FILE: &str = "nats.nk";
 const SPOOL_DIR: &str = "spool";
+const JOURNAL_DIR: &str = "jobs";
 
 impl StateDir {
     /// Opens (creating if needed) the directory.
     pub fn open(root: &Path) -> Result<Self, StateError> {
         create_private_dir(root)?;
         create_private_dir(&root.join(SPOOL_DIR))?;
+        create_private_dir(&root.join(JOURNAL_DIR))?;
         Ok(Self {
             root: root.to_path_buf(),
         })
@@ -110,6 +127,26 @@ impl StateDir {
             source: Box::new(e),
         })?;
         write_atomically(&self.root, IDENTITY_FILE, &bytes)
+    }
+
+    /// The agent's NATS NKey seed, if it has one.
+    pub fn nkey_seed(&self) -> Result<Option<String>, StateError> {
+        let path = self.root.join(NKEY_FILE);
+        match fs::read_to_string(&path) {
+            Ok(seed) => Ok(Some(seed.trim().to_string())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_error("reading", &path)(e)),
+        }
+    }
+
+    /// Stores the agent's NATS NKey seed (mode 0600). It never leaves the machine.
+    pub fn save_nkey_seed(&self, seed: &str) -> Result<(), StateError> {
+        write_atomically(&self.root, NKEY_FILE, seed.as_bytes())
+    }
+
+    /// The directory of the job journal.
+    pub fn journal_dir(&self) -> PathBuf {
+        self.root.join(JOURNAL_DIR)
     }
 
     /// The spool of unsent check-ins.
@@ -188,7 +225,8 @@ fn create_private_dir(path: &Path) -> Result<(), StateError> {
     builder.create(path).map_err(io_error("creating", path))
 }
 
-fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StateError> {
+/// Writes `name` in `dir` so that a crash leaves either the old or the new content, durably.
+pub(crate) fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StateError> {
     let target = dir.join(name);
     let temp = dir.join(format!(".{name}.tmp"));
     let mut options = OpenOptions::new();
@@ -231,6 +269,7 @@ mod tests {
             credential: "lba_x".into(),
             client_id: "c".into(),
             site_id: "s".into(),
+            nats: None,
         };
         state.save_identity(&identity).expect("save");
         assert_eq!(state.identity().expect("read"), Some(identity));

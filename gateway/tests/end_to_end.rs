@@ -2,131 +2,13 @@
 //! `logbook-agent` enrolled into it, checking in with this machine's facts, riding out a gateway
 //! crash, then going silent and turning overdue and offline.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod e2e;
+
 use std::time::{Duration, Instant};
 
-use logbook_testkit::{TestDb, binaries};
-use serde_json::{Value, json};
-
-struct Gateway {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        // A failing test must not leave a gateway running.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Kills a child process when dropped.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-fn start_gateway(db_url: &str, port: u16, dir: &Path) -> Gateway {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("gateway.log"))
-        .expect("gateway log");
-    let child = Command::new(env!("CARGO_BIN_EXE_logbook"))
-        .arg("serve")
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("LOGBOOK_DATABASE__URL", db_url)
-        .env("LOGBOOK_HTTP__LISTEN", format!("127.0.0.1:{port}"))
-        .env("LOGBOOK_AGENTS__OVERDUE_AFTER", "3s")
-        .env("LOGBOOK_AGENTS__OFFLINE_AFTER", "6s")
-        .env("LOGBOOK_ADMIN__TOKEN_FILE", dir.join("admin-token"))
-        .env("LOGBOOK_PROJECTIONS__POLL_INTERVAL", "200ms")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start logbook serve");
-    Gateway { child, port }
-}
-
-fn signal(child: &Child, name: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(child.id().to_string())
-        .status()
-        .expect("kill");
-    assert!(status.success());
-}
-
-struct Api {
-    http: reqwest::Client,
-    base: String,
-    token: String,
-}
-
-impl Api {
-    async fn get(&self, path: &str) -> (u16, Value) {
-        match self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-        {
-            Ok(r) => (r.status().as_u16(), r.json().await.unwrap_or(Value::Null)),
-            Err(_) => (0, Value::Null),
-        }
-    }
-
-    async fn post(&self, path: &str, body: Value) -> Value {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .json(&body)
-            .send()
-            .await
-            .expect("request");
-        assert!(
-            response.status().is_success(),
-            "{path}: {}",
-            response.status()
-        );
-        response.json().await.expect("json")
-    }
-}
-
-async fn wait_ready(base: &str, dir: &Path) {
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
-            && r.status().is_success()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!(
-        "the gateway did not become ready; its log:\n{}",
-        std::fs::read_to_string(dir.join("gateway.log")).unwrap_or_default()
-    );
-}
+use e2e::{Agent, Api, GatewaySetup, signal};
+use logbook_testkit::TestDb;
+use serde_json::Value;
 
 /// Polls the agent until `done` holds for it, or fails with the last state seen.
 async fn wait_for_agent(
@@ -153,77 +35,17 @@ async fn wait_for_agent(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_agent_is_listed_online_rides_out_a_gateway_crash_and_goes_overdue_then_offline() {
-    rustls::crypto::ring::default_provider()
-        .install_default()
-        .ok();
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let mut gateway = start_gateway(&db.url, port, dir.path());
-    let base = format!("http://127.0.0.1:{}", gateway.port);
-    wait_ready(&base, dir.path()).await;
-
-    let token = std::fs::read_to_string(dir.path().join("admin-token"))
-        .expect("the first start wrote an admin token");
-    let api = Api {
-        http: reqwest::Client::new(),
-        base: base.clone(),
-        token: token.trim().to_string(),
-    };
-    let client = api.post("/api/v1/clients", json!({"name": "Acme"})).await;
-    let site = api
-        .post(
-            &format!(
-                "/api/v1/clients/{}/sites",
-                client["id"].as_str().expect("id")
-            ),
-            json!({"name": "HQ"}),
-        )
-        .await;
-    let enrollment = api
-        .post(
-            &format!(
-                "/api/v1/sites/{}/enrollment-tokens",
-                site["id"].as_str().expect("id")
-            ),
-            json!({}),
-        )
-        .await;
-
-    let agent_bin = binaries::path("logbook-agent");
-    let state_dir = dir.path().join("agent");
-    let enrolled = Command::new(&agent_bin)
-        .args(["--state-dir"])
-        .arg(&state_dir)
-        .args(["enroll", "--server", &base])
-        .env(
-            "LOGBOOK_AGENT_TOKEN",
-            enrollment["token"].as_str().expect("token"),
-        )
-        .output()
-        .expect("run logbook-agent enroll");
-    assert!(
-        enrolled.status.success(),
-        "enroll failed: {}",
-        String::from_utf8_lossy(&enrolled.stderr)
-    );
-    let identity: Value =
-        serde_json::from_slice(&std::fs::read(state_dir.join("identity.json")).expect("identity"))
-            .expect("identity json");
-    let agent_id = identity["agent_id"].as_str().expect("agent id").to_string();
-
-    let agent_log = std::fs::File::create(dir.path().join("agent.log")).expect("agent log");
-    let agent = Command::new(&agent_bin)
-        .arg("--state-dir")
-        .arg(&state_dir)
-        .arg("run")
-        .env("LOGBOOK_AGENT_CHECKIN__INTERVAL", "1s")
-        .env("LOGBOOK_AGENT_CHECKIN__JITTER", "0s")
-        .env("LOGBOOK_AGENT_CHECKIN__MAX_BACKOFF", "1s")
-        .stderr(agent_log)
-        .spawn()
-        .expect("start logbook-agent run");
-    let mut agent = KillOnDrop(agent);
+    let setup = GatewaySetup::new(&db.url, "nats://127.0.0.1:4222", dir.path())
+        .with("LOGBOOK_AGENTS__OVERDUE_AFTER", "3s")
+        .with("LOGBOOK_AGENTS__OFFLINE_AFTER", "6s");
+    let mut gateway = setup.start_ready().await;
+    let api = Api::new(&setup.base(), dir.path());
+    let token = api.enrollment_token(1).await;
+    let mut agent = Agent::enroll(&setup.base(), &token, dir.path(), "agent");
+    agent.start(&[]);
+    let agent_id = agent.id.clone();
 
     // Online, with this machine's real facts.
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -262,8 +84,7 @@ async fn a_real_agent_is_listed_online_rides_out_a_gateway_crash_and_goes_overdu
     tokio::time::sleep(Duration::from_secs(3)).await;
     let up_at = chrono::Utc::now();
     drop(gateway);
-    gateway = start_gateway(&db.url, port, dir.path());
-    wait_ready(&base, dir.path()).await;
+    gateway = setup.start_ready().await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let delivered_late = loop {
         let (_, page) = api
@@ -298,12 +119,11 @@ async fn a_real_agent_is_listed_online_rides_out_a_gateway_crash_and_goes_overdu
     assert!(
         delivered_late.len() >= 2,
         "check-ins collected during the outage were not delivered afterwards with their original times; agent log:\n{}",
-        std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default()
+        std::fs::read_to_string(&agent.log).unwrap_or_default()
     );
 
     // The agent dies: overdue after 3 s of silence, offline after 6 s.
-    agent.0.kill().expect("kill agent");
-    agent.0.wait().expect("agent exit");
+    agent.stop();
     wait_for_agent(&api, &agent_id, "overdue", Duration::from_secs(15), |a| {
         a["status"] == "overdue"
     })

@@ -236,10 +236,16 @@ pub fn router(state: AppState) -> Router {
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
                 .layer(PropagateRequestIdLayer::x_request_id())
-                .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
-                    let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
-                    tracing::debug_span!("request", method = %request.method(), uri = %request.uri(), request_id = %id)
-                }))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(|request: &Request| {
+                            let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
+                            tracing::debug_span!("request", method = %request.method(), uri = %request.uri(), request_id = %id)
+                        })
+                        // Server errors are logged where they happen (ApiError), once, with
+                        // their cause; a 503 while Postgres is away is not worth a line each.
+                        .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+                )
                 .layer(CatchPanicLayer::custom(|_| {
                     ApiError::Internal("a request handler panicked".into()).into_response()
                 }))

@@ -24,6 +24,10 @@ use tokio_util::sync::CancellationToken;
 use super::transport::Transport;
 use crate::commands::Commands;
 
+/// Set to `dispatch-before-publish` to make the gateway abort after jobs committed and before
+/// they are published: a testing hook for the crash-recovery path, inert otherwise.
+pub const FAILPOINT_ENV: &str = "LOGBOOK_FAILPOINT";
+
 /// The dispatcher's checkpoint name (and leadership lock).
 pub const CHECKPOINT: &str = "dispatcher";
 
@@ -155,6 +159,12 @@ async fn round(
             .collect();
         for (_, _, agent, _) in &to_publish {
             transport.ensure_agent_consumer(*agent).await?;
+        }
+        if !to_publish.is_empty()
+            && std::env::var(FAILPOINT_ENV).is_ok_and(|f| f == "dispatch-before-publish")
+        {
+            tracing::error!("failpoint dispatch-before-publish: aborting");
+            std::process::abort();
         }
         let published = transport
             .publish_jobs(

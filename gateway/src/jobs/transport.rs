@@ -31,6 +31,10 @@ fn js_error(action: &'static str) -> impl Fn(&dyn std::fmt::Display) -> Transpor
     }
 }
 
+/// Deliveries of one job before JetStream gives up (with the backoff's last step of 5 minutes,
+/// over a month: longer than a job is kept).
+const MAX_DELIVER: i64 = 10_000;
+
 /// How long things are kept and retried.
 #[derive(Debug, Clone)]
 pub struct TransportSettings {
@@ -142,9 +146,11 @@ impl Transport {
                 .copied()
                 .unwrap_or(Duration::from_secs(30)),
             backoff: self.settings.redelivery_backoff.clone(),
-            // Never give up on a job: the agent's journal makes a redelivery harmless, and a
-            // limit would silently drop jobs of an agent that keeps crashing.
-            max_deliver: -1,
+            // Never give up on a job in practice: the agent's journal makes a redelivery harmless,
+            // and a low limit would silently drop jobs of an agent that keeps crashing. JetStream
+            // needs a limit when backoff is set; at the last backoff step this one outlasts the
+            // stream's retention.
+            max_deliver: MAX_DELIVER,
             ..Default::default()
         }
     }

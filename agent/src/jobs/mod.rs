@@ -1,0 +1,397 @@
+//! Receiving and running jobs.
+//!
+//! The agent binds its own durable consumer on the jobs stream (one job at a time, in queue
+//! order) and, for each job: journals it, *claims* it (a NATS request the server answers once,
+//! final: run, or do not because it was cancelled or expired), runs it, journals the result,
+//! publishes the result to its result subject (JetStream, deduplicated by job id), and only then
+//! acknowledges the job. See [`journal`] for how each crash point is recovered without running a
+//! job twice, and docs/adr/0004 for the whole protocol.
+
+pub mod exec;
+pub mod journal;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer};
+use futures::StreamExt;
+use logbook_proto::agent::v1 as pb;
+use logbook_proto::subjects::Names;
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::Server;
+use crate::state::{Identity, NatsIdentity, StateDir, StateError};
+use exec::Ran;
+use journal::{Entry, Journal};
+
+/// Set to `after-job-finished` to make the agent abort right after it journaled a result and
+/// before it published it: a testing hook for the crash-recovery path, inert otherwise.
+pub const FAILPOINT_ENV: &str = "LOGBOOK_AGENT_FAILPOINT";
+
+/// How jobs are run.
+#[derive(Debug, Clone)]
+pub struct JobSettings {
+    /// Most bytes kept of each of stdout and stderr.
+    pub output_cap: usize,
+    /// How long to wait for the server's answer to a claim.
+    pub claim_timeout: Duration,
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        Self {
+            output_cap: 1024 * 1024,
+            claim_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the job worker stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum JobsError {
+    /// The journal is unusable: jobs cannot be run safely.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The stored NATS key is invalid.
+    #[error("the stored NATS key is invalid")]
+    Key,
+}
+
+/// Receives and runs jobs until `shutdown`. Reconnects on its own; renews the agent's NATS
+/// identity before it expires.
+pub async fn run(
+    state: StateDir,
+    server: Server,
+    settings: JobSettings,
+    shutdown: CancellationToken,
+) -> Result<(), JobsError> {
+    let journal = Journal::new(state.journal_dir());
+    let pruned = journal.prune(Duration::from_secs(32 * 24 * 3600))?;
+    if pruned > 0 {
+        tracing::debug!(pruned, "pruned settled entries from the job journal");
+    }
+    loop {
+        let Some(identity) = state.identity()? else {
+            return Ok(());
+        };
+        let Some(nats) = identity.nats.clone() else {
+            tracing::info!("this agent was enrolled without job delivery; only check-ins run");
+            return Ok(());
+        };
+        let seed = state.nkey_seed()?;
+        let renew_in = renewal_delay(&nats.user_jwt);
+        let client = match connect(&identity, &nats, seed.as_deref()).await {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot set up the NATS connection; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
+                }
+            }
+        };
+        let worker = Worker {
+            names: Names::new(&nats.namespace),
+            agent: identity.agent_id.clone(),
+            js: jetstream::new(client.clone()),
+            client,
+            journal: journal.clone(),
+            scratch: state.path().to_path_buf(),
+            settings: settings.clone(),
+            shutdown: shutdown.clone(),
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            result = worker.serve() => result?,
+            _ = tokio::time::sleep(renew_in) => {
+                match server.renew_nats(&identity.agent_id, &identity.credential, &public_key(seed.as_deref())?).await {
+                    Ok(access) => {
+                        let renewed = Identity {
+                            nats: Some(NatsIdentity { url: access.url, namespace: access.namespace, user_jwt: access.user_jwt }),
+                            ..identity
+                        };
+                        state.save_identity(&renewed)?;
+                        tracing::info!("renewed this agent's NATS identity");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not renew the NATS identity yet"),
+                }
+            }
+        }
+    }
+}
+
+fn public_key(seed: Option<&str>) -> Result<String, JobsError> {
+    let seed = seed.ok_or(JobsError::Key)?;
+    Ok(nkeys::KeyPair::from_seed(seed)
+        .map_err(|_| JobsError::Key)?
+        .public_key())
+}
+
+/// How long until the JWT should be renewed: two thirds into its life (never, without `exp`).
+fn renewal_delay(jwt: &str) -> Duration {
+    use base64::Engine;
+    let claims = jwt
+        .split('.')
+        .nth(1)
+        .and_then(|body| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(body)
+                .ok()
+        })
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
+    let (Some(iat), Some(exp)) = (
+        claims.as_ref().and_then(|c| c["iat"].as_i64()),
+        claims.as_ref().and_then(|c| c["exp"].as_i64()),
+    ) else {
+        return Duration::from_secs(365 * 24 * 3600);
+    };
+    let renew_at = iat + (exp - iat) * 2 / 3;
+    let now = crate::collector::now_unix_ms() / 1000;
+    Duration::from_secs(renew_at.saturating_sub(now).max(60) as u64)
+}
+
+async fn connect(
+    identity: &Identity,
+    nats: &NatsIdentity,
+    seed: Option<&str>,
+) -> Result<async_nats::Client, String> {
+    let names = Names::new(&nats.namespace);
+    let options = if nats.user_jwt.is_empty() {
+        async_nats::ConnectOptions::new()
+    } else {
+        let key = Arc::new(
+            nkeys::KeyPair::from_seed(seed.ok_or("no NATS key stored")?)
+                .map_err(|e| e.to_string())?,
+        );
+        async_nats::ConnectOptions::with_jwt(nats.user_jwt.clone(), move |nonce| {
+            let key = key.clone();
+            async move { key.sign(&nonce).map_err(async_nats::AuthError::new) }
+        })
+    };
+    options
+        .name(format!("logbook-agent {}", identity.agent_id))
+        // Replies (pull batches, publish acks, claim answers) come to a prefix only this agent
+        // may subscribe to.
+        .custom_inbox_prefix(names.inbox_prefix(&identity.agent_id))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connect(nats.url.as_str())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+struct Worker {
+    names: Names,
+    agent: String,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    journal: Journal,
+    scratch: std::path::PathBuf,
+    settings: JobSettings,
+    shutdown: CancellationToken,
+}
+
+impl Worker {
+    async fn serve(&self) -> Result<(), JobsError> {
+        // Results that finished before a crash or an outage go first.
+        for (seq, job, report) in self.journal.unreported()? {
+            self.publish_result(&report).await;
+            self.journal.put(seq, &job, &Entry::Reported)?;
+        }
+        let mut retry = Duration::from_millis(500);
+        loop {
+            let consumer: Result<consumer::PullConsumer, _> = self
+                .js
+                .get_consumer_from_stream(
+                    self.names.agent_consumer(&self.agent),
+                    self.names.jobs_stream(),
+                )
+                .await;
+            let messages = match consumer {
+                Ok(consumer) => consumer.messages().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match messages {
+                Ok(mut messages) => {
+                    retry = Duration::from_millis(500);
+                    tracing::info!("receiving jobs");
+                    while let Some(message) = messages.next().await {
+                        match message {
+                            Ok(message) => self.handle(message).await?,
+                            Err(e) => {
+                                tracing::debug!(error = %e, "job stream interrupted; binding again");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot bind the job consumer yet"),
+            }
+            tokio::time::sleep(retry).await;
+            retry = (retry * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    async fn handle(&self, message: jetstream::Message) -> Result<(), JobsError> {
+        let Ok(job) = pb::JobDispatch::decode(message.payload.clone()) else {
+            tracing::error!("dropping an unreadable job message");
+            let _ = message.ack_with(AckKind::Term).await;
+            return Ok(());
+        };
+        let (seq, id) = (job.agent_seq, job.job_id.clone());
+        match self.journal.get(seq, &id)? {
+            Some(Entry::Reported | Entry::Refused { .. }) => {
+                // Redelivered after it was settled (the earlier ack was lost).
+                self.ack(&message).await;
+                return Ok(());
+            }
+            Some(entry @ Entry::Finished { .. }) => {
+                if let Some(report) = entry.report() {
+                    self.publish_result(&report).await;
+                }
+                self.journal.put(seq, &id, &Entry::Reported)?;
+                self.ack(&message).await;
+                return Ok(());
+            }
+            Some(Entry::Running) => {
+                tracing::warn!(job = %id, "the agent stopped while this job ran; it is reported as interrupted, not run again");
+                let ran = Ran::failed_without_running(
+                    "interrupted: the agent stopped while the job was running; it was not run again",
+                );
+                return self.finish(&message, &job, ran).await;
+            }
+            Some(Entry::Claiming) | None => {}
+        }
+        self.journal.put(seq, &id, &Entry::Claiming)?;
+        let verdict = match self.claim(&id).await {
+            Ok(verdict) => verdict,
+            Err(e) => {
+                tracing::debug!(error = %e, job = %id, "cannot claim the job yet");
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
+                    .await;
+                return Ok(());
+            }
+        };
+        match verdict {
+            pb::ClaimVerdict::Run => {
+                self.journal.put(seq, &id, &Entry::Running)?;
+                tracing::info!(job = %id, agent_seq = seq, "running job");
+                let progress = self.keep_alive(&message);
+                let ran = exec::run(&job, &self.scratch, self.settings.output_cap).await;
+                progress.cancel();
+                self.finish(&message, &job, ran).await
+            }
+            pb::ClaimVerdict::AlreadyStarted => {
+                // Claimed before a restart, and never started here (that is journaled first).
+                let ran = Ran::failed_without_running(
+                    "interrupted: the agent restarted after claiming the job, before starting it",
+                );
+                self.finish(&message, &job, ran).await
+            }
+            other => {
+                tracing::info!(job = %id, verdict = ?other, "not running job");
+                self.journal.put(
+                    seq,
+                    &id,
+                    &Entry::Refused {
+                        verdict: format!("{other:?}"),
+                    },
+                )?;
+                self.ack(&message).await;
+                Ok(())
+            }
+        }
+    }
+
+    async fn finish(
+        &self,
+        message: &jetstream::Message,
+        job: &pb::JobDispatch,
+        ran: Ran,
+    ) -> Result<(), JobsError> {
+        let report = ran.report(&job.job_id);
+        self.journal
+            .put(job.agent_seq, &job.job_id, &Entry::finished(&report))?;
+        if std::env::var(FAILPOINT_ENV).is_ok_and(|f| f == "after-job-finished") {
+            tracing::error!(job = %job.job_id, "failpoint after-job-finished: aborting");
+            std::process::abort();
+        }
+        self.publish_result(&report).await;
+        self.journal
+            .put(job.agent_seq, &job.job_id, &Entry::Reported)?;
+        self.ack(message).await;
+        Ok(())
+    }
+
+    async fn claim(&self, job_id: &str) -> Result<pb::ClaimVerdict, String> {
+        let request = pb::ClaimRequest {
+            job_id: job_id.to_string(),
+        }
+        .encode_to_vec();
+        let answer = tokio::time::timeout(
+            self.settings.claim_timeout,
+            self.client
+                .request(self.names.claims(&self.agent), request.into()),
+        )
+        .await
+        .map_err(|_| "no answer".to_string())?
+        .map_err(|e| e.to_string())?;
+        let response = pb::ClaimResponse::decode(answer.payload).map_err(|e| e.to_string())?;
+        pb::ClaimVerdict::try_from(response.verdict).map_err(|e| e.to_string())
+    }
+
+    /// Publishes a result until JetStream acknowledges it (or the agent stops).
+    async fn publish_result(&self, report: &pb::JobResultReport) {
+        let mut retry = Duration::from_millis(200);
+        loop {
+            let publish = jetstream::message::PublishMessage::build()
+                .payload(report.encode_to_vec().into())
+                .message_id(self.names.result_msg_id(&report.job_id));
+            let sent = match self
+                .js
+                .send_publish(self.names.results(&self.agent), publish)
+                .await
+            {
+                Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match sent {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, job = %report.job_id, "result not delivered yet; it is kept and retried")
+                }
+            }
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+            tokio::time::sleep(retry).await;
+            retry = (retry * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    async fn ack(&self, message: &jetstream::Message) {
+        if let Err(e) = message.double_ack().await {
+            // The journal settles the redelivery this causes.
+            tracing::debug!(error = %e, "job acknowledgement not confirmed");
+        }
+    }
+
+    /// Tells JetStream the job is still being worked on, so a long job is not redelivered.
+    fn keep_alive(&self, message: &jetstream::Message) -> CancellationToken {
+        let done = CancellationToken::new();
+        let (stop, message) = (done.clone(), message.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(10)) => {
+                        let _ = message.ack_with(AckKind::Progress).await;
+                    }
+                }
+            }
+        });
+        done
+    }
+}
