@@ -350,6 +350,7 @@ pub(crate) async fn enroll_fleet(
                     os: "linux".into(),
                     arch: "x86_64".into(),
                     agent_version: "bench".into(),
+                    nats_public_key: String::new(),
                 };
                 let response = http
                     .post(format!("{base}/api/v1/enroll"))

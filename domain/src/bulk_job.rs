@@ -38,6 +38,10 @@ pub struct BulkMember {
 
 /// Commands on a bulk job.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "built once per request and moved, never stored in bulk"
+)]
 pub enum BulkJobCommand {
     /// Issues the bulk job to its resolved members.
     IssueBulkJob {
@@ -77,6 +81,10 @@ pub struct BulkRetry {
 
 /// Events of a bulk job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "decided once and serialized, never stored in bulk"
+)]
 pub enum BulkJobEvent {
     /// The bulk job was issued.
     BulkJobIssued {

@@ -95,18 +95,34 @@ async fn report_lag(pool: PgPool, shutdown: CancellationToken) {
     }
 }
 
+/// What the job machinery runs with.
+#[derive(Debug)]
+pub struct JobHost {
+    /// The database.
+    pub pool: PgPool,
+    /// The command side.
+    pub commands: Commands,
+    /// Streams and consumers.
+    pub transport: Arc<Transport>,
+    /// Wakes the dispatcher when events commit.
+    pub waker: LogWaker,
+    /// Job settings.
+    pub config: JobsConfig,
+    /// Fallback poll of the dispatcher.
+    pub poll_interval: Duration,
+}
+
 /// Starts the job machinery on `tasks`: claims at once, and the dispatcher and results consumer
 /// once the streams exist (NATS may still be down when the gateway starts).
-pub fn spawn_jobs(
-    pool: &PgPool,
-    commands: &Commands,
-    transport: Arc<Transport>,
-    waker: LogWaker,
-    config: &JobsConfig,
-    poll_interval: Duration,
-    shutdown: &CancellationToken,
-    tasks: &mut JoinSet<()>,
-) {
+pub fn spawn_jobs(host: JobHost, shutdown: &CancellationToken, tasks: &mut JoinSet<()>) {
+    let JobHost {
+        pool,
+        commands,
+        transport,
+        waker,
+        config,
+        poll_interval,
+    } = host;
     tasks.spawn(claims::run(
         transport.client().clone(),
         transport.names().clone(),
@@ -120,12 +136,7 @@ pub fn spawn_jobs(
         config.expiry_interval,
         shutdown.clone(),
     ));
-    let (pool, commands, config, shutdown) = (
-        pool.clone(),
-        commands.clone(),
-        config.clone(),
-        shutdown.clone(),
-    );
+    let shutdown = shutdown.clone();
     tasks.spawn(async move {
         loop {
             match transport.ensure_streams().await {

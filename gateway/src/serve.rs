@@ -143,12 +143,14 @@ pub async fn run(
                             hosting::spawn(&pool, waker.clone(), &config.projections, &shutdown, &mut tasks);
                         }
                         hosting::spawn_jobs(
-                            &pool,
-                            &commands,
-                            transport.clone(),
-                            waker.clone(),
-                            &config.jobs,
-                            config.projections.poll_interval,
+                            hosting::JobHost {
+                                pool: pool.clone(),
+                                commands: commands.clone(),
+                                transport: transport.clone(),
+                                waker: waker.clone(),
+                                config: config.jobs.clone(),
+                                poll_interval: config.projections.poll_interval,
+                            },
                             &shutdown,
                             &mut tasks,
                         );

@@ -15,6 +15,7 @@ pub struct NatsServer {
     port: u16,
     store: tempfile::TempDir,
     extra_args: Vec<String>,
+    config_mode: bool,
 }
 
 impl std::fmt::Debug for NatsServer {
@@ -43,7 +44,22 @@ impl NatsServer {
         Self::start_with_args(Vec::new())
     }
 
-    /// Starts a server with extra command-line arguments (such as `-c <config>`).
+    /// Starts a server from a configuration file, which must enable JetStream itself (with a
+    /// store directory of the test's own).
+    pub fn start_with_config(config: &std::path::Path) -> Self {
+        let store = tempfile::tempdir().expect("temp dir");
+        let mut server = Self {
+            child: None,
+            port: 0,
+            store,
+            extra_args: vec!["-c".into(), config.display().to_string()],
+            config_mode: true,
+        };
+        server.spawn(0);
+        server
+    }
+
+    /// Starts a server with extra command-line arguments.
     pub fn start_with_args(extra_args: Vec<String>) -> Self {
         let store = tempfile::tempdir().expect("temp dir for JetStream");
         let mut server = Self {
@@ -51,6 +67,7 @@ impl NatsServer {
             port: 0,
             store,
             extra_args,
+            config_mode: false,
         };
         server.spawn(0);
         server
@@ -62,9 +79,12 @@ impl NatsServer {
         } else {
             port.to_string()
         };
-        let mut child = Command::new(binary())
-            .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
-            .arg(self.store.path())
+        let mut command = Command::new(binary());
+        command.args(["-a", "127.0.0.1", "-p", &port_arg]);
+        if !self.config_mode {
+            command.arg("-js").arg("-sd").arg(self.store.path());
+        }
+        let mut child = command
             .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -72,9 +92,16 @@ impl NatsServer {
             .unwrap_or_else(|e| panic!("cannot start nats-server: {e}. {HINT}"));
         let stderr = child.stderr.take().expect("piped stderr");
         let (tx, rx) = std::sync::mpsc::channel();
+        let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let seen = output.clone();
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(mut seen) = seen.lock()
+                    && seen.len() < 50
+                {
+                    seen.push(line.clone());
+                }
                 if !sent
                     && let Some(rest) = line.split("Listening for client connections on ").nth(1)
                 {
@@ -95,7 +122,9 @@ impl NatsServer {
                 Err(_) if Instant::now() > deadline => break None,
                 Err(_) => {
                     if let Ok(Some(status)) = child.try_wait() {
-                        panic!("nats-server exited at start-up with {status}. {HINT}");
+                        std::thread::sleep(Duration::from_millis(100));
+                        let said = output.lock().map(|o| o.join("\n")).unwrap_or_default();
+                        panic!("nats-server exited at start-up with {status}:\n{said}\n{HINT}");
                     }
                 }
             }

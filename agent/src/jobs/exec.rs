@@ -184,7 +184,7 @@ async fn kill_group(child: &mut tokio::process::Child) {
     if let Some(pid) = child.id() {
         // The job may have started children of its own; they all go with its process group.
         let _ = Command::new("kill")
-            .arg("-KILL")
+            .args(["-s", "KILL", "--"])
             .arg(format!("-{pid}"))
             .status()
             .await;

@@ -209,7 +209,16 @@ impl Worker {
                 )
                 .await;
             let messages = match consumer {
-                Ok(consumer) => consumer.messages().await.map_err(|e| e.to_string()),
+                // Short pull expiries and heartbeats: after a NATS restart the worker notices
+                // within seconds and binds again.
+                Ok(consumer) => consumer
+                    .stream()
+                    .max_messages_per_batch(1)
+                    .expires(Duration::from_secs(10))
+                    .heartbeat(Duration::from_secs(3))
+                    .messages()
+                    .await
+                    .map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
             match messages {
@@ -371,10 +380,21 @@ impl Worker {
         }
     }
 
+    /// Acknowledges a job and waits for JetStream to confirm, retrying through a reconnect:
+    /// an acknowledgement lost in a disconnect would otherwise hold the queue until the
+    /// redelivery (the journal would settle that redelivery, but later).
     async fn ack(&self, message: &jetstream::Message) {
-        if let Err(e) = message.double_ack().await {
-            // The journal settles the redelivery this causes.
-            tracing::debug!(error = %e, "job acknowledgement not confirmed");
+        let mut retry = Duration::from_millis(100);
+        for _ in 0..20 {
+            match message.double_ack().await {
+                Ok(()) => return,
+                Err(e) => tracing::debug!(error = %e, "job acknowledgement not confirmed yet"),
+            }
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+            tokio::time::sleep(retry).await;
+            retry = (retry * 2).min(Duration::from_secs(2));
         }
     }
 
@@ -386,7 +406,8 @@ impl Worker {
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(10)) => {
+                    // Well within the consumer's shortest ack wait (10 s).
+                    _ = tokio::time::sleep(Duration::from_secs(3)) => {
                         let _ = message.ack_with(AckKind::Progress).await;
                     }
                 }

@@ -39,7 +39,12 @@ pub async fn run(
                     names.results_stream(),
                 )
                 .await?;
-            let mut messages = consumer.messages().await?;
+            let mut messages = consumer
+                .stream()
+                .expires(Duration::from_secs(10))
+                .heartbeat(Duration::from_secs(3))
+                .messages()
+                .await?;
             let mut handled = futures::stream::FuturesUnordered::new();
             loop {
                 tokio::select! {

@@ -52,6 +52,7 @@ impl Default for TransportSettings {
             job_max_age: Duration::from_secs(31 * 24 * 3600),
             result_max_age: Duration::from_secs(14 * 24 * 3600),
             redelivery_backoff: vec![
+                Duration::from_secs(10),
                 Duration::from_secs(30),
                 Duration::from_secs(60),
                 Duration::from_secs(120),

@@ -1,0 +1,398 @@
+//! Jobs end to end: the real `logbook` and `logbook-agent` binaries, real Postgres and a real
+//! nats-server of each test's own, through stops, crashes and restarts.
+
+mod e2e;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use e2e::{Agent, Api, GatewaySetup};
+use logbook_testkit::TestDb;
+use logbook_testkit::nats::NatsServer;
+use serde_json::{Value, json};
+
+/// A command that appends `line` to `file`.
+fn append(file: &Path, line: &str) -> Value {
+    json!({"command": format!("echo {line} >> {}", file.display()), "timeout_secs": 30})
+}
+
+fn lines(file: &Path) -> Vec<String> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if done().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+async fn statuses(api: &Api, agent: &str) -> Vec<(i64, String)> {
+    let (_, page) = api
+        .get(&format!("/api/v1/agents/{agent}/jobs?limit=1000"))
+        .await;
+    let mut jobs: Vec<(i64, String)> = page["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|j| {
+            (
+                j["agent_seq"].as_i64().unwrap_or(0),
+                j["status"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    jobs.sort();
+    jobs
+}
+
+async fn count_events(db: &TestDb, job: &str, event_type: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'job' AND aggregate_id = $1 AND event_type = $2")
+        .bind(job)
+        .bind(event_type)
+        .fetch_one(&db.pool)
+        .await
+        .expect("count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_was_stopped_runs_its_queued_jobs_once_in_order_and_skips_expired_ones() {
+    let nats = NatsServer::start();
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let setup = GatewaySetup::new(&db.url, &nats.url(), dir.path())
+        .with("LOGBOOK_JOBS__EXPIRY_INTERVAL", "200ms");
+    let _gateway = setup.start_ready().await;
+    let api = Api::new(&setup.base(), dir.path());
+    let token = api.enrollment_token(1).await;
+    let mut agent = Agent::enroll(&setup.base(), &token, dir.path(), "agent");
+    let out = dir.path().join("out.txt");
+
+    // The agent is stopped (it never started): 100 jobs queue up, and five more that will expire
+    // before it comes back.
+    let mut expiring = Vec::new();
+    for n in 1..=100 {
+        api.queue(&agent.id, append(&out, &n.to_string())).await;
+        if n % 20 == 10 {
+            let mut body = append(&out, &format!("EXPIRED-{n}"));
+            body["expires_in"] = json!("1s");
+            expiring.push(api.queue(&agent.id, body).await);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let started = Instant::now();
+    agent.start(&[]);
+    wait_until(
+        "all 100 jobs to succeed",
+        Duration::from_secs(60),
+        async || {
+            statuses(&api, &agent.id)
+                .await
+                .iter()
+                .filter(|(_, s)| s == "succeeded")
+                .count()
+                == 100
+        },
+    )
+    .await;
+    let took = started.elapsed();
+
+    let expected: Vec<String> = (1..=100).map(|n| n.to_string()).collect();
+    assert_eq!(
+        lines(&out),
+        expected,
+        "each job ran exactly once, in queue order, and no expired job ran"
+    );
+    for job in &expiring {
+        let (_, view) = api.get(&format!("/api/v1/jobs/{job}")).await;
+        assert_eq!(view["status"], "expired", "{view}");
+    }
+    assert!(took < Duration::from_secs(30), "catching up took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_committed_before_the_gateway_crashed_is_delivered_after_a_restart() {
+    let nats = NatsServer::start();
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let setup = GatewaySetup::new(&db.url, &nats.url(), dir.path());
+    let gateway = setup.start_ready().await;
+    let api = Api::new(&setup.base(), dir.path());
+    let token = api.enrollment_token(1).await;
+    let mut agent = Agent::enroll(&setup.base(), &token, dir.path(), "agent");
+    agent.start(&[]);
+    drop(gateway);
+
+    // A gateway that dies (kill -9 style, abort) after the job is committed, before it is
+    // published.
+    let crashing = setup
+        .clone()
+        .with("LOGBOOK_FAILPOINT", "dispatch-before-publish");
+    let mut gateway = crashing.start_ready().await;
+    let out = dir.path().join("out.txt");
+    let job = api.queue(&agent.id, append(&out, "ran")).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while gateway.child.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "the failpoint did not fire");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        count_events(&db, &job, "JobQueued").await,
+        1,
+        "the job was committed"
+    );
+    assert!(
+        lines(&out).is_empty(),
+        "the job was published before the crash"
+    );
+
+    let _gateway = setup.start_ready().await;
+    let finished = api
+        .wait_job(&job, Duration::from_secs(30), |j| {
+            j["status"] == "succeeded"
+        })
+        .await;
+    assert_eq!(finished["exit_code"], 0);
+    assert_eq!(lines(&out), ["ran"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_after_a_job_finished_reports_it_once_without_running_it_again() {
+    let nats = NatsServer::start();
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let setup = GatewaySetup::new(&db.url, &nats.url(), dir.path());
+    let _gateway = setup.start_ready().await;
+    let api = Api::new(&setup.base(), dir.path());
+    let token = api.enrollment_token(1).await;
+    let mut agent = Agent::enroll(&setup.base(), &token, dir.path(), "agent");
+    let out = dir.path().join("out.txt");
+
+    agent.start(&[("LOGBOOK_AGENT_FAILPOINT", "after-job-finished")]);
+    let job = api.queue(&agent.id, append(&out, "ran")).await;
+    agent.wait_exit(Duration::from_secs(30)).await;
+    assert_eq!(lines(&out), ["ran"], "the job ran before the crash");
+    let (_, view) = api.get(&format!("/api/v1/jobs/{job}")).await;
+    assert_eq!(
+        view["status"], "running",
+        "its result was not reported before the crash: {view}"
+    );
+
+    agent.start(&[]);
+    api.wait_job(&job, Duration::from_secs(30), |j| {
+        j["status"] == "succeeded"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(lines(&out), ["ran"], "the job ran a second time");
+    assert_eq!(
+        count_events(&db, &job, "JobSucceeded").await,
+        1,
+        "the result was recorded more than once"
+    );
+    assert_eq!(count_events(&db, &job, "JobStarted").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_ride_out_a_nats_server_restart_and_nothing_is_lost() {
+    let mut nats = NatsServer::start();
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let setup = GatewaySetup::new(&db.url, &nats.url(), dir.path());
+    let _gateway = setup.start_ready().await;
+    let api = Api::new(&setup.base(), dir.path());
+    let token = api.enrollment_token(2).await;
+    let mut agents = [
+        Agent::enroll(&setup.base(), &token, dir.path(), "a"),
+        Agent::enroll(&setup.base(), &token, dir.path(), "b"),
+    ];
+    for agent in &mut agents {
+        agent.start(&[]);
+    }
+    let outs = [dir.path().join("a.txt"), dir.path().join("b.txt")];
+    for n in 1..=10 {
+        for (agent, out) in agents.iter().zip(&outs) {
+            api.queue(&agent.id, json!({"command": format!("sleep 0.05; echo {n} >> {}", out.display()), "timeout_secs": 30})).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    nats.stop();
+    // Jobs queued while NATS is down wait in Postgres and are delivered once it is back.
+    for (agent, out) in agents.iter().zip(&outs) {
+        api.queue(&agent.id, append(out, "11")).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    nats.restart();
+
+    for agent in &agents {
+        wait_until(
+            "every job to succeed after the restart",
+            Duration::from_secs(60),
+            async || {
+                statuses(&api, &agent.id)
+                    .await
+                    .iter()
+                    .filter(|(_, s)| s == "succeeded")
+                    .count()
+                    == 11
+            },
+        )
+        .await;
+    }
+    let expected: Vec<String> = (1..=11).map(|n| n.to_string()).collect();
+    for out in &outs {
+        assert_eq!(
+            lines(out),
+            expected,
+            "a job was lost, repeated or reordered"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_nats_authentication_an_agent_can_neither_fetch_another_agents_jobs_nor_report_their_results()
+ {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let setup_files =
+        logbook_gateway::jobs::nats_auth::init_operator(&dir.path().join("js")).expect("operator");
+    let config = dir.path().join("nats-server.conf");
+    std::fs::write(&config, &setup_files.server_config).expect("config");
+    std::fs::write(dir.path().join("gateway.creds"), &setup_files.gateway_creds).expect("creds");
+    std::fs::write(
+        dir.path().join("signing.nk"),
+        &setup_files.account_signing_seed,
+    )
+    .expect("seed");
+    let nats = NatsServer::start_with_config(&config);
+    let db = TestDb::new().await;
+    let setup = GatewaySetup::new(&db.url, &nats.url(), dir.path())
+        .with(
+            "LOGBOOK_NATS__CREDENTIALS_FILE",
+            dir.path().join("gateway.creds").display().to_string(),
+        )
+        .with(
+            "LOGBOOK_NATS__ACCOUNT_PUBLIC_KEY",
+            setup_files.account_public_key.clone(),
+        )
+        .with(
+            "LOGBOOK_NATS__ACCOUNT_SIGNING_KEY_FILE",
+            dir.path().join("signing.nk").display().to_string(),
+        );
+    let _gateway = setup.start_ready().await;
+    let api = Api::new(&setup.base(), dir.path());
+    let token = api.enrollment_token(2).await;
+    let mut a = Agent::enroll(&setup.base(), &token, dir.path(), "a");
+    let mut b = Agent::enroll(&setup.base(), &token, dir.path(), "b");
+    assert!(
+        !a.identity()["nats"]["user_jwt"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty(),
+        "agents get their own NATS identity"
+    );
+
+    // A works normally with its own identity.
+    a.start(&[]);
+    let out = dir.path().join("out.txt");
+    let own = api.queue(&a.id, append(&out, "a")).await;
+    api.wait_job(&own, Duration::from_secs(30), |j| {
+        j["status"] == "succeeded"
+    })
+    .await;
+
+    // B is offline with a job waiting in its queue.
+    let theirs = api.queue(&b.id, append(&out, "b")).await;
+    api.wait_job(&theirs, Duration::from_secs(30), |j| {
+        j["status"] == "dispatched"
+    })
+    .await;
+
+    // Connect as A, with A's JWT and key.
+    let jwt = a.identity()["nats"]["user_jwt"]
+        .as_str()
+        .expect("jwt")
+        .to_string();
+    let seed = std::fs::read_to_string(a.state.join("nats.nk")).expect("seed");
+    let key = std::sync::Arc::new(nkeys::KeyPair::from_seed(seed.trim()).expect("key"));
+    let names = logbook_proto::subjects::Names::new(&setup.namespace);
+    let as_a = async_nats::ConnectOptions::with_jwt(jwt, move |nonce| {
+        let key = key.clone();
+        async move { key.sign(&nonce).map_err(async_nats::AuthError::new) }
+    })
+    .custom_inbox_prefix(names.inbox_prefix(&a.id))
+    .request_timeout(Some(Duration::from_secs(2)))
+    .connect(nats.url())
+    .await
+    .expect("A connects");
+    let js = async_nats::jetstream::new(as_a.clone());
+    type Pull = async_nats::jetstream::consumer::pull::Config;
+    js.get_consumer_from_stream::<Pull, _, _>(names.agent_consumer(&a.id), names.jobs_stream())
+        .await
+        .expect("A may bind its own consumer");
+    assert!(
+        js.get_consumer_from_stream::<Pull, _, _>(names.agent_consumer(&b.id), names.jobs_stream())
+            .await
+            .is_err(),
+        "A could bind B's consumer"
+    );
+    let next = as_a
+        .request(
+            format!(
+                "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
+                names.jobs_stream(),
+                names.agent_consumer(&b.id)
+            ),
+            "1".into(),
+        )
+        .await;
+    assert!(next.is_err(), "A could fetch B's jobs: {next:?}");
+
+    // A forges a result for B's job: on B's subject it is refused by NATS, on its own subject
+    // it is refused by the gateway, and nothing is recorded.
+    let forged = logbook_proto::agent::v1::JobResultReport {
+        job_id: theirs.clone(),
+        outcome: logbook_proto::agent::v1::JobOutcome::Succeeded as i32,
+        has_exit_code: true,
+        finished_at_unix_ms: chrono::Utc::now().timestamp_millis(),
+        ..Default::default()
+    };
+    let bytes: Vec<u8> = prost::Message::encode_to_vec(&forged);
+    let on_b = match js.publish(names.results(&b.id), bytes.clone().into()).await {
+        Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    assert!(on_b.is_err(), "A could publish on B's result subject");
+    js.publish(names.results(&a.id), bytes.into())
+        .await
+        .expect("publish")
+        .await
+        .expect("A may publish on its own subject");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        count_events(&db, &theirs, "JobSucceeded").await,
+        0,
+        "the forged result was recorded"
+    );
+    let (_, view) = api.get(&format!("/api/v1/jobs/{theirs}")).await;
+    assert_eq!(view["status"], "dispatched");
+
+    // B comes online and runs its own job.
+    b.start(&[]);
+    api.wait_job(&theirs, Duration::from_secs(30), |j| {
+        j["status"] == "succeeded"
+    })
+    .await;
+    let mut ran = lines(&out);
+    ran.sort();
+    assert_eq!(ran, ["a", "b"]);
+}
