@@ -128,6 +128,8 @@ pub(crate) fn memory_mib(pid: u32) -> (f64, f64) {
 /// A running `logbook serve`.
 pub(crate) struct Gateway {
     child: Child,
+    pub(crate) namespace: String,
+    pub(crate) nats_url: String,
     pub(crate) base: String,
     pub(crate) admin_token: String,
     pub(crate) http: reqwest::Client,
@@ -174,9 +176,11 @@ impl Gateway {
             .local_addr()?
             .port();
         let log = std::fs::File::create(dir.path().join("gateway.log"))?;
+        let namespace = format!("bench-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
         let mut command = Command::new(binary("logbook")?);
         command
             .arg("serve")
+            .env("LOGBOOK_NATS__NAMESPACE", &namespace)
             .env("LOGBOOK_DATABASE__URL", &db.url)
             .env("LOGBOOK_DATABASE__MAX_CONNECTIONS", "40")
             .env("LOGBOOK_NATS__URL", &targets.nats)
@@ -209,11 +213,27 @@ impl Gateway {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let admin_token = std::fs::read_to_string(dir.path().join("admin-token"))
-            .map(|t| t.trim().to_string())
-            .unwrap_or_default();
+        let admin_token = match std::fs::read_to_string(dir.path().join("admin-token")) {
+            Ok(token) => token.trim().to_string(),
+            // The database already had API tokens (a reused database): issue one for this run.
+            Err(_) => {
+                let output = Command::new(binary("logbook")?)
+                    .args(["admin", "create-api-token", "--name", "benchmark"])
+                    .env("LOGBOOK_DATABASE__URL", &db.url)
+                    .output()
+                    .context("issuing an API token")?;
+                String::from_utf8_lossy(&output.stdout)
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string()
+            }
+        };
         Ok(Self {
             child,
+            namespace,
+            nats_url: targets.nats.clone(),
             base,
             admin_token,
             http,
@@ -250,6 +270,21 @@ impl Gateway {
         } else {
             serde_json::from_str(&text)?
         })
+    }
+
+    /// The subject and stream names of this gateway's installation.
+    pub(crate) fn names(&self) -> logbook_proto::subjects::Names {
+        logbook_proto::subjects::Names::new(&self.namespace)
+    }
+
+    /// Removes this run's streams from the shared nats-server.
+    pub(crate) async fn remove_streams(&self) {
+        if let Ok(client) = async_nats::connect(self.nats_url.as_str()).await {
+            let js = async_nats::jetstream::new(client);
+            let names = self.names();
+            let _ = js.delete_stream(names.jobs_stream()).await;
+            let _ = js.delete_stream(names.results_stream()).await;
+        }
     }
 
     /// Prometheus metrics of the gateway, as `name{labels} -> value` lines.
@@ -391,16 +426,26 @@ pub(crate) async fn enroll_fleet(
 
 /// A real `logbook-agent` enrolled into `site_id` and running with `interval`.
 pub(crate) struct RealAgent {
-    child: Child,
-    _dir: TempDir,
+    child: Option<Child>,
+    dir: TempDir,
+    /// Its agent id.
+    pub(crate) id: String,
 }
 
 impl RealAgent {
+    /// Enrolls and starts an agent.
     pub(crate) async fn start(
         gateway: &Gateway,
         site_id: &str,
         interval: &str,
     ) -> anyhow::Result<Self> {
+        let mut agent = Self::enroll_only(gateway, site_id).await?;
+        agent.run(interval)?;
+        Ok(agent)
+    }
+
+    /// Enrolls an agent without starting it.
+    pub(crate) async fn enroll_only(gateway: &Gateway, site_id: &str) -> anyhow::Result<Self> {
         let token = gateway
             .admin(
                 reqwest::Method::POST,
@@ -409,8 +454,7 @@ impl RealAgent {
             )
             .await?;
         let dir = TempDir::new("logbook-bench-agent")?;
-        let bin = binary("logbook-agent")?;
-        let enrolled = Command::new(&bin)
+        let enrolled = Command::new(binary("logbook-agent")?)
             .arg("--state-dir")
             .arg(dir.path())
             .args(["enroll", "--server", &gateway.base])
@@ -425,26 +469,45 @@ impl RealAgent {
                 String::from_utf8_lossy(&enrolled.stderr)
             );
         }
-        let child = Command::new(&bin)
+        let identity: Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("identity.json"))?)?;
+        let id = identity["agent_id"]
+            .as_str()
+            .context("agent id")?
+            .to_string();
+        Ok(Self {
+            child: None,
+            dir,
+            id,
+        })
+    }
+
+    /// Starts `logbook-agent run`.
+    pub(crate) fn run(&mut self, interval: &str) -> anyhow::Result<()> {
+        let child = Command::new(binary("logbook-agent")?)
             .arg("--state-dir")
-            .arg(dir.path())
+            .arg(self.dir.path())
             .arg("run")
             .env("LOGBOOK_AGENT_CHECKIN__INTERVAL", interval)
             .env("LOGBOOK_AGENT_LOG__FILTER", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
-        Ok(Self { child, _dir: dir })
+        self.child = Some(child);
+        Ok(())
     }
 
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
+    /// Its process id, while it runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 }
 
 impl Drop for RealAgent {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }

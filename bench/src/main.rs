@@ -41,6 +41,15 @@ struct Cli {
     /// A small, quick run (100 agents, 1 s phases, one run) that checks the harness works.
     #[arg(long)]
     smoke: bool,
+    /// Events in the log for the projections and history scenarios.
+    #[arg(long, default_value_t = 10_000_000)]
+    history_events: u64,
+    /// Jobs pushed through the stream before the second reconnect storm.
+    #[arg(long, default_value_t = 600_000)]
+    stream_history_jobs: usize,
+    /// Keep the generated history database and reuse it next time (it takes minutes to write).
+    #[arg(long)]
+    reuse: bool,
     /// Postgres URL with the right to create databases.
     #[arg(
         long,
@@ -85,12 +94,18 @@ fn parse_setting(text: &str) -> Result<(String, String), String> {
 #[serde(rename_all = "lowercase")]
 enum Scenario {
     Checkin,
+    Jobs,
+    Reconnect,
+    Projections,
+    History,
 }
 
 #[derive(Debug, Default, Serialize)]
 struct Report {
     machine: String,
     checkin: Option<scenarios::checkin::Results>,
+    history: Option<scenarios::history::Results>,
+    jobs: Option<scenarios::jobs::Results>,
 }
 
 fn machine() -> String {
@@ -123,6 +138,8 @@ fn main() -> anyhow::Result<()> {
         cli.duration = Duration::from_secs(1);
         cli.concurrency = 16;
         cli.rate = 200;
+        cli.history_events = 5_000;
+        cli.stream_history_jobs = 1_000;
     }
     rustls::crypto::ring::default_provider()
         .install_default()
@@ -151,6 +168,32 @@ fn main() -> anyhow::Result<()> {
                         settings: cli.settings.clone(),
                     };
                     report.checkin = Some(scenarios::checkin::run(&targets, &options).await?);
+                }
+                Scenario::Jobs | Scenario::Reconnect => {
+                    if report.jobs.is_none() {
+                        let options = scenarios::jobs::Options {
+                            agents: cli.agents,
+                            single_jobs: if cli.smoke { 10 } else { 200 },
+                            catch_up_jobs: if cli.smoke { 20 } else { 1000 },
+                            history_jobs: cli.stream_history_jobs,
+                            jobs: cli.scenario.contains(&Scenario::Jobs),
+                            reconnect: cli.scenario.contains(&Scenario::Reconnect),
+                        };
+                        report.jobs = Some(scenarios::jobs::run(&targets, &options).await?);
+                    }
+                }
+                Scenario::Projections | Scenario::History => {
+                    if report.history.is_none() {
+                        let options = scenarios::history::Options {
+                            agents: cli.agents,
+                            events: cli.history_events,
+                            reuse: cli.reuse,
+                            lag_rate: cli.rate,
+                            duration: cli.duration,
+                            queries: if cli.smoke { 20 } else { 200 },
+                        };
+                        report.history = Some(scenarios::history::run(&targets, &options).await?);
+                    }
                 }
             }
         }
@@ -254,6 +297,120 @@ fn print_table(report: &Report) {
             format!("{:.1} / {:.1}", c.agent_rss_mib, c.agent_peak_rss_mib),
             "< 20",
             Some(c.agent_rss_mib < 20.0),
+        );
+    }
+    if let Some(j) = &report.jobs {
+        if let Some(l) = &j.issue_to_start {
+            row(
+                "job issue-to-start, online agent p50 / p99 (ms)",
+                format!("{:.1} / {:.1}", l.p50_ms, l.p99_ms),
+                "p99 <= 100",
+                Some(l.p99_ms <= 100.0),
+            );
+        }
+        if let Some(secs) = j.bulk_dispatched_all_secs {
+            row(
+                &format!("bulk job to {} agents: all have it (s)", j.agents),
+                format!("{secs:.2}"),
+                "<= 5",
+                Some(secs <= 5.0),
+            );
+        }
+        if let Some(secs) = j.bulk_results_recorded_secs {
+            row(
+                "bulk job: every result recorded (s)",
+                format!("{secs:.2}"),
+                "",
+                None,
+            );
+        }
+        if let Some(secs) = j.catch_up_secs {
+            row(
+                &format!(
+                    "offline catch-up of {} jobs, real agent (s)",
+                    j.catch_up_jobs
+                ),
+                format!("{secs:.2}"),
+                "<= 5",
+                Some(secs <= 5.0),
+            );
+        }
+        if let Some(rate) = j.reconnect_agents_per_sec {
+            row(
+                &format!("reconnect storm, {} agents: agents/s", j.agents),
+                format!("{rate:.0}"),
+                ">= 2000",
+                Some(rate >= 2000.0),
+            );
+        }
+        if let Some(rate) = j.reconnect_after_history_agents_per_sec {
+            row(
+                &format!("  again after {} jobs through the stream", j.history_jobs),
+                format!("{rate:.0}"),
+                ">= 2000",
+                Some(rate >= 2000.0),
+            );
+        }
+        row(
+            "gateway peak RSS (MiB)",
+            format!("{:.0}", j.gateway_peak_rss_mib),
+            "< 300",
+            Some(j.gateway_peak_rss_mib < 300.0),
+        );
+        if j.agent_rss_mib > 0.0 {
+            row(
+                "agent RSS after catch-up (MiB)",
+                format!("{:.1}", j.agent_rss_mib),
+                "< 20",
+                Some(j.agent_rss_mib < 20.0),
+            );
+        }
+    }
+    if let Some(h) = &report.history {
+        row(
+            &format!("rebuild agent list ({} events), events/s", h.events_in_log),
+            format!("{:.0}", h.rebuild_fleet_events_per_sec),
+            ">= 100000",
+            Some(h.rebuild_fleet_events_per_sec >= 100_000.0),
+        );
+        row(
+            "rebuild timeline, events/s",
+            format!("{:.0}", h.rebuild_timeline_events_per_sec),
+            ">= 100000",
+            Some(h.rebuild_timeline_events_per_sec >= 100_000.0),
+        );
+        row(
+            &format!(
+                "live projection lag at {}/s, p50 / p99 (ms, bucket)",
+                h.live_lag_rate
+            ),
+            format!("<= {:.0} / <= {:.0}", h.live_lag_p50_ms, h.live_lag_p99_ms),
+            "p99 <= 100",
+            Some(h.live_lag_p99_ms <= 100.0),
+        );
+        row(
+            "timeline, last 100 entries p50 / p99 (ms)",
+            format!(
+                "{:.1} / {:.1}",
+                h.timeline_last_100.p50_ms, h.timeline_last_100.p99_ms
+            ),
+            "p99 <= 20",
+            Some(h.timeline_last_100.p99_ms <= 20.0),
+        );
+        row(
+            "agent list, first page p50 / p99 (ms)",
+            format!(
+                "{:.1} / {:.1}",
+                h.agent_list_first_page.p50_ms, h.agent_list_first_page.p99_ms
+            ),
+            "p99 <= 20",
+            Some(h.agent_list_first_page.p99_ms <= 20.0),
+        );
+        row(
+            "gateway peak RSS (MiB)",
+            format!("{:.0}", h.gateway_peak_rss_mib),
+            "< 300",
+            Some(h.gateway_peak_rss_mib < 300.0),
         );
     }
 }

@@ -10,7 +10,14 @@ fn a_smoke_run_completes_and_writes_its_report() {
     let postgres = std::env::var("LOGBOOK_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
     let output = Command::new(env!("CARGO_BIN_EXE_logbook-bench"))
-        .args(["--smoke", "--postgres", &postgres, "--out"])
+        .args([
+            "--smoke",
+            "--scenario",
+            "checkin,jobs,reconnect,projections,history",
+            "--postgres",
+            &postgres,
+            "--out",
+        ])
         .arg(&out)
         .output()
         .expect("run logbook-bench");
@@ -30,6 +37,38 @@ fn a_smoke_run_completes_and_writes_its_report() {
     assert!(checkin["cqrs_execute_per_sec"].as_f64().expect("rate") > 0.0);
     assert!(checkin["raw_insert_rows_per_sec"].as_f64().expect("rate") > 0.0);
     assert_eq!(checkin["errors"], 0);
+    let jobs = &report["jobs"];
+    assert!(
+        jobs["issue_to_start"]["count"].as_u64().expect("count") > 0,
+        "{report}"
+    );
+    assert!(
+        jobs["bulk_results_recorded_secs"].as_f64().is_some(),
+        "the bulk job did not complete: {report}"
+    );
+    assert!(
+        jobs["catch_up_secs"].as_f64().is_some(),
+        "the catch-up did not complete: {report}"
+    );
+    assert!(
+        jobs["reconnect_after_history_agents_per_sec"]
+            .as_f64()
+            .expect("rate")
+            > 0.0
+    );
+    let history = &report["history"];
+    assert!(
+        history["rebuild_timeline_events_per_sec"]
+            .as_f64()
+            .expect("rate")
+            > 0.0
+    );
+    assert!(
+        history["timeline_last_100"]["count"]
+            .as_u64()
+            .expect("count")
+            > 0
+    );
     let table = String::from_utf8_lossy(&output.stdout);
     assert!(table.contains("check-ins/s"), "{table}");
     let _ = std::fs::remove_dir_all(&dir);

@@ -183,7 +183,7 @@ pub(crate) async fn saturate(
 
 /// Check-ins started at a fixed rate; latency counts from the scheduled start, so a stall is
 /// not hidden by fewer requests being sent (no coordinated omission).
-async fn fixed_rate(
+pub(crate) async fn fixed_rate(
     gateway: &Gateway,
     agents: &Arc<Vec<SimAgent>>,
     rate: u64,
@@ -485,9 +485,10 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
         fixed_rate(&gateway, &agents, options.rate, options.duration).await;
 
     let (gateway_peak_rss_mib, _) = env::memory_mib(gateway.pid());
-    let (agent_peak_rss_mib, agent_rss_mib) = env::memory_mib(real_agent.pid());
+    let (agent_peak_rss_mib, agent_rss_mib) = real_agent.pid().map_or((0.0, 0.0), env::memory_mib);
     drop(real_agent);
     // The comparison paths run with the gateway stopped, so that nothing else competes.
+    gateway.remove_streams().await;
     gateway.stop();
 
     let mut cqrs_execute_runs = Vec::new();

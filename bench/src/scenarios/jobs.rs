@@ -1,0 +1,467 @@
+//! `jobs` and `reconnect`: simulated agents that speak the real job protocol over NATS (bind
+//! their consumer, claim, publish results, acknowledge), against a real gateway.
+//!
+//! - single jobs to online agents: time from the API request to the agent's claim being granted;
+//! - a bulk job to every agent: time until every agent has it, and until every result is
+//!   recorded;
+//! - an offline catch-up: a real `logbook-agent` that was stopped while 1,000 jobs were queued;
+//! - reconnect storms: every agent reconnects at once and drains one waiting job, before and
+//!   after hundreds of thousands of jobs have passed through the stream.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt;
+use logbook_proto::agent::v1 as pb;
+use logbook_proto::subjects::Names;
+use prost::Message;
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::env::{self, BenchDb, Gateway, RealAgent, SimAgent, Targets};
+use crate::stats::{Latencies, Summary};
+use crate::ui;
+
+/// Options of the scenarios.
+#[derive(Debug, Clone)]
+pub(crate) struct Options {
+    pub(crate) agents: usize,
+    pub(crate) single_jobs: usize,
+    pub(crate) catch_up_jobs: usize,
+    pub(crate) history_jobs: usize,
+    pub(crate) jobs: bool,
+    pub(crate) reconnect: bool,
+}
+
+/// What they measured.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct Results {
+    pub(crate) agents: usize,
+    pub(crate) issue_to_start: Option<Summary>,
+    pub(crate) bulk_dispatched_all_secs: Option<f64>,
+    pub(crate) bulk_results_recorded_secs: Option<f64>,
+    pub(crate) catch_up_jobs: usize,
+    pub(crate) catch_up_secs: Option<f64>,
+    pub(crate) reconnect_agents_per_sec: Option<f64>,
+    pub(crate) history_jobs: usize,
+    pub(crate) reconnect_after_history_agents_per_sec: Option<f64>,
+    pub(crate) gateway_peak_rss_mib: f64,
+    pub(crate) agent_rss_mib: f64,
+}
+
+/// What a simulated agent does with a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Claim, "run" (instantly), publish the result, acknowledge: the real protocol.
+    Protocol,
+    /// Only acknowledge (for pushing volume through the stream).
+    AckOnly,
+}
+
+/// A received job: which agent, which job id, when.
+type Received = (usize, String, Instant);
+
+/// Binds every agent's consumer over `connections` NATS connections and consumes until the
+/// returned handle is dropped.
+struct Fleet {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    // Held so that the connections close when the fleet is dropped.
+    _clients: Vec<async_nats::Client>,
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+async fn connect_fleet(
+    nats_url: &str,
+    names: &Names,
+    agents: &[SimAgent],
+    mode: Mode,
+    received: mpsc::UnboundedSender<Received>,
+    bound: mpsc::UnboundedSender<usize>,
+) -> anyhow::Result<Fleet> {
+    const CONNECTIONS: usize = 8;
+    let mut clients = Vec::new();
+    for _ in 0..CONNECTIONS {
+        clients.push(async_nats::ConnectOptions::new().connect(nats_url).await?);
+    }
+    let mut tasks = Vec::new();
+    for (i, agent) in agents.iter().enumerate() {
+        let client = clients[i % CONNECTIONS].clone();
+        let (names, agent_id, received, bound) = (
+            names.clone(),
+            agent.id.clone(),
+            received.clone(),
+            bound.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let js = jetstream::new(client.clone());
+            let consumer = loop {
+                match js
+                    .get_consumer_from_stream::<consumer::pull::Config, _, _>(
+                        names.agent_consumer(&agent_id),
+                        names.jobs_stream(),
+                    )
+                    .await
+                {
+                    Ok(consumer) => break consumer,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            };
+            let Ok(mut messages) = consumer
+                .stream()
+                .max_messages_per_batch(1)
+                .expires(Duration::from_secs(30))
+                .messages()
+                .await
+            else {
+                return;
+            };
+            let _ = bound.send(i);
+            while let Some(Ok(message)) = messages.next().await {
+                let at = Instant::now();
+                let job = pb::JobDispatch::decode(message.payload.clone())
+                    .map(|d| d.job_id)
+                    .unwrap_or_default();
+                if mode == Mode::Protocol {
+                    let claim = pb::ClaimRequest {
+                        job_id: job.clone(),
+                    }
+                    .encode_to_vec();
+                    let granted = client
+                        .request(names.claims(&agent_id), claim.into())
+                        .await
+                        .ok()
+                        .and_then(|r| pb::ClaimResponse::decode(r.payload).ok())
+                        .is_some_and(|r| r.verdict == pb::ClaimVerdict::Run as i32);
+                    if granted {
+                        let _ = received.send((i, job.clone(), Instant::now()));
+                        let report = pb::JobResultReport {
+                            job_id: job.clone(),
+                            outcome: pb::JobOutcome::Succeeded as i32,
+                            has_exit_code: true,
+                            finished_at_unix_ms: chrono::Utc::now().timestamp_millis(),
+                            ..Default::default()
+                        };
+                        let publish = jetstream::message::PublishMessage::build()
+                            .payload(report.encode_to_vec().into())
+                            .message_id(names.result_msg_id(&job));
+                        if let Ok(ack) = js.send_publish(names.results(&agent_id), publish).await {
+                            let _ = ack.await;
+                        }
+                    }
+                } else {
+                    let _ = received.send((i, job, at));
+                }
+                let _ = message.double_ack().await;
+            }
+        }));
+    }
+    Ok(Fleet {
+        tasks,
+        _clients: clients,
+    })
+}
+
+async fn wait_count<T>(rx: &mut mpsc::UnboundedReceiver<T>, n: usize, timeout: Duration) -> Vec<T> {
+    let mut got = Vec::with_capacity(n);
+    let deadline = tokio::time::Instant::now() + timeout;
+    while got.len() < n {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(item)) => got.push(item),
+            _ => break,
+        }
+    }
+    got
+}
+
+async fn ensure_consumers(gateway: &Gateway, agents: &[SimAgent]) -> anyhow::Result<()> {
+    // The gateway creates each consumer at enrollment; wait until all exist.
+    let client = async_nats::connect(gateway.nats_url.as_str()).await?;
+    let js = jetstream::new(client);
+    let names = gateway.names();
+    let bar = ui::bar("waiting for the agents' consumers");
+    bar.set_length(agents.len() as u64);
+    for agent in agents {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while js
+            .get_consumer_from_stream::<consumer::pull::Config, _, _>(
+                names.agent_consumer(&agent.id),
+                names.jobs_stream(),
+            )
+            .await
+            .is_err()
+        {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "agent {}'s consumer was never created",
+                agent.id
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// Runs the scenarios.
+pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<Results> {
+    let db = BenchDb::open(targets, "logbook_bench_jobs", false, false).await?;
+    let gateway = Gateway::start(&db, targets, &[]).await?;
+    let bar = ui::bar("enrolling simulated agents");
+    let (site_id, agents) = env::enroll_fleet(&gateway, options.agents, &bar).await?;
+    bar.finish_and_clear();
+    ensure_consumers(&gateway, &agents).await?;
+    let names = gateway.names();
+    let mut results = Results {
+        agents: agents.len(),
+        ..Default::default()
+    };
+
+    if options.jobs {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (bound_tx, mut bound_rx) = mpsc::unbounded_channel();
+        let fleet = connect_fleet(
+            &gateway.nats_url,
+            &names,
+            &agents,
+            Mode::Protocol,
+            tx,
+            bound_tx,
+        )
+        .await?;
+        wait_count(&mut bound_rx, agents.len(), Duration::from_secs(120)).await;
+
+        ui::step(&format!(
+            "{} single jobs to online agents",
+            options.single_jobs
+        ));
+        let issued: Arc<Mutex<HashMap<usize, Instant>>> = Arc::default();
+        let mut latencies = Latencies::default();
+        for n in 0..options.single_jobs {
+            let i = (n * 7919) % agents.len();
+            issued
+                .lock()
+                .map_err(|_| anyhow::anyhow!("lock"))?
+                .insert(i, Instant::now());
+            gateway
+                .admin(
+                    reqwest::Method::POST,
+                    &format!("/api/v1/agents/{}/jobs", agents[i].id),
+                    Some(json!({"command": "true"})),
+                )
+                .await?;
+            if let Some((agent, _, at)) =
+                wait_count(&mut rx, 1, Duration::from_secs(10)).await.pop()
+                && let Some(start) = issued
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("lock"))?
+                    .remove(&agent)
+            {
+                latencies.record(at - start);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        results.issue_to_start = Some(latencies.summary());
+
+        ui::step(&format!("a bulk job to all {} agents", agents.len()));
+        let started = Instant::now();
+        let bulk = gateway
+            .admin(
+                reqwest::Method::POST,
+                "/api/v1/jobs",
+                Some(json!({"target": {"all": true}, "command": "true"})),
+            )
+            .await?;
+        let bulk_id = bulk["id"].as_str().context("bulk id")?.to_string();
+        let got = wait_count(&mut rx, agents.len(), Duration::from_secs(300)).await;
+        results.bulk_dispatched_all_secs = got
+            .iter()
+            .map(|(_, _, at)| (*at - started).as_secs_f64())
+            .reduce(f64::max);
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let summary = gateway
+                .admin(
+                    reqwest::Method::GET,
+                    &format!("/api/v1/jobs/{bulk_id}"),
+                    None,
+                )
+                .await
+                .unwrap_or_default();
+            if summary["counts"]["succeeded"].as_u64() == Some(agents.len() as u64) {
+                results.bulk_results_recorded_secs = Some(started.elapsed().as_secs_f64());
+                break;
+            }
+            if Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(fleet);
+
+        ui::step(&format!(
+            "offline catch-up: {} jobs queued for a stopped agent",
+            options.catch_up_jobs
+        ));
+        let real = RealAgent::enroll_only(&gateway, &site_id).await?;
+        let path = format!("/api/v1/agents/{}/jobs", real.id);
+        let queue = futures::stream::iter(0..options.catch_up_jobs)
+            .map(|_| {
+                gateway.admin(
+                    reqwest::Method::POST,
+                    &path,
+                    Some(json!({"command": "true"})),
+                )
+            })
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await;
+        for queued in queue {
+            queued?;
+        }
+        let mut real = real;
+        let started = Instant::now();
+        real.run("60s")?;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let page = gateway
+                .admin(
+                    reqwest::Method::GET,
+                    &format!(
+                        "/api/v1/agents/{}/jobs?status=succeeded&limit=1000",
+                        real.id
+                    ),
+                    None,
+                )
+                .await
+                .unwrap_or_default();
+            if page["items"].as_array().map_or(0, Vec::len) >= options.catch_up_jobs.min(1000) {
+                results.catch_up_secs = Some(started.elapsed().as_secs_f64());
+                break;
+            }
+            if Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        results.catch_up_jobs = options.catch_up_jobs;
+        results.agent_rss_mib = real.pid().map_or(0.0, |pid| env::memory_mib(pid).1);
+    }
+
+    if options.reconnect {
+        results.reconnect_agents_per_sec = Some(reconnect_storm(&gateway, &names, &agents).await?);
+        ui::step(&format!(
+            "pushing {} jobs through the stream",
+            options.history_jobs
+        ));
+        push_history(&gateway, &names, &agents, options.history_jobs).await?;
+        results.history_jobs = options.history_jobs;
+        results.reconnect_after_history_agents_per_sec =
+            Some(reconnect_storm(&gateway, &names, &agents).await?);
+    }
+
+    results.gateway_peak_rss_mib = env::memory_mib(gateway.pid()).0;
+    gateway.remove_streams().await;
+    gateway.stop();
+    db.drop_unless_kept().await;
+    Ok(results)
+}
+
+/// One waiting job per agent, then every agent connects at once, binds and drains it.
+async fn reconnect_storm(
+    gateway: &Gateway,
+    names: &Names,
+    agents: &[SimAgent],
+) -> anyhow::Result<f64> {
+    let client = async_nats::connect(gateway.nats_url.as_str()).await?;
+    let js = jetstream::new(client);
+    let mut acks = Vec::with_capacity(agents.len());
+    for agent in agents {
+        acks.push(js.publish(names.jobs(&agent.id), "wake".into()).await?);
+    }
+    for ack in acks {
+        ack.await?;
+    }
+    ui::step(&format!("reconnect storm: {} agents at once", agents.len()));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (bound_tx, _bound_rx) = mpsc::unbounded_channel();
+    let started = Instant::now();
+    let fleet = connect_fleet(
+        &gateway.nats_url,
+        names,
+        agents,
+        Mode::AckOnly,
+        tx,
+        bound_tx,
+    )
+    .await?;
+    let drained = wait_count(&mut rx, agents.len(), Duration::from_secs(300)).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    drop(fleet);
+    anyhow::ensure!(
+        drained.len() == agents.len(),
+        "only {} of {} agents drained",
+        drained.len(),
+        agents.len()
+    );
+    let rate = agents.len() as f64 / elapsed;
+    ui::step(&format!("{rate:.0} agents/s"));
+    Ok(rate)
+}
+
+/// Publishes `total` jobs spread over the agents' subjects and lets the agents consume them.
+async fn push_history(
+    gateway: &Gateway,
+    names: &Names,
+    agents: &[SimAgent],
+    total: usize,
+) -> anyhow::Result<()> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (bound_tx, mut bound_rx) = mpsc::unbounded_channel();
+    let fleet = connect_fleet(
+        &gateway.nats_url,
+        names,
+        agents,
+        Mode::AckOnly,
+        tx,
+        bound_tx,
+    )
+    .await?;
+    wait_count(&mut bound_rx, agents.len(), Duration::from_secs(120)).await;
+    let client = async_nats::connect(gateway.nats_url.as_str()).await?;
+    let js = jetstream::new(client);
+    let bar = ui::bar("jobs through the stream");
+    bar.set_length(total as u64);
+    let mut sent = 0;
+    while sent < total {
+        let chunk = (total - sent).min(2048);
+        let mut acks = Vec::with_capacity(chunk);
+        for n in sent..sent + chunk {
+            acks.push(
+                js.publish(names.jobs(&agents[n % agents.len()].id), "history".into())
+                    .await?,
+            );
+        }
+        for ack in acks {
+            ack.await?;
+        }
+        sent += chunk;
+        // Consumption runs alongside; keep the backlog bounded.
+        let _ = wait_count(&mut rx, chunk, Duration::from_secs(120)).await;
+        bar.set_position(sent as u64);
+    }
+    bar.finish_and_clear();
+    drop(fleet);
+    Ok(())
+}
