@@ -95,6 +95,16 @@ pub(crate) enum Executed<E> {
     Failed(CommandError),
 }
 
+impl<E: Rejection> Executed<E> {
+    /// The caller's view of the failure.
+    pub(crate) fn into_command_error(self) -> CommandError {
+        match self {
+            Executed::Rejected(e) => e.into_command_error(),
+            Executed::Failed(e) => e,
+        }
+    }
+}
+
 /// How a domain rejection reads to a caller.
 pub(crate) trait Rejection: std::error::Error {
     fn into_command_error(self) -> CommandError;
@@ -201,7 +211,7 @@ where
     }
 }
 
-async fn decide<A>(
+pub(crate) async fn decide<A>(
     loaded: &mut Loaded<A>,
     command: A::Command,
 ) -> Result<Vec<A::Event>, CommandError>
@@ -313,6 +323,22 @@ impl Commands {
         A: Aggregate<Services = ()>,
         A::Command: Clone,
     {
+        self.try_execute_revoking::<A>(ctx, id, command, None).await
+    }
+
+    /// Like [`Commands::try_execute`], and when events were appended, revokes the secrets of
+    /// `revoke` (kind, subject) in the same transaction.
+    pub(crate) async fn try_execute_revoking<A>(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        command: A::Command,
+        revoke: Option<(SecretKind, Uuid)>,
+    ) -> Result<Vec<A::Event>, Executed<A::Error>>
+    where
+        A: Aggregate<Services = ()>,
+        A::Command: Clone,
+    {
         let mut tries = 0;
         loop {
             let attempt = async {
@@ -331,15 +357,15 @@ impl Commands {
                     .begin()
                     .await
                     .map_err(|e| Executed::Failed(e.into()))?;
-                EventStore::append::<A>(
-                    &mut tx,
-                    id,
-                    loaded.version,
-                    &events,
-                    &ctx.metadata(Utc::now()),
-                )
-                .await
-                .map_err(|e| Executed::Failed(e.into()))?;
+                let now = Utc::now();
+                EventStore::append::<A>(&mut tx, id, loaded.version, &events, &ctx.metadata(now))
+                    .await
+                    .map_err(|e| Executed::Failed(e.into()))?;
+                if let Some((kind, subject)) = revoke.filter(|_| !events.is_empty()) {
+                    credentials::revoke(&mut tx, kind, subject, now)
+                        .await
+                        .map_err(|e| Executed::Failed(e.into()))?;
+                }
                 self.commit(tx).await.map_err(Executed::Failed)?;
                 Ok(events)
             };
@@ -505,39 +531,25 @@ impl Commands {
         ctx: &Ctx,
         token_id: EnrollmentTokenId,
     ) -> Result<(), CommandError> {
-        retry_on_conflict(|| async {
-            let id = token_id.to_string();
-            let mut loaded = self.store.load::<EnrollmentToken>(&id).await?;
-            let events = decide(&mut loaded, EnrollmentTokenCommand::RevokeEnrollmentToken)
-                .await
-                .map_err(|e| match e {
-                    CommandError::Unauthorized(_) if loaded.version == 0 => {
-                        CommandError::NotFound(format!("enrollment token {token_id} not found"))
-                    }
-                    CommandError::Unauthorized(m) => CommandError::Conflict(m),
-                    other => other,
-                })?;
-            let now = Utc::now();
-            let mut tx = self.store.pool().begin().await?;
-            EventStore::append::<EnrollmentToken>(
-                &mut tx,
-                &id,
-                loaded.version,
-                &events,
-                &ctx.metadata(now),
-            )
-            .await?;
-            credentials::revoke(
-                &mut tx,
-                SecretKind::EnrollmentToken,
-                token_id.as_uuid(),
-                now,
-            )
-            .await?;
-            self.commit(tx).await?;
-            Ok(())
-        })
+        let revoke = Some((SecretKind::EnrollmentToken, token_id.as_uuid()));
+        self.try_execute_revoking::<EnrollmentToken>(
+            ctx,
+            &token_id.to_string(),
+            EnrollmentTokenCommand::RevokeEnrollmentToken,
+            revoke,
+        )
         .await
+        .map(drop)
+        .map_err(|e| match e {
+            Executed::Rejected(EnrollmentTokenError::Unknown) => {
+                CommandError::NotFound(format!("enrollment token {token_id} not found"))
+            }
+            Executed::Rejected(EnrollmentTokenError::Revoked) => {
+                CommandError::Conflict("enrollment token was already revoked".into())
+            }
+            Executed::Rejected(other) => other.into_command_error(),
+            Executed::Failed(e) => e,
+        })
     }
 
     /// Enrolls an agent with an enrollment token: redeems the token, enrolls the agent and
@@ -677,25 +689,14 @@ impl Commands {
         agent_id: AgentId,
         reason: &str,
     ) -> Result<(), CommandError> {
-        retry_on_conflict(|| async {
-            let id = agent_id.to_string();
-            let mut loaded = self.store.load::<Agent>(&id).await?;
-            let events = decide(
-                &mut loaded,
-                AgentCommand::DecommissionAgent {
-                    reason: reason.to_string(),
-                },
-            )
-            .await?;
-            let now = Utc::now();
-            let mut tx = self.store.pool().begin().await?;
-            EventStore::append::<Agent>(&mut tx, &id, loaded.version, &events, &ctx.metadata(now))
-                .await?;
-            credentials::revoke(&mut tx, SecretKind::Agent, agent_id.as_uuid(), now).await?;
-            self.commit(tx).await?;
-            Ok(())
-        })
-        .await
+        let command = AgentCommand::DecommissionAgent {
+            reason: reason.to_string(),
+        };
+        let revoke = Some((SecretKind::Agent, agent_id.as_uuid()));
+        self.try_execute_revoking::<Agent>(ctx, &agent_id.to_string(), command, revoke)
+            .await
+            .map(drop)
+            .map_err(Executed::into_command_error)
     }
 
     /// Issues an API token.
@@ -750,24 +751,15 @@ impl Commands {
         ctx: &Ctx,
         token_id: ApiTokenId,
     ) -> Result<(), CommandError> {
-        retry_on_conflict(|| async {
-            let id = token_id.to_string();
-            let mut loaded = self.store.load::<ApiToken>(&id).await?;
-            let events = decide(&mut loaded, ApiTokenCommand::RevokeApiToken).await?;
-            let now = Utc::now();
-            let mut tx = self.store.pool().begin().await?;
-            EventStore::append::<ApiToken>(
-                &mut tx,
-                &id,
-                loaded.version,
-                &events,
-                &ctx.metadata(now),
-            )
-            .await?;
-            credentials::revoke(&mut tx, SecretKind::ApiToken, token_id.as_uuid(), now).await?;
-            self.commit(tx).await?;
-            Ok(())
-        })
+        let revoke = Some((SecretKind::ApiToken, token_id.as_uuid()));
+        self.try_execute_revoking::<ApiToken>(
+            ctx,
+            &token_id.to_string(),
+            ApiTokenCommand::RevokeApiToken,
+            revoke,
+        )
         .await
+        .map(drop)
+        .map_err(Executed::into_command_error)
     }
 }
