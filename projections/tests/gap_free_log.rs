@@ -77,24 +77,30 @@ async fn concurrent_writers_with_delays_and_rollbacks_lose_nothing() {
         }));
     }
 
+    let writers_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader_pool = db.pool.clone();
+    let done = writers_done.clone();
     let reader = tokio::spawn(async move {
         let mut conn = reader_pool.acquire().await.expect("reader connection");
         let mut cursor = LogCursor::START;
         let mut seen = Vec::new();
-        let mut idle_rounds = 0;
-        // Read until the writers are done and a few reads in a row find nothing new.
+        // Read until the writers are done and nothing committed is left after the cursor. The
+        // horizon can hold events back for a while (transaction ids are server-wide, so other
+        // tests' transactions count too); that only delays them.
         loop {
             let batch = log::read_after(&mut conn, cursor, 7).await.expect("read");
             if batch.is_empty() {
-                idle_rounds += 1;
-                if idle_rounds > 50 {
+                let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                if finished
+                    && !log::has_events_beyond_horizon(&mut conn, cursor)
+                        .await
+                        .expect("check")
+                {
                     return seen;
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 continue;
             }
-            idle_rounds = 0;
             for event in batch {
                 assert!(event.cursor > cursor, "cursor went backwards");
                 cursor = event.cursor;
@@ -106,6 +112,7 @@ async fn concurrent_writers_with_delays_and_rollbacks_lose_nothing() {
     for w in writers {
         w.await.expect("writer");
     }
+    writers_done.store(true, std::sync::atomic::Ordering::SeqCst);
     let seen = reader.await.expect("reader");
     let committed = committed.lock().await.clone();
 

@@ -11,7 +11,7 @@ pub mod exec;
 pub mod journal;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind, consumer};
 use futures::StreamExt;
@@ -273,14 +273,29 @@ impl Worker {
             Some(Entry::Claiming) | None => {}
         }
         self.journal.put(seq, &id, &Entry::Claiming)?;
-        let verdict = match self.claim(&id).await {
-            Ok(verdict) => verdict,
-            Err(e) => {
-                tracing::debug!(error = %e, job = %id, "cannot claim the job yet");
-                let _ = message
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
-                    .await;
-                return Ok(());
+        // Jobs run one at a time, so waiting here for the server (through a NATS reconnect, or
+        // while no gateway answers) costs nothing; handing the job back instead would put it
+        // behind JetStream's redelivery backoff.
+        let mut retry = Duration::from_millis(200);
+        let claimed = Instant::now();
+        let verdict = loop {
+            match self.claim(&id).await {
+                Ok(verdict) => break verdict,
+                Err(e)
+                    if claimed.elapsed() < Duration::from_secs(60)
+                        && !self.shutdown.is_cancelled() =>
+                {
+                    tracing::debug!(error = %e, job = %id, "cannot claim the job yet; retrying");
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, job = %id, "cannot claim the job; it will be delivered again");
+                    let _ = message
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
+                        .await;
+                    return Ok(());
+                }
             }
         };
         match verdict {

@@ -40,7 +40,19 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- gateway log ---\n{}",
+                tail(&log_of(&self.dir, "gateway.log"), 150)
+            );
+        }
     }
+}
+
+/// The last `lines` lines of `text`.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// How to start the gateway.
@@ -259,6 +271,13 @@ pub struct Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.stop();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- agent {} log ---\n{}",
+                self.id,
+                tail(&std::fs::read_to_string(&self.log).unwrap_or_default(), 100)
+            );
+        }
     }
 }
 
