@@ -421,7 +421,40 @@ pub(crate) async fn enroll_fleet(
         agents.extend(result?);
     }
     agents.sort_by_key(|(i, _)| *i);
+    progress.finish_and_clear();
+    wait_for_job_consumers(gateway, n).await?;
     Ok((site_id, agents.into_iter().map(|(_, a)| a).collect()))
+}
+
+/// Waits until JetStream holds a job consumer for each of `n` enrolled agents: the gateway
+/// creates them in the background after each enrollment, and measuring anything while
+/// nats-server is still busy creating them would measure that instead. Prints the rate.
+async fn wait_for_job_consumers(gateway: &Gateway, n: usize) -> anyhow::Result<()> {
+    let client = async_nats::connect(gateway.nats_url.as_str()).await?;
+    let js = async_nats::jetstream::new(client);
+    let started = Instant::now();
+    let bar = crate::ui::bar("waiting for the agents' job consumers");
+    bar.set_length(n as u64);
+    loop {
+        let count = match js.get_stream(gateway.names().jobs_stream()).await {
+            Ok(mut stream) => stream.info().await.map_or(0, |i| i.state.consumer_count),
+            Err(_) => 0,
+        };
+        bar.set_position(count.min(n) as u64);
+        if count >= n {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(900) {
+            bail!("only {count} of {n} job consumers exist after 15 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    bar.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64();
+    crate::ui::step(&format!(
+        "{n} job consumers ready {elapsed:.1}s after the last enrollment",
+    ));
+    Ok(())
 }
 
 /// A real `logbook-agent` enrolled into `site_id` and running with `interval`.

@@ -15,6 +15,9 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use serde::Serialize;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Measure Logbook: check-in throughput and latency, job delivery, reconnect storms, projection
 /// rebuilds and history queries, with the targets each figure is held to.
 #[derive(Debug, Parser)]

@@ -222,7 +222,7 @@ impl Default for IngestConfig {
             max_batch: 500,
             max_wait: Duration::ZERO,
             concurrent_flushes: 2,
-            queue_capacity: 50_000,
+            queue_capacity: 10_000,
         }
     }
 }

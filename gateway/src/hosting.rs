@@ -148,6 +148,11 @@ pub fn spawn_jobs(host: JobHost, shutdown: &CancellationToken, tasks: &mut JoinS
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
+        match transport.learn_existing_consumers().await {
+            Ok(count) => tracing::info!(consumers = count, "agents' job consumers found"),
+            // Not fatal: they are then re-created (idempotently) before their next job.
+            Err(e) => tracing::warn!(error = %e, "could not list the agents' job consumers"),
+        }
         let settings = dispatch::DispatchSettings { batch_size: config.dispatch_batch, poll_interval };
         let dispatcher = dispatch::run(pool, commands.clone(), transport.clone(), waker, settings, shutdown.clone());
         let results = results::run(transport, commands, config.result_concurrency, shutdown);

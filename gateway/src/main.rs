@@ -10,6 +10,9 @@ use logbook_gateway::config::{ENV_IGNORE, ENV_PREFIX, GatewayConfig};
 use logbook_gateway::telemetry;
 use tokio_util::sync::CancellationToken;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let sources = Sources::new(

@@ -61,6 +61,11 @@ impl Names {
         format!("agent-{agent_id}")
     }
 
+    /// The agent id in a consumer name made by [`Names::agent_consumer`].
+    pub fn agent_of_consumer<'a>(&self, consumer: &'a str) -> Option<&'a str> {
+        consumer.strip_prefix("agent-")
+    }
+
     /// The stream holding results not yet recorded by a gateway.
     pub fn results_stream(&self) -> String {
         format!("{}_RESULTS", self.stream_prefix())

@@ -157,9 +157,9 @@ async fn round(
             .into_iter()
             .filter(|(_, job, _, _)| !settled.contains(&job.to_string()))
             .collect();
-        for (_, _, agent, _) in &to_publish {
-            transport.ensure_agent_consumer(*agent).await?;
-        }
+        transport
+            .ensure_agent_consumers(to_publish.iter().map(|(_, _, agent, _)| *agent))
+            .await?;
         if !to_publish.is_empty()
             && std::env::var(FAILPOINT_ENV).is_ok_and(|f| f == "dispatch-before-publish")
         {

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
+use futures::{StreamExt, TryStreamExt};
 use logbook_domain::ids::{AgentId, JobId};
 use logbook_proto::subjects::Names;
 
@@ -34,6 +35,9 @@ fn js_error(action: &'static str) -> impl Fn(&dyn std::fmt::Display) -> Transpor
 /// Deliveries of one job before JetStream gives up (with the backoff's last step of 5 minutes,
 /// over a month: longer than a job is kept).
 const MAX_DELIVER: i64 = 10_000;
+
+/// Consumer creations in flight at once when many agents need one.
+const CONCURRENT_CREATES: usize = 16;
 
 /// How long things are kept and retried.
 #[derive(Debug, Clone)]
@@ -154,6 +158,51 @@ impl Transport {
             max_deliver: MAX_DELIVER,
             ..Default::default()
         }
+    }
+
+    /// Learns which agents already have a consumer, so that a restarted gateway does not ask
+    /// JetStream to create them again before their next job (with thousands of consumers on a
+    /// stream each create costs the server milliseconds). Returns how many there are.
+    pub async fn learn_existing_consumers(&self) -> Result<usize, TransportError> {
+        let stream = self
+            .js
+            .get_stream(self.names.jobs_stream())
+            .await
+            .map_err(|e| js_error("opening the jobs stream")(&e))?;
+        let mut names = stream.consumer_names();
+        let mut found = Vec::new();
+        while let Some(name) = names.next().await {
+            let name = name.map_err(|e| js_error("listing the agents' consumers")(&e))?;
+            if let Some(agent) = self
+                .names
+                .agent_of_consumer(&name)
+                .and_then(|id| id.parse::<AgentId>().ok())
+            {
+                found.push(agent);
+            }
+        }
+        let count = found.len();
+        if let Ok(mut set) = self.ensured.lock() {
+            set.extend(found);
+        }
+        Ok(count)
+    }
+
+    /// Creates the consumers of those agents that this process has not seen to yet, a few at a
+    /// time.
+    pub async fn ensure_agent_consumers(
+        &self,
+        agents: impl IntoIterator<Item = AgentId>,
+    ) -> Result<(), TransportError> {
+        let missing: HashSet<AgentId> = {
+            let set = self.ensured.lock().map(|s| s.clone()).unwrap_or_default();
+            agents.into_iter().filter(|a| !set.contains(a)).collect()
+        };
+        futures::stream::iter(missing)
+            .map(|agent| self.ensure_agent_consumer(agent))
+            .buffer_unordered(CONCURRENT_CREATES)
+            .try_collect::<()>()
+            .await
     }
 
     /// Creates the agent's consumer unless this process already did.
