@@ -13,6 +13,7 @@ use logbook_domain::client::{Client, ClientCommand, ClientError};
 use logbook_domain::enrollment::{EnrollmentToken, EnrollmentTokenCommand, EnrollmentTokenError};
 use logbook_domain::ids::*;
 use logbook_domain::metadata::{Actor, EventMetadata};
+use logbook_domain::secret::SecretHash;
 use logbook_domain::site::{Site, SiteCommand, SiteError};
 use uuid::Uuid;
 
@@ -286,6 +287,22 @@ impl Commands {
         Ok(())
     }
 
+    /// Records the first events of a new aggregate together with the hash of the secret that
+    /// stands for it (`(hash, kind, subject)`), in one transaction: a token exists with its
+    /// secret or not at all.
+    async fn create_with_credential<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+        events: &[A::Event],
+        metadata: &EventMetadata,
+        (hash, kind, subject): (&SecretHash, SecretKind, Uuid),
+    ) -> Result<(), CommandError> {
+        let mut tx = self.store.pool().begin().await?;
+        EventStore::append::<A>(&mut tx, aggregate_id, 0, events, metadata).await?;
+        credentials::insert(&mut tx, hash, kind, subject, metadata.recorded_at).await?;
+        self.commit(tx).await
+    }
+
     /// The event store.
     pub fn store(&self) -> &EventStore {
         &self.store
@@ -497,24 +514,17 @@ impl Commands {
             },
         )
         .await?;
-        let mut tx = self.store.pool().begin().await?;
-        EventStore::append::<EnrollmentToken>(
-            &mut tx,
+        self.create_with_credential::<EnrollmentToken>(
             &token_id.to_string(),
-            0,
             &events,
             &ctx.metadata(now),
+            (
+                &secret.hash,
+                SecretKind::EnrollmentToken,
+                token_id.as_uuid(),
+            ),
         )
         .await?;
-        credentials::insert(
-            &mut tx,
-            &secret.hash,
-            SecretKind::EnrollmentToken,
-            token_id.as_uuid(),
-            now,
-        )
-        .await?;
-        self.commit(tx).await?;
         Ok(IssuedEnrollmentToken {
             token_id,
             token: secret.plaintext,
@@ -721,24 +731,13 @@ impl Commands {
         )
         .await?;
         let now = Utc::now();
-        let mut tx = self.store.pool().begin().await?;
-        EventStore::append::<ApiToken>(
-            &mut tx,
+        self.create_with_credential::<ApiToken>(
             &token_id.to_string(),
-            0,
             &events,
             &ctx.metadata(now),
+            (&secret.hash, SecretKind::ApiToken, token_id.as_uuid()),
         )
         .await?;
-        credentials::insert(
-            &mut tx,
-            &secret.hash,
-            SecretKind::ApiToken,
-            token_id.as_uuid(),
-            now,
-        )
-        .await?;
-        self.commit(tx).await?;
         Ok(IssuedApiToken {
             token_id,
             token: secret.plaintext,

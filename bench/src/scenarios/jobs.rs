@@ -184,35 +184,8 @@ async fn wait_count<T>(rx: &mut mpsc::UnboundedReceiver<T>, n: usize, timeout: D
     got
 }
 
-async fn ensure_consumers(gateway: &Gateway, agents: &[SimAgent]) -> anyhow::Result<()> {
-    // The gateway creates each consumer at enrollment; wait until all exist.
-    let client = async_nats::connect(gateway.nats_url.as_str()).await?;
-    let js = jetstream::new(client);
-    let names = gateway.names();
-    let bar = ui::bar("waiting for the agents' consumers");
-    bar.set_length(agents.len() as u64);
-    for agent in agents {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while js
-            .get_consumer_from_stream::<consumer::pull::Config, _, _>(
-                names.agent_consumer(&agent.id),
-                names.jobs_stream(),
-            )
-            .await
-            .is_err()
-        {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "agent {}'s consumer was never created",
-                agent.id
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    Ok(())
-}
+/// Publishes sent before their acknowledgements are awaited.
+const PUBLISH_WINDOW: usize = 2048;
 
 /// Runs the scenarios.
 pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<Results> {
@@ -221,7 +194,6 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
     let bar = ui::bar("enrolling simulated agents");
     let (site_id, agents) = env::enroll_fleet(&gateway, options.agents, &bar).await?;
     bar.finish_and_clear();
-    ensure_consumers(&gateway, &agents).await?;
     let names = gateway.names();
     let mut results = Results {
         agents: agents.len(),
@@ -386,12 +358,16 @@ async fn reconnect_storm(
 ) -> anyhow::Result<f64> {
     let client = async_nats::connect(gateway.nats_url.as_str()).await?;
     let js = jetstream::new(client);
-    let mut acks = Vec::with_capacity(agents.len());
-    for agent in agents {
-        acks.push(js.publish(names.jobs(&agent.id), "wake".into()).await?);
-    }
-    for ack in acks {
-        ack.await?;
+    // In windows: the JetStream context holds at most 5,000 unacknowledged publishes, and a
+    // publish waits for room that only awaiting earlier acknowledgements makes.
+    for window in agents.chunks(PUBLISH_WINDOW) {
+        let mut acks = Vec::with_capacity(window.len());
+        for agent in window {
+            acks.push(js.publish(names.jobs(&agent.id), "wake".into()).await?);
+        }
+        for ack in acks {
+            ack.await?;
+        }
     }
     ui::step(&format!("reconnect storm: {} agents at once", agents.len()));
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -445,7 +421,7 @@ async fn push_history(
     bar.set_length(total as u64);
     let mut sent = 0;
     while sent < total {
-        let chunk = (total - sent).min(2048);
+        let chunk = (total - sent).min(PUBLISH_WINDOW);
         let mut acks = Vec::with_capacity(chunk);
         for n in sent..sent + chunk {
             acks.push(

@@ -30,7 +30,7 @@ use logbook_domain::metadata::Actor;
 use sqlx::Row;
 use uuid::Uuid;
 
-use crate::commands::{CommandError, Commands, Ctx, Executed, Rejection};
+use crate::commands::{CommandError, Commands, Ctx, Executed, Rejection, decide};
 use crate::store::{Conflicts, EventStore, Loaded, NewEvent, StoreError};
 
 impl Rejection for JobError {
@@ -230,31 +230,19 @@ impl Commands {
         let sequences = take_sequences(&mut tx, &agents).await?;
         let mut rows =
             NewEvent::for_aggregate::<BulkJob>(&bulk_id.to_string(), 0, &bulk_events, &metadata)?;
+        let template = MemberTemplate {
+            spec: &spec,
+            deadline,
+            bulk_id,
+            max_body,
+            now,
+        };
         for member in &members {
-            let mut job = Loaded {
-                state: Job::default(),
-                version: 0,
-            };
-            let events = decide(
-                &mut job,
-                JobCommand::QueueJob {
-                    job_id: member.job_id,
-                    agent_id: member.agent_id,
-                    agent_seq: sequences[&member.agent_id],
-                    spec: spec.clone(),
-                    deadline,
-                    bulk_id: Some(bulk_id),
-                    max_body,
-                    now,
-                },
-            )
-            .await?;
-            rows.extend(NewEvent::for_aggregate::<Job>(
-                &member.job_id.to_string(),
-                0,
-                &events,
-                &metadata,
-            )?);
+            rows.extend(
+                template
+                    .queued_rows(member.job_id, member.agent_id, &sequences, &metadata)
+                    .await?,
+            );
         }
         EventStore::append_rows(&mut tx, &rows, Conflicts::Fail).await?;
         self.commit(tx).await?;
@@ -344,31 +332,19 @@ impl Commands {
             &bulk_events,
             &metadata,
         )?;
+        let template = MemberTemplate {
+            spec: &spec,
+            deadline,
+            bulk_id,
+            max_body,
+            now,
+        };
         for retry in &retries {
-            let mut job = Loaded {
-                state: Job::default(),
-                version: 0,
-            };
-            let events = decide(
-                &mut job,
-                JobCommand::QueueJob {
-                    job_id: retry.new_job_id,
-                    agent_id: retry.agent_id,
-                    agent_seq: sequences[&retry.agent_id],
-                    spec: spec.clone(),
-                    deadline,
-                    bulk_id: Some(bulk_id),
-                    max_body,
-                    now,
-                },
-            )
-            .await?;
-            rows.extend(NewEvent::for_aggregate::<Job>(
-                &retry.new_job_id.to_string(),
-                0,
-                &events,
-                &metadata,
-            )?);
+            rows.extend(
+                template
+                    .queued_rows(retry.new_job_id, retry.agent_id, &sequences, &metadata)
+                    .await?,
+            );
         }
         EventStore::append_rows(&mut tx, &rows, Conflicts::Fail).await?;
         self.commit(tx).await?;
@@ -564,16 +540,47 @@ async fn take_sequences(
         .map_err(StoreError::from)
 }
 
-async fn decide<A>(
-    loaded: &mut Loaded<A>,
-    command: A::Command,
-) -> Result<Vec<A::Event>, CommandError>
-where
-    A: Aggregate<Services = ()>,
-    A::Error: Rejection,
-{
-    loaded
-        .decide(command)
-        .await
-        .map_err(Rejection::into_command_error)
+/// What every member job of a bulk job shares.
+struct MemberTemplate<'a> {
+    spec: &'a JobSpec,
+    deadline: DateTime<Utc>,
+    bulk_id: BulkJobId,
+    max_body: usize,
+    now: DateTime<Utc>,
+}
+
+impl MemberTemplate<'_> {
+    /// The rows that queue one member job, numbered in its agent's sequence.
+    async fn queued_rows(
+        &self,
+        job_id: JobId,
+        agent_id: AgentId,
+        sequences: &std::collections::HashMap<AgentId, u64>,
+        metadata: &logbook_domain::metadata::EventMetadata,
+    ) -> Result<Vec<NewEvent>, CommandError> {
+        let mut job = Loaded {
+            state: Job::default(),
+            version: 0,
+        };
+        let events = decide(
+            &mut job,
+            JobCommand::QueueJob {
+                job_id,
+                agent_id,
+                agent_seq: sequences[&agent_id],
+                spec: self.spec.clone(),
+                deadline: self.deadline,
+                bulk_id: Some(self.bulk_id),
+                max_body: self.max_body,
+                now: self.now,
+            },
+        )
+        .await?;
+        Ok(NewEvent::for_aggregate::<Job>(
+            &job_id.to_string(),
+            0,
+            &events,
+            metadata,
+        )?)
+    }
 }

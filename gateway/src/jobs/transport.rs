@@ -36,6 +36,9 @@ fn js_error(action: &'static str) -> impl Fn(&dyn std::fmt::Display) -> Transpor
 /// over a month: longer than a job is kept).
 const MAX_DELIVER: i64 = 10_000;
 
+/// Jobs published before their acknowledgements are awaited.
+const PUBLISH_WINDOW: usize = 1024;
+
 /// Consumer creations in flight at once when many agents need one.
 const CONCURRENT_CREATES: usize = 16;
 
@@ -248,7 +251,25 @@ impl Transport {
         &self,
         jobs: Vec<(AgentId, JobId, Vec<u8>)>,
     ) -> Vec<Result<u64, TransportError>> {
-        let mut pending = Vec::with_capacity(jobs.len());
+        let mut results = Vec::with_capacity(jobs.len());
+        let mut jobs = jobs.into_iter().peekable();
+        while jobs.peek().is_some() {
+            results.extend(
+                self.publish_window(jobs.by_ref().take(PUBLISH_WINDOW))
+                    .await,
+            );
+        }
+        results
+    }
+
+    /// Sends up to [`PUBLISH_WINDOW`] jobs, then awaits their acknowledgements (the JetStream
+    /// context admits 5,000 unacknowledged publishes and makes a publish beyond that wait for
+    /// room, which only awaiting the earlier acknowledgements makes).
+    async fn publish_window(
+        &self,
+        jobs: impl Iterator<Item = (AgentId, JobId, Vec<u8>)>,
+    ) -> Vec<Result<u64, TransportError>> {
+        let mut pending = Vec::with_capacity(PUBLISH_WINDOW);
         for (agent_id, job_id, payload) in jobs {
             let publish = jetstream::message::PublishMessage::build()
                 .payload(payload.into())
