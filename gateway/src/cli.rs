@@ -104,8 +104,9 @@ pub enum ProjectionsCommand {
     Rebuild {
         /// The projection: fleet (clients, sites, agent list), timeline (agent history) or jobs.
         name: String,
-        /// Events applied per transaction.
-        #[arg(long, default_value_t = 5000)]
+        /// Events applied per transaction (larger is faster: one agent's check-ins in a batch
+        /// become one update of the agent list).
+        #[arg(long, default_value_t = logbook_projections::rebuild::DEFAULT_BATCH_SIZE)]
         batch_size: i64,
     },
 }

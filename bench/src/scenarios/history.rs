@@ -108,7 +108,7 @@ fn checkin_report_json() -> serde_json::Value {
 async fn time_rebuild<P: Projection>(db: &BenchDb, projection: &P) -> anyhow::Result<f64> {
     let bar = ui::bar(&format!("rebuilding {}", projection.name()));
     let started = Instant::now();
-    let report = rebuild::rebuild(&db.pool, projection, 5000, |p| {
+    let report = rebuild::rebuild(&db.pool, projection, rebuild::DEFAULT_BATCH_SIZE, |p| {
         bar.set_length(p.total);
         bar.set_position(p.applied);
     })
@@ -142,6 +142,41 @@ async fn time_queries(gateway: &Gateway, paths: &[String], n: usize) -> Latencie
         }
     }
     latencies
+}
+
+/// Waits until every live projection and the dispatcher have followed the log to its end: the
+/// rebuilds above cover the agent list and the timeline, the others start from where the fill
+/// left them, and queries measured while they catch up would measure the catching up.
+async fn caught_up(db: &BenchDb) -> anyhow::Result<()> {
+    let end: i64 = sqlx::query_scalar("SELECT COALESCE(max(position), 0) FROM events")
+        .fetch_one(&db.pool)
+        .await?;
+    let bar = ui::bar("live projections catching up");
+    bar.set_length(end as u64);
+    let started = Instant::now();
+    loop {
+        let behind: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(min(position), 0) FROM projection_checkpoints \
+              WHERE projection NOT LIKE '%@rebuild'",
+        )
+        .fetch_one(&db.pool)
+        .await?;
+        bar.set_position(behind.max(0) as u64);
+        if behind >= end {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(3600),
+            "the live projections did not catch up within an hour"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    bar.finish_and_clear();
+    ui::step(&format!(
+        "live projections caught up with {end} events in {:.1}s",
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
 }
 
 /// p50 and p99 (in ms) of a Prometheus histogram's samples between two scrapes, from its buckets
@@ -223,6 +258,7 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
     let rebuild_timeline_events_per_sec = time_rebuild(&db, &TimelineProjection).await?;
 
     let gateway = Gateway::start(&db, targets, &[]).await?;
+    caught_up(&db).await?;
     ui::step("timeline and agent list queries");
     let timeline_paths: Vec<String> = agents
         .iter()
