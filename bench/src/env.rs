@@ -20,6 +20,8 @@ pub(crate) struct Targets {
     pub(crate) postgres: String,
     /// The NATS server.
     pub(crate) nats: String,
+    /// Extra gateway settings (`LOGBOOK_*` variables) for every gateway the run starts.
+    pub(crate) settings: Vec<(String, String)>,
 }
 
 /// A database created for one benchmark run.
@@ -64,7 +66,7 @@ impl BenchDb {
         let options = admin.clone().database(name);
         let url = options.to_url_lossy().to_string();
         let pool = PgPoolOptions::new()
-            .max_connections(40)
+            .max_connections(16)
             .connect_with(options)
             .await?;
         logbook_migrations::migrator()
@@ -165,12 +167,8 @@ mod tempfile_dir {
 pub(crate) use tempfile_dir::TempDir;
 
 impl Gateway {
-    /// Starts the gateway on `db` with extra `LOGBOOK_*` settings.
-    pub(crate) async fn start(
-        db: &BenchDb,
-        targets: &Targets,
-        extra: &[(String, String)],
-    ) -> anyhow::Result<Self> {
+    /// Starts the gateway on `db`, with the run's extra `LOGBOOK_*` settings.
+    pub(crate) async fn start(db: &BenchDb, targets: &Targets) -> anyhow::Result<Self> {
         let dir = TempDir::new("logbook-bench")?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -190,7 +188,7 @@ impl Gateway {
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(log);
-        for (key, value) in extra {
+        for (key, value) in &targets.settings {
             command.env(key, value);
         }
         let child = command.spawn().context("starting logbook serve")?;

@@ -154,6 +154,7 @@ fn main() -> anyhow::Result<()> {
         let targets = env::Targets {
             postgres: cli.postgres.clone(),
             nats: cli.nats.clone(),
+            settings: cli.settings.clone(),
         };
         let mut report = Report {
             machine: machine(),
@@ -168,7 +169,6 @@ fn main() -> anyhow::Result<()> {
                         concurrency: cli.concurrency,
                         rate: cli.rate,
                         runs: cli.runs.max(1),
-                        settings: cli.settings.clone(),
                     };
                     report.checkin = Some(scenarios::checkin::run(&targets, &options).await?);
                 }

@@ -12,6 +12,10 @@ fn a_smoke_run_completes_and_writes_its_report() {
     let output = Command::new(env!("CARGO_BIN_EXE_logbook-bench"))
         .args([
             "--smoke",
+            // Other tests run alongside against the same PostgreSQL: stay well within its
+            // connection limit.
+            "--set",
+            "database.max_connections=8",
             "--scenario",
             "checkin,jobs,reconnect,projections,history",
             "--postgres",

@@ -52,7 +52,7 @@ impl TestDb {
         let options = base.clone().database(&name);
         let url = options.to_url_lossy().to_string();
         let pool = PgPoolOptions::new()
-            .max_connections(20)
+            .max_connections(8)
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options)
             .await

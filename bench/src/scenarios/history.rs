@@ -237,7 +237,7 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
             .map(|(id, credential)| SimAgent { id, credential })
             .collect(),
         None => {
-            let gateway = Gateway::start(&db, targets, &[]).await?;
+            let gateway = Gateway::start(&db, targets).await?;
             let bar = ui::bar("enrolling simulated agents");
             let (_, agents) = env::enroll_fleet(&gateway, options.agents, &bar).await?;
             bar.finish_and_clear();
@@ -257,7 +257,7 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
     let rebuild_fleet_events_per_sec = time_rebuild(&db, &FleetProjection).await?;
     let rebuild_timeline_events_per_sec = time_rebuild(&db, &TimelineProjection).await?;
 
-    let gateway = Gateway::start(&db, targets, &[]).await?;
+    let gateway = Gateway::start(&db, targets).await?;
     caught_up(&db).await?;
     ui::step("timeline and agent list queries");
     let timeline_paths: Vec<String> = agents

@@ -105,6 +105,8 @@ impl GatewaySetup {
             .env("LOGBOOK_HTTP__LISTEN", format!("127.0.0.1:{}", self.port))
             .env("LOGBOOK_ADMIN__TOKEN_FILE", self.dir.join("admin-token"))
             .env("LOGBOOK_PROJECTIONS__POLL_INTERVAL", "200ms")
+            // Tests run side by side against one PostgreSQL (100 connections by default).
+            .env("LOGBOOK_DATABASE__MAX_CONNECTIONS", "10")
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log);
