@@ -175,18 +175,25 @@ pub async fn agent_timeline(
         position: i64::MAX,
     });
     let rows = sqlx::query(
-        "SELECT t.tx_id::text::bigint AS tx, t.position, t.aggregate_type, t.sequence, t.event_type, \
+        // The page is chosen from the timeline's index first and only its rows are joined to
+        // the log: left to itself, the planner joined an agent's whole timeline and sorted it
+        // (hundreds of ms at 10 million events, against 2 ms).
+        "WITH page AS MATERIALIZED ( \
+            SELECT * FROM agent_timeline_view t \
+             WHERE t.agent_id = $1 \
+               AND (t.tx_id, t.position) < ($2::bigint::text::xid8, $3) \
+               AND (cardinality($4::text[]) = 0 OR t.event_type = ANY($4)) \
+               AND ($5::timestamptz IS NULL OR t.recorded_at >= $5) \
+               AND ($6::timestamptz IS NULL OR t.recorded_at < $6) \
+             ORDER BY t.tx_id DESC, t.position DESC \
+             LIMIT $7 \
+         ) \
+         SELECT t.tx_id::text::bigint AS tx, t.position, t.aggregate_type, t.sequence, t.event_type, \
                 t.actor, t.recorded_at, e.payload, e.metadata \
-           FROM agent_timeline_view t \
+           FROM page t \
            JOIN events e ON e.aggregate_type = t.aggregate_type AND e.aggregate_id = t.aggregate_id \
                         AND e.sequence = t.sequence \
-          WHERE t.agent_id = $1 \
-            AND (t.tx_id, t.position) < ($2::bigint::text::xid8, $3) \
-            AND (cardinality($4::text[]) = 0 OR t.event_type = ANY($4)) \
-            AND ($5::timestamptz IS NULL OR t.recorded_at >= $5) \
-            AND ($6::timestamptz IS NULL OR t.recorded_at < $6) \
-          ORDER BY t.tx_id DESC, t.position DESC \
-          LIMIT $7",
+          ORDER BY t.tx_id DESC, t.position DESC",
     )
     .bind(agent_id)
     .bind(before.tx_id)
