@@ -354,8 +354,9 @@ pub(crate) async fn enroll_fleet(
         )
         .await?;
     let site_id = site["id"].as_str().context("site id")?.to_string();
-    // One token per 100 agents: a token's uses are serialised by design.
-    const PER_TOKEN: usize = 100;
+    // One token per 25 agents: a token's uses are serialised by design, and enrollments waiting
+    // for the same token each hold a database connection.
+    const PER_TOKEN: usize = 25;
     let mut tokens = Vec::new();
     for _ in 0..n.div_ceil(PER_TOKEN) {
         let token = gateway

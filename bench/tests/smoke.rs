@@ -15,7 +15,7 @@ fn a_smoke_run_completes_and_writes_its_report() {
             // Other tests run alongside against the same PostgreSQL: stay well within its
             // connection limit.
             "--set",
-            "database.max_connections=16",
+            "database.max_connections=28",
             "--scenario",
             "checkin,jobs,reconnect,projections,history",
             "--postgres",
