@@ -126,7 +126,7 @@ impl StateDir {
             path: self.root.join(IDENTITY_FILE),
             source: Box::new(e),
         })?;
-        write_atomically(&self.root, IDENTITY_FILE, &bytes)
+        write_atomically(&self.root, IDENTITY_FILE, &bytes, true)
     }
 
     /// The agent's NATS NKey seed, if it has one.
@@ -141,7 +141,7 @@ impl StateDir {
 
     /// Stores the agent's NATS NKey seed (mode 0600). It never leaves the machine.
     pub fn save_nkey_seed(&self, seed: &str) -> Result<(), StateError> {
-        write_atomically(&self.root, NKEY_FILE, seed.as_bytes())
+        write_atomically(&self.root, NKEY_FILE, seed.as_bytes(), true)
     }
 
     /// The directory of the job journal.
@@ -173,7 +173,7 @@ impl Spool {
             .max(0);
         // Zero-padded time first, so that name order is collection order.
         let name = format!("{collected:020}-{}.pb", request.checkin_id);
-        write_atomically(&self.dir, &name, &request.encode_to_vec())
+        write_atomically(&self.dir, &name, &request.encode_to_vec(), true)
     }
 
     /// The spooled check-ins, oldest first.
@@ -225,8 +225,14 @@ fn create_private_dir(path: &Path) -> Result<(), StateError> {
     builder.create(path).map_err(io_error("creating", path))
 }
 
-/// Writes `name` in `dir` so that a crash leaves either the old or the new content, durably.
-pub(crate) fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StateError> {
+/// Writes `name` in `dir` so that a crash leaves either the old or the new content; with
+/// `durable`, the new content survives a crash once this returns.
+pub(crate) fn write_atomically(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    durable: bool,
+) -> Result<(), StateError> {
     let target = dir.join(name);
     let temp = dir.join(format!(".{name}.tmp"));
     let mut options = OpenOptions::new();
@@ -235,6 +241,9 @@ pub(crate) fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(&temp).map_err(io_error("creating", &temp))?;
     file.write_all(bytes).map_err(io_error("writing", &temp))?;
+    if !durable {
+        return fs::rename(&temp, &target).map_err(io_error("renaming", &target));
+    }
     file.sync_all().map_err(io_error("syncing", &temp))?;
     fs::rename(&temp, &target).map_err(io_error("renaming", &target))?;
     // The rename is durable only once the directory entry is.

@@ -280,7 +280,9 @@ impl Gateway {
         if let Ok(client) = async_nats::connect(self.nats_url.as_str()).await {
             let js = async_nats::jetstream::new(client);
             let names = self.names();
-            let _ = js.delete_stream(names.jobs_stream()).await;
+            for stream in names.jobs_streams() {
+                let _ = js.delete_stream(stream).await;
+            }
             let _ = js.delete_stream(names.results_stream()).await;
         }
     }
@@ -435,10 +437,12 @@ async fn wait_for_job_consumers(gateway: &Gateway, n: usize) -> anyhow::Result<(
     let bar = crate::ui::bar("waiting for the agents' job consumers");
     bar.set_length(n as u64);
     loop {
-        let count = match js.get_stream(gateway.names().jobs_stream()).await {
-            Ok(mut stream) => stream.info().await.map_or(0, |i| i.state.consumer_count),
-            Err(_) => 0,
-        };
+        let mut count = 0;
+        for name in gateway.names().jobs_streams() {
+            if let Ok(mut stream) = js.get_stream(name).await {
+                count += stream.info().await.map_or(0, |i| i.state.consumer_count);
+            }
+        }
         bar.set_position(count.min(n) as u64);
         if count >= n {
             break;

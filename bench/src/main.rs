@@ -319,6 +319,14 @@ fn print_table(report: &Report) {
                 Some(secs <= 5.0),
             );
         }
+        if let Some(secs) = j.bulk_started_all_secs {
+            row(
+                "bulk job: every agent's claim granted (s)",
+                format!("{secs:.2}"),
+                "",
+                None,
+            );
+        }
         if let Some(secs) = j.bulk_results_recorded_secs {
             row(
                 "bulk job: every result recorded (s)",

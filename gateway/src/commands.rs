@@ -20,7 +20,7 @@ use uuid::Uuid;
 use crate::credentials;
 use crate::notify::LogNotifier;
 use crate::secrets::{self, SecretKind};
-use crate::store::{EventStore, Loaded, StoreError};
+use crate::store::{Conflicts, EventStore, Loaded, NewEvent, StoreError};
 
 /// How many times a command is retried after losing an optimistic-concurrency race.
 const CONFLICT_RETRIES: usize = 5;
@@ -395,6 +395,88 @@ impl Commands {
                 other => return other,
             }
         }
+    }
+
+    /// Runs many commands, each against its own aggregate of type `A`, with one load query and
+    /// one transaction: the group commit behind the paths agents drive at fleet scale (claims,
+    /// results). Commands for the same aggregate are decided in order, each on the state the
+    /// previous one left. Every command either takes effect or is answered with its rejection;
+    /// when the batch loses a race with another writer it is rolled back and each command is
+    /// run on its own instead. `Err` means nothing was recorded (the store failed).
+    pub(crate) async fn try_execute_batch<A>(
+        &self,
+        commands: Vec<(Ctx, String, A::Command)>,
+    ) -> Result<Vec<Result<Vec<A::Event>, Executed<A::Error>>>, CommandError>
+    where
+        A: Aggregate<Services = ()>,
+        A::Command: Clone,
+    {
+        if commands.len() <= 1 {
+            return Ok(self.execute_each::<A>(commands).await);
+        }
+        let mut ids: Vec<String> = commands.iter().map(|(_, id, _)| id.clone()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut loaded = self.store.load_many::<A>(&ids).await?;
+        let now = Utc::now();
+        let mut answers = Vec::with_capacity(commands.len());
+        let mut rows = Vec::new();
+        for (ctx, id, command) in &commands {
+            let Some(aggregate) = loaded.get_mut(id) else {
+                return Err(CommandError::Store(StoreError::Repository(
+                    format!("{} {id} was not loaded", A::TYPE).into(),
+                )));
+            };
+            match aggregate.decide(command.clone()).await {
+                Ok(events) => {
+                    rows.extend(NewEvent::for_aggregate::<A>(
+                        id,
+                        aggregate.version,
+                        &events,
+                        &ctx.metadata(now),
+                    )?);
+                    aggregate.version += events.len() as i64;
+                    answers.push(Ok(events));
+                }
+                Err(rejection) => answers.push(Err(Executed::Rejected(rejection))),
+            }
+        }
+        if rows.is_empty() {
+            return Ok(answers);
+        }
+        // Rows in aggregate order, so that two batches touching the same aggregates take their
+        // locks in the same order.
+        rows.sort_by(|a, b| (&a.aggregate_id, a.sequence).cmp(&(&b.aggregate_id, b.sequence)));
+        let mut tx = self.store.pool().begin().await?;
+        match EventStore::append_rows(&mut tx, &rows, Conflicts::Fail).await {
+            Ok(_) => {
+                self.commit(tx).await?;
+                Ok(answers)
+            }
+            Err(StoreError::Conflict { .. }) => {
+                drop(tx);
+                metrics::counter!("logbook_command_batch_fallbacks_total", "aggregate" => A::TYPE)
+                    .increment(1);
+                Ok(self.execute_each::<A>(commands).await)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Runs commands one at a time, each in its own transaction.
+    async fn execute_each<A>(
+        &self,
+        commands: Vec<(Ctx, String, A::Command)>,
+    ) -> Vec<Result<Vec<A::Event>, Executed<A::Error>>>
+    where
+        A: Aggregate<Services = ()>,
+        A::Command: Clone,
+    {
+        let mut answers = Vec::with_capacity(commands.len());
+        for (ctx, id, command) in commands {
+            answers.push(self.try_execute::<A>(&ctx, &id, command).await);
+        }
+        answers
     }
 
     /// Creates a client.

@@ -148,9 +148,9 @@ pub struct JobsConfig {
     /// How often jobs past their deadline are looked for.
     #[serde(with = "humantime_serde")]
     pub expiry_interval: Duration,
-    /// Results recorded at the same time.
+    /// Batches of results recorded at the same time (each one transaction of up to 512).
     pub result_concurrency: usize,
-    /// Claims answered at the same time.
+    /// Batches of claims decided at the same time (each one transaction of up to 512).
     pub claim_concurrency: usize,
 }
 
@@ -163,8 +163,8 @@ impl Default for JobsConfig {
             max_bulk_targets: 100_000,
             dispatch_batch: 1000,
             expiry_interval: Duration::from_secs(1),
-            result_concurrency: 32,
-            claim_concurrency: 64,
+            result_concurrency: 4,
+            claim_concurrency: 4,
         }
     }
 }

@@ -148,6 +148,47 @@ impl EventStore {
         Ok(Loaded { state, version })
     }
 
+    /// Loads several aggregates of one type with one query; ids without events come back as
+    /// new (default) aggregates at version 0.
+    pub async fn load_many<A: Aggregate>(
+        &self,
+        aggregate_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, Loaded<A>>, StoreError> {
+        let mut loaded: std::collections::HashMap<String, Loaded<A>> = aggregate_ids
+            .iter()
+            .map(|id| {
+                (
+                    id.clone(),
+                    Loaded {
+                        state: A::default(),
+                        version: 0,
+                    },
+                )
+            })
+            .collect();
+        let rows: Vec<(String, i64, serde_json::Value)> = sqlx::query_as(
+            "SELECT aggregate_id, sequence, payload FROM events \
+              WHERE aggregate_type = $1 AND aggregate_id = ANY($2) \
+              ORDER BY aggregate_id, sequence",
+        )
+        .bind(A::TYPE)
+        .bind(aggregate_ids)
+        .fetch_all(&self.pool)
+        .await?;
+        for (id, sequence, payload) in rows {
+            let event: A::Event =
+                serde_json::from_value(payload).map_err(|source| StoreError::Corrupt {
+                    aggregate_type: A::TYPE,
+                    source,
+                })?;
+            if let Some(aggregate) = loaded.get_mut(&id) {
+                aggregate.state.apply(event);
+                aggregate.version = sequence;
+            }
+        }
+        Ok(loaded)
+    }
+
     /// Appends `events` of one aggregate after `version`, inside the caller's transaction.
     pub async fn append<A: Aggregate>(
         conn: &mut PgConnection,

@@ -272,6 +272,163 @@ async fn claims_and_results_are_decided_by_the_server_once() {
     assert_eq!(job["ended_by"], format!("agent:{}", a.id));
 }
 
+#[tokio::test]
+async fn claims_and_results_decided_in_one_batch_are_answered_one_by_one() {
+    let app = TestApp::new().await;
+    let (client_id, site_id) = app.site().await;
+    let a = app.agent_in(&client_id, &site_id, "a").await;
+    let b = app.agent_in(&client_id, &site_id, "b").await;
+    let (agent_a, agent_b): (AgentId, AgentId) =
+        (a.id.parse().expect("uuid"), b.id.parse().expect("uuid"));
+    let mut jobs = Vec::new();
+    for agent in [&a, &a, &b] {
+        let (_, job) = app
+            .admin(
+                Method::POST,
+                &format!("/api/v1/agents/{}/jobs", agent.id),
+                Some(command("true")),
+            )
+            .await;
+        jobs.push(
+            job["id"]
+                .as_str()
+                .expect("id")
+                .parse::<JobId>()
+                .expect("uuid"),
+        );
+    }
+    let (_, job) = app
+        .admin(
+            Method::POST,
+            &format!("/api/v1/agents/{}/jobs", b.id),
+            Some(command("true")),
+        )
+        .await;
+    let cancelled: JobId = job["id"].as_str().expect("id").parse().expect("uuid");
+    app.commands
+        .cancel_job(&support_ctx(), cancelled)
+        .await
+        .expect("cancel");
+    let before = app.event_count().await;
+
+    let claim = |agent_id, job_id| logbook_gateway::jobs::ClaimRequest {
+        agent_id,
+        job_id,
+        request_id: "t".into(),
+    };
+    let answers: Vec<Claim> = app
+        .commands
+        .claim_jobs(vec![
+            claim(agent_a, jobs[0]),
+            claim(agent_a, jobs[1]),
+            // The same job twice in one batch: the second claim sees the first.
+            claim(agent_a, jobs[0]),
+            // Another agent's job.
+            claim(agent_a, jobs[2]),
+            claim(agent_b, jobs[2]),
+            claim(agent_b, cancelled),
+        ])
+        .await
+        .expect("batch")
+        .into_iter()
+        .map(|answer| answer.expect("claim"))
+        .collect();
+    assert_eq!(
+        answers,
+        [
+            Claim::Run,
+            Claim::Run,
+            Claim::AlreadyStarted,
+            Claim::Refused,
+            Claim::Run,
+            Claim::Cancelled
+        ]
+    );
+    assert_eq!(
+        app.event_count().await,
+        before + 3,
+        "one JobStarted for each granted claim, nothing for the others"
+    );
+
+    let reported = |agent_id, job_id, exit_code| logbook_gateway::jobs::ReportedResult {
+        agent_id,
+        job_id,
+        outcome: Outcome::Succeeded,
+        result: result(exit_code),
+    };
+    let answers: Vec<ResultOutcome> = app
+        .commands
+        .record_job_results(vec![
+            reported(agent_a, jobs[0], 0),
+            reported(agent_a, jobs[0], 0),
+            reported(agent_b, jobs[1], 0),
+            reported(agent_b, jobs[2], 0),
+        ])
+        .await
+        .expect("batch")
+        .into_iter()
+        .map(|answer| answer.expect("result"))
+        .collect();
+    assert_eq!(answers[0], ResultOutcome::Recorded);
+    assert_eq!(answers[1], ResultOutcome::Duplicate);
+    assert!(
+        matches!(answers[2], ResultOutcome::Rejected(_)),
+        "another agent's result: {:?}",
+        answers[2]
+    );
+    assert_eq!(answers[3], ResultOutcome::Recorded);
+    assert_eq!(app.event_count().await, before + 5);
+}
+
+#[tokio::test]
+async fn batches_racing_for_the_same_jobs_grant_each_claim_once() {
+    let app = TestApp::new().await;
+    let (client_id, site_id) = app.site().await;
+    let a = app.agent_in(&client_id, &site_id, "a").await;
+    let agent_a: AgentId = a.id.parse().expect("uuid");
+    let mut jobs = Vec::new();
+    for _ in 0..20 {
+        let (_, job) = app
+            .admin(
+                Method::POST,
+                &format!("/api/v1/agents/{}/jobs", a.id),
+                Some(command("true")),
+            )
+            .await;
+        jobs.push(
+            job["id"]
+                .as_str()
+                .expect("id")
+                .parse::<JobId>()
+                .expect("uuid"),
+        );
+    }
+    let batch = |reverse: bool| {
+        let mut claims: Vec<_> = jobs
+            .iter()
+            .map(|job_id| logbook_gateway::jobs::ClaimRequest {
+                agent_id: agent_a,
+                job_id: *job_id,
+                request_id: "t".into(),
+            })
+            .collect();
+        if reverse {
+            claims.reverse();
+        }
+        let commands = app.commands.clone();
+        async move { commands.claim_jobs(claims).await }
+    };
+    let (first, second) = tokio::join!(batch(false), batch(true));
+    let granted = first
+        .expect("first batch")
+        .into_iter()
+        .chain(second.expect("second batch"))
+        .map(|answer| answer.expect("claim"))
+        .filter(|claim| *claim == Claim::Run)
+        .count();
+    assert_eq!(granted, jobs.len(), "every job granted exactly once");
+}
+
 fn support_ctx() -> logbook_gateway::commands::Ctx {
     logbook_gateway::commands::Ctx::new(
         logbook_domain::metadata::Actor::System("test".into()),

@@ -339,20 +339,26 @@ async fn with_nats_authentication_an_agent_can_neither_fetch_another_agents_jobs
     .expect("A connects");
     let js = async_nats::jetstream::new(as_a.clone());
     type Pull = async_nats::jetstream::consumer::pull::Config;
-    js.get_consumer_from_stream::<Pull, _, _>(names.agent_consumer(&a.id), names.jobs_stream())
-        .await
-        .expect("A may bind its own consumer");
+    js.get_consumer_from_stream::<Pull, _, _>(
+        names.agent_consumer(&a.id),
+        names.jobs_stream(&a.id),
+    )
+    .await
+    .expect("A may bind its own consumer");
     assert!(
-        js.get_consumer_from_stream::<Pull, _, _>(names.agent_consumer(&b.id), names.jobs_stream())
-            .await
-            .is_err(),
+        js.get_consumer_from_stream::<Pull, _, _>(
+            names.agent_consumer(&b.id),
+            names.jobs_stream(&b.id)
+        )
+        .await
+        .is_err(),
         "A could bind B's consumer"
     );
     let next = as_a
         .request(
             format!(
                 "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
-                names.jobs_stream(),
+                names.jobs_stream(&b.id),
                 names.agent_consumer(&b.id)
             ),
             "1".into(),

@@ -5,12 +5,32 @@
 //!
 //! | what | name |
 //! |---|---|
-//! | jobs stream (work queue) | `<NS>_JOBS`, subjects `<ns>.jobs.<agent>` |
-//! | one agent's consumer | `agent-<agent>` (filter `<ns>.jobs.<agent>`) |
+//! | jobs streams (work queues), one per shard | `<NS>_JOBS_<shard>`, subjects `<ns>.jobs.<shard>.<agent>` |
+//! | one agent's consumer (in its shard's stream) | `agent-<agent>` (filter `<ns>.jobs.<shard>.<agent>`) |
 //! | results stream (work queue) | `<NS>_RESULTS`, subjects `<ns>.results.<agent>` |
 //! | the gateways' results consumer | `gateways` |
 //! | claims (request/reply) | `<ns>.claims.<agent>` |
 //! | an agent's reply inbox | `_INBOX_<agent>.>` |
+//!
+//! Jobs are spread over [`JOB_SHARDS`] streams by a hash of the agent id: nats-server's cost of
+//! storing, delivering and removing a work-queue message grows with the consumers and messages
+//! of its stream, and one stream holding every agent's consumer made a bulk job to 10,000 agents
+//! three times slower than sixteen streams did (docs/adr/0004). The shard of an agent never
+//! changes, so the count is fixed: changing it would strand existing consumers.
+
+/// How many jobs streams one installation has.
+pub const JOB_SHARDS: u32 = 32;
+
+/// The jobs shard of an agent: FNV-1a of its id, so that every component (and every version)
+/// computes the same one.
+pub fn job_shard(agent_id: &str) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in agent_id.bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash % JOB_SHARDS
+}
 
 /// The names of one installation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,19 +61,33 @@ impl Names {
         self.namespace.to_ascii_uppercase().replace('-', "_")
     }
 
-    /// The stream holding jobs not yet acknowledged by their agent.
-    pub fn jobs_stream(&self) -> String {
-        format!("{}_JOBS", self.stream_prefix())
+    /// The stream holding one agent's jobs not yet acknowledged.
+    pub fn jobs_stream(&self, agent_id: &str) -> String {
+        self.jobs_shard_stream(job_shard(agent_id))
     }
 
-    /// All job subjects (the jobs stream's subjects).
-    pub fn all_jobs(&self) -> String {
-        format!("{}.jobs.*", self.namespace)
+    /// The jobs stream of one shard.
+    pub fn jobs_shard_stream(&self, shard: u32) -> String {
+        format!("{}_JOBS_{shard:02}", self.stream_prefix())
+    }
+
+    /// The subjects of one shard's jobs stream.
+    pub fn jobs_shard_subjects(&self, shard: u32) -> String {
+        format!("{}.jobs.{shard:02}.*", self.namespace)
+    }
+
+    /// Every jobs stream, by shard.
+    pub fn jobs_streams(&self) -> impl Iterator<Item = String> + '_ {
+        (0..JOB_SHARDS).map(|shard| self.jobs_shard_stream(shard))
     }
 
     /// The subject of one agent's jobs.
     pub fn jobs(&self, agent_id: &str) -> String {
-        format!("{}.jobs.{agent_id}", self.namespace)
+        format!(
+            "{}.jobs.{:02}.{agent_id}",
+            self.namespace,
+            job_shard(agent_id)
+        )
     }
 
     /// The durable consumer through which one agent receives its jobs.
@@ -129,11 +163,28 @@ mod tests {
     #[test]
     fn names_are_namespaced_and_parse_back() {
         let names = Names::new("bench-1");
-        assert_eq!(names.jobs_stream(), "BENCH_1_JOBS");
-        assert_eq!(names.jobs("a1"), "bench-1.jobs.a1");
+        let shard = job_shard("a1");
+        assert_eq!(names.jobs_stream("a1"), format!("BENCH_1_JOBS_{shard:02}"));
+        assert_eq!(names.jobs("a1"), format!("bench-1.jobs.{shard:02}.a1"));
+        assert_eq!(names.jobs_streams().count(), JOB_SHARDS as usize);
         assert_eq!(names.agent_of_result(&names.results("a1")), Some("a1"));
         assert_eq!(names.agent_of_claim(&names.claims("a1")), Some("a1"));
         assert_eq!(names.agent_of_claim("other.claims.a1"), None);
         assert_eq!(Names::default().results_stream(), "LOGBOOK_RESULTS");
+    }
+
+    #[test]
+    fn shards_are_stable_and_spread_agents() {
+        // Fixed values: every release must put an agent in the same shard.
+        assert_eq!(job_shard(""), 0x811c_9dc5 % JOB_SHARDS);
+        assert_eq!(job_shard("a"), 0xe40c_292c % JOB_SHARDS);
+        let mut counts = [0u32; JOB_SHARDS as usize];
+        for i in 0..32_000 {
+            counts[job_shard(&format!("0190{i:08x}-0000-7000-8000-000000000000")) as usize] += 1;
+        }
+        assert!(
+            counts.iter().all(|&c| (700..1300).contains(&c)),
+            "uneven shards: {counts:?}"
+        );
     }
 }

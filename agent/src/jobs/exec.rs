@@ -168,9 +168,9 @@ fn write_script(path: &std::path::Path, body: &str) -> std::io::Result<()> {
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o700);
-    let mut file = options.open(path)?;
-    file.write_all(body.as_bytes())?;
-    file.sync_all()
+    // Not fsynced: the file only lives while the job runs, and a job is never run again after
+    // a crash.
+    options.open(path)?.write_all(body.as_bytes())
 }
 
 fn remove(path: Option<std::path::PathBuf>) {

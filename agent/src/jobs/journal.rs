@@ -1,13 +1,17 @@
-//! The job journal: what this agent did with each job, on disk, fsynced before anything is
-//! acknowledged. It is what makes a job run at most once whatever crashes when:
+//! The job journal: what this agent did with each job, on disk. It is what makes a job run at
+//! most once whatever crashes when (the server's claim answer is final, so a job that was
+//! claimed is never run again; the journal says what happened to it here):
 //!
-//! - `Claiming`: written before the claim is sent. Found after a restart, the job never started
-//!   here, so it is claimed again.
-//! - `Running`: written after the server said "run", before the process starts. Found after a
-//!   restart, the job may have run partly; it is never run again and is reported as interrupted.
-//! - `Finished`: the result, written before it is published. Found after a restart, the stored
-//!   result is published again (the job is not run again).
-//! - `Reported` / `Refused`: nothing left to do; a redelivery is simply acknowledged.
+//! - no entry: the job never started here. It is claimed (again): a job claimed before a
+//!   restart is answered "already started" and reported as interrupted before it began.
+//! - `Running`: written (fsynced) after the server said "run", before the process starts.
+//!   Found after a restart, the job may have run partly; it is never run again and is reported
+//!   as interrupted.
+//! - `Finished`: the result, written (fsynced) before it is published. Found after a restart,
+//!   the stored result is published again (the job is not run again).
+//! - `Reported` / `Refused`: nothing left to do; a redelivery is simply acknowledged. These are
+//!   not fsynced: losing one in a crash costs only a repeat (the stored result published again,
+//!   which the server records once; or the claim asked again, which is refused again).
 //!
 //! One small file per job, named by the job's place in the agent's queue; entries older than
 //! the transport's retention are pruned.
@@ -28,8 +32,6 @@ use crate::state::{StateError, write_atomically};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum Entry {
-    /// The claim is being sent.
-    Claiming,
     /// The server said run; the process is (or was) running.
     Running,
     /// It ended; the result (a `JobResultReport`, base64 protobuf) is not yet acknowledged by
@@ -104,13 +106,15 @@ impl Journal {
         }
     }
 
-    /// Records a job's entry durably.
+    /// Records a job's entry: atomically always, durably (fsynced) when a lost entry could
+    /// make the job run twice or lose its result.
     pub fn put(&self, agent_seq: u64, job_id: &str, entry: &Entry) -> Result<(), StateError> {
         let bytes = serde_json::to_vec(entry).map_err(|e| StateError::Corrupt {
             path: self.dir.join(file_name(agent_seq, job_id)),
             source: Box::new(e),
         })?;
-        write_atomically(&self.dir, &file_name(agent_seq, job_id), &bytes)
+        let durable = matches!(entry, Entry::Running | Entry::Finished { .. });
+        write_atomically(&self.dir, &file_name(agent_seq, job_id), &bytes, durable)
     }
 
     /// Results finished but not yet published, in queue order.
@@ -184,7 +188,6 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let journal = Journal::new(dir.path().to_path_buf());
         assert_eq!(journal.get(1, "a").expect("read"), None);
-        journal.put(1, "a", &Entry::Claiming).expect("write");
         journal.put(1, "a", &Entry::Running).expect("write");
         assert_eq!(journal.get(1, "a").expect("read"), Some(Entry::Running));
         let report = JobResultReport {

@@ -1,10 +1,10 @@
 //! Receiving and running jobs.
 //!
 //! The agent binds its own durable consumer on the jobs stream (one job at a time, in queue
-//! order) and, for each job: journals it, *claims* it (a NATS request the server answers once,
-//! final: run, or do not because it was cancelled or expired), runs it, journals the result,
-//! publishes the result to its result subject (JetStream, deduplicated by job id), and only then
-//! acknowledges the job. See [`journal`] for how each crash point is recovered without running a
+//! order) and, for each job: *claims* it (a NATS request the server answers once, final: run,
+//! or do not because it was cancelled or expired), journals that it runs, runs it, journals the
+//! result, publishes the result to its result subject (JetStream, deduplicated by job id), and
+//! only then acknowledges the job. See [`journal`] for how each crash point is recovered without running a
 //! job twice, and docs/adr/0004 for the whole protocol.
 
 pub mod exec;
@@ -205,7 +205,7 @@ impl Worker {
                 .js
                 .get_consumer_from_stream(
                     self.names.agent_consumer(&self.agent),
-                    self.names.jobs_stream(),
+                    self.names.jobs_stream(&self.agent),
                 )
                 .await;
             let messages = match consumer {
@@ -270,9 +270,8 @@ impl Worker {
                 );
                 return self.finish(&message, &job, ran).await;
             }
-            Some(Entry::Claiming) | None => {}
+            None => {}
         }
-        self.journal.put(seq, &id, &Entry::Claiming)?;
         // Jobs run one at a time, so waiting here for the server (through a NATS reconnect, or
         // while no gateway answers) costs nothing; handing the job back instead would put it
         // behind JetStream's redelivery backoff.

@@ -2,8 +2,8 @@
 //! their consumer, claim, publish results, acknowledge), against a real gateway.
 //!
 //! - single jobs to online agents: time from the API request to the agent's claim being granted;
-//! - a bulk job to every agent: time until every agent has it, and until every result is
-//!   recorded;
+//! - a bulk job to every agent: time until every agent has it (the message is in the agent's
+//!   hands), until every agent's claim was granted, and until every result is recorded;
 //! - an offline catch-up: a real `logbook-agent` that was stopped while 1,000 jobs were queued;
 //! - reconnect storms: every agent reconnects at once and drains one waiting job, before and
 //!   after hundreds of thousands of jobs have passed through the stream.
@@ -43,6 +43,7 @@ pub(crate) struct Results {
     pub(crate) agents: usize,
     pub(crate) issue_to_start: Option<Summary>,
     pub(crate) bulk_dispatched_all_secs: Option<f64>,
+    pub(crate) bulk_started_all_secs: Option<f64>,
     pub(crate) bulk_results_recorded_secs: Option<f64>,
     pub(crate) catch_up_jobs: usize,
     pub(crate) catch_up_secs: Option<f64>,
@@ -62,8 +63,9 @@ enum Mode {
     AckOnly,
 }
 
-/// A received job: which agent, which job id, when.
-type Received = (usize, String, Instant);
+/// A received job: which agent, which job id, when the message arrived and when the claim was
+/// granted (the same instant for agents that only acknowledge).
+type Received = (usize, String, Instant, Instant);
 
 /// Binds every agent's consumer over `connections` NATS connections and consumes until the
 /// returned handle is dropped.
@@ -109,7 +111,7 @@ async fn connect_fleet(
                 match js
                     .get_consumer_from_stream::<consumer::pull::Config, _, _>(
                         names.agent_consumer(&agent_id),
-                        names.jobs_stream(),
+                        names.jobs_stream(&agent_id),
                     )
                     .await
                 {
@@ -144,7 +146,7 @@ async fn connect_fleet(
                         .and_then(|r| pb::ClaimResponse::decode(r.payload).ok())
                         .is_some_and(|r| r.verdict == pb::ClaimVerdict::Run as i32);
                     if granted {
-                        let _ = received.send((i, job.clone(), Instant::now()));
+                        let _ = received.send((i, job.clone(), at, Instant::now()));
                         let report = pb::JobResultReport {
                             job_id: job.clone(),
                             outcome: pb::JobOutcome::Succeeded as i32,
@@ -160,7 +162,7 @@ async fn connect_fleet(
                         }
                     }
                 } else {
-                    let _ = received.send((i, job, at));
+                    let _ = received.send((i, job, at, at));
                 }
                 let _ = message.double_ack().await;
             }
@@ -233,7 +235,7 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
                     Some(json!({"command": "true"})),
                 )
                 .await?;
-            if let Some((agent, _, at)) =
+            if let Some((agent, _, _, at)) =
                 wait_count(&mut rx, 1, Duration::from_secs(10)).await.pop()
                 && let Some(start) = issued
                     .lock()
@@ -259,7 +261,11 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
         let got = wait_count(&mut rx, agents.len(), Duration::from_secs(300)).await;
         results.bulk_dispatched_all_secs = got
             .iter()
-            .map(|(_, _, at)| (*at - started).as_secs_f64())
+            .map(|(_, _, at, _)| (*at - started).as_secs_f64())
+            .reduce(f64::max);
+        results.bulk_started_all_secs = got
+            .iter()
+            .map(|(_, _, _, at)| (*at - started).as_secs_f64())
             .reduce(f64::max);
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {

@@ -2,22 +2,29 @@
 //! subject, whether the job may still run. The answer is recorded (`JobStarted`, or
 //! `JobExpired`) before it is sent, so the server's word is final and a job runs at most once.
 //!
+//! Claims are answered in batches: the claims waiting when a batch starts are decided and
+//! recorded together, in one transaction (a group commit), and up to `concurrency` batches are
+//! recorded at the same time. One agent has at most one claim outstanding (its consumer holds
+//! one job at a time), so batches never hold two claims of the same agent in practice; if two
+//! writers still race on a job, the batch is rolled back and its claims decided one by one.
+//!
 //! Every gateway subscribes in one queue group; each claim is answered by one of them.
 
-use std::sync::Arc;
-
-use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use logbook_domain::ids::{AgentId, JobId};
 use logbook_proto::agent::v1 as pb;
 use logbook_proto::subjects::Names;
 use prost::Message;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::Claim;
+use super::{Claim, ClaimRequest};
 use crate::commands::Commands;
 
-/// Answers claims until `shutdown`.
+/// Most claims decided in one transaction.
+const MAX_BATCH: usize = 512;
+
+/// Answers claims until `shutdown`; batches already taken are finished first.
 pub async fn run(
     client: async_nats::Client,
     names: Names,
@@ -31,23 +38,28 @@ pub async fn run(
             .await
         {
             Ok(mut claims) => {
-                let slots = Arc::new(Semaphore::new(concurrency.max(1)));
+                let mut in_flight = FuturesUnordered::new();
                 loop {
-                    let message = tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        message = claims.next() => message,
-                    };
-                    let Some(message) = message else { break };
-                    let Ok(slot) = slots.clone().acquire_owned().await else {
-                        return;
-                    };
-                    let (client, names, commands) =
-                        (client.clone(), names.clone(), commands.clone());
-                    tokio::spawn(async move {
-                        answer(&client, &names, &commands, message).await;
-                        drop(slot);
-                    });
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {
+                            while in_flight.next().await.is_some() {}
+                            return;
+                        }
+                        Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+                        message = claims.next(), if in_flight.len() < concurrency.max(1) => {
+                            let Some(first) = message else { break };
+                            let mut batch = vec![first];
+                            while batch.len() < MAX_BATCH {
+                                match claims.next().now_or_never() {
+                                    Some(Some(message)) => batch.push(message),
+                                    _ => break,
+                                }
+                            }
+                            in_flight.push(answer(&client, &names, &commands, batch));
+                        }
+                    }
                 }
+                while in_flight.next().await.is_some() {}
             }
             Err(e) => tracing::warn!(error = %e, "cannot subscribe to job claims; retrying"),
         }
@@ -58,50 +70,81 @@ pub async fn run(
     }
 }
 
+/// Decides and records a batch of claims, then answers each.
 async fn answer(
     client: &async_nats::Client,
     names: &Names,
     commands: &Commands,
-    message: async_nats::Message,
+    batch: Vec<async_nats::Message>,
 ) {
-    let Some(reply) = message.reply.clone() else {
-        return;
-    };
-    let verdict = async {
-        let agent: AgentId = names
-            .agent_of_claim(&message.subject)
-            .and_then(|a| a.parse().ok())
-            .ok_or("bad subject")?;
-        let request =
-            pb::ClaimRequest::decode(message.payload.clone()).map_err(|_| "undecodable claim")?;
-        let job: JobId = request.job_id.parse().map_err(|_| "bad job id")?;
-        Ok::<_, &str>((agent, job))
+    metrics::histogram!("logbook_job_claim_batch_size").record(batch.len() as f64);
+    let mut requests = Vec::with_capacity(batch.len());
+    let mut replies = Vec::with_capacity(batch.len());
+    for message in batch {
+        let Some(reply) = message.reply.clone() else {
+            continue;
+        };
+        match parse(names, &message) {
+            Ok((agent_id, job_id)) => {
+                requests.push(ClaimRequest {
+                    agent_id,
+                    job_id,
+                    request_id: format!("claim-{job_id}"),
+                });
+                replies.push(reply);
+            }
+            Err(reason) => {
+                let response = pb::ClaimResponse {
+                    verdict: pb::ClaimVerdict::Refused as i32,
+                    reason: reason.to_string(),
+                };
+                send(client, reply, response).await;
+            }
+        }
     }
-    .await;
-    let response = match verdict {
-        Err(reason) => pb::ClaimResponse {
-            verdict: pb::ClaimVerdict::Refused as i32,
-            reason: reason.to_string(),
-        },
-        Ok((agent, job)) => match commands
-            .claim_job(agent, job, &format!("claim-{job}"))
-            .await
-        {
+    if requests.is_empty() {
+        return;
+    }
+    let answers = match commands.claim_jobs(requests).await {
+        Ok(answers) => answers,
+        // The store is unavailable: no answer, the agents ask again later.
+        Err(e) => {
+            tracing::warn!(error = %e, claims = replies.len(), "could not decide claims");
+            return;
+        }
+    };
+    for (reply, answer) in replies.into_iter().zip(answers) {
+        match answer {
             Ok(claim) => {
                 metrics::counter!("logbook_job_claims_total", "verdict" => format!("{claim:?}"))
                     .increment(1);
-                pb::ClaimResponse {
+                let response = pb::ClaimResponse {
                     verdict: verdict_of(claim) as i32,
                     reason: String::new(),
-                }
+                };
+                send(client, reply, response).await;
             }
-            // The store is unavailable: no answer, the agent asks again later.
-            Err(e) => {
-                tracing::warn!(error = %e, %job, "could not decide a claim");
-                return;
-            }
-        },
-    };
+            Err(e) => tracing::warn!(error = %e, "could not decide a claim"),
+        }
+    }
+}
+
+fn parse(names: &Names, message: &async_nats::Message) -> Result<(AgentId, JobId), &'static str> {
+    let agent: AgentId = names
+        .agent_of_claim(&message.subject)
+        .and_then(|a| a.parse().ok())
+        .ok_or("bad subject")?;
+    let request =
+        pb::ClaimRequest::decode(message.payload.clone()).map_err(|_| "undecodable claim")?;
+    let job: JobId = request.job_id.parse().map_err(|_| "bad job id")?;
+    Ok((agent, job))
+}
+
+async fn send(
+    client: &async_nats::Client,
+    reply: async_nats::Subject,
+    response: pb::ClaimResponse,
+) {
     if let Err(e) = client.publish(reply, response.encode_to_vec().into()).await {
         tracing::debug!(error = %e, "could not answer a claim");
     }

@@ -185,18 +185,23 @@ async fn round(
     }
 
     for job in ended {
-        let stream_seq: Option<i64> = sqlx::query(
-            "SELECT (payload->'JobDispatched'->>'stream_seq')::bigint AS seq FROM events \
+        let dispatched = sqlx::query(
+            "SELECT (payload->'JobDispatched'->>'stream_seq')::bigint AS seq, \
+                    payload->'JobDispatched'->>'agent_id' AS agent FROM events \
               WHERE aggregate_type = 'job' AND aggregate_id = $1 AND event_type = 'JobDispatched'",
         )
         .bind(job.to_string())
         .fetch_optional(pool)
-        .await?
-        .map(|row| row.try_get("seq"))
-        .transpose()?;
-        if let Some(seq) = stream_seq {
+        .await?;
+        let Some(row) = dispatched else { continue };
+        let seq: i64 = row.try_get("seq")?;
+        let agent: Option<AgentId> = row
+            .try_get::<String, _>("agent")
+            .ok()
+            .and_then(|a| a.parse().ok());
+        if let Some(agent) = agent {
             // Best effort: if the agent already holds the message, its claim is refused.
-            if let Err(e) = transport.remove_job(seq as u64).await {
+            if let Err(e) = transport.remove_job(agent, seq as u64).await {
                 tracing::debug!(error = %e, %job, "could not remove a settled job from its agent's queue");
             }
         }

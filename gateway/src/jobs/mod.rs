@@ -87,6 +87,30 @@ pub struct QueuedJob {
     pub deadline: DateTime<Utc>,
 }
 
+/// An agent's claim of one of its jobs.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    /// The agent that claims.
+    pub agent_id: AgentId,
+    /// The job it claims.
+    pub job_id: JobId,
+    /// The request id recorded with the answer.
+    pub request_id: String,
+}
+
+/// A result an agent reported.
+#[derive(Debug, Clone)]
+pub struct ReportedResult {
+    /// The agent that reported it.
+    pub agent_id: AgentId,
+    /// Its job.
+    pub job_id: JobId,
+    /// How the job ended.
+    pub outcome: Outcome,
+    /// Exit code, output and timing.
+    pub result: JobResult,
+}
+
 /// What the server says to an agent's claim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
@@ -388,31 +412,59 @@ impl Commands {
         job_id: JobId,
         request_id: &str,
     ) -> Result<Claim, CommandError> {
-        let ctx = Ctx::new(Actor::Agent(agent_id), request_id);
-        match self
-            .try_execute::<Job>(
-                &ctx,
-                &job_id.to_string(),
-                JobCommand::ClaimJob {
-                    agent_id,
-                    now: Utc::now(),
-                },
-            )
-            .await
-        {
-            Ok(events) => Ok(match events.first() {
-                Some(JobEvent::JobStarted { .. }) => Claim::Run,
-                _ => Claim::Expired,
-            }),
-            Err(Executed::Rejected(rejection)) => Ok(match rejection {
-                JobError::Cancelled => Claim::Cancelled,
-                JobError::Expired(_) => Claim::Expired,
-                JobError::AlreadyStarted => Claim::AlreadyStarted,
-                JobError::AlreadyFinished => Claim::Finished,
-                _ => Claim::Refused,
-            }),
-            Err(Executed::Failed(e)) => Err(e),
-        }
+        let mut answers = self
+            .claim_jobs(vec![ClaimRequest {
+                agent_id,
+                job_id,
+                request_id: request_id.to_string(),
+            }])
+            .await?;
+        answers.pop().unwrap_or_else(|| {
+            Err(CommandError::Store(StoreError::Repository(
+                "a claim went unanswered".into(),
+            )))
+        })
+    }
+
+    /// Answers many claims with one transaction (see [`Commands::try_execute_batch`]); the
+    /// answers come back in the order of `claims`. `Err` means none was recorded.
+    pub async fn claim_jobs(
+        &self,
+        claims: Vec<ClaimRequest>,
+    ) -> Result<Vec<Result<Claim, CommandError>>, CommandError> {
+        let now = Utc::now();
+        let commands = claims
+            .into_iter()
+            .map(|claim| {
+                (
+                    Ctx::new(Actor::Agent(claim.agent_id), claim.request_id),
+                    claim.job_id.to_string(),
+                    JobCommand::ClaimJob {
+                        agent_id: claim.agent_id,
+                        now,
+                    },
+                )
+            })
+            .collect();
+        Ok(self
+            .try_execute_batch::<Job>(commands)
+            .await?
+            .into_iter()
+            .map(|answer| match answer {
+                Ok(events) => Ok(match events.first() {
+                    Some(JobEvent::JobStarted { .. }) => Claim::Run,
+                    _ => Claim::Expired,
+                }),
+                Err(Executed::Rejected(rejection)) => Ok(match rejection {
+                    JobError::Cancelled => Claim::Cancelled,
+                    JobError::Expired(_) => Claim::Expired,
+                    JobError::AlreadyStarted => Claim::AlreadyStarted,
+                    JobError::AlreadyFinished => Claim::Finished,
+                    _ => Claim::Refused,
+                }),
+                Err(Executed::Failed(e)) => Err(e),
+            })
+            .collect())
     }
 
     /// Records the result an agent reported for one of its jobs.
@@ -423,26 +475,57 @@ impl Commands {
         outcome: Outcome,
         result: JobResult,
     ) -> Result<ResultOutcome, CommandError> {
-        let ctx = Ctx::new(Actor::Agent(agent_id), format!("result-{job_id}"));
-        match self
-            .try_execute::<Job>(
-                &ctx,
-                &job_id.to_string(),
-                JobCommand::RecordResult {
-                    agent_id,
-                    outcome,
-                    result,
-                },
-            )
-            .await
-        {
-            Ok(_) => Ok(ResultOutcome::Recorded),
-            Err(Executed::Rejected(JobError::AlreadyFinished)) => Ok(ResultOutcome::Duplicate),
-            Err(Executed::Rejected(rejection)) => {
-                Ok(ResultOutcome::Rejected(rejection.to_string()))
-            }
-            Err(Executed::Failed(e)) => Err(e),
-        }
+        let mut answers = self
+            .record_job_results(vec![ReportedResult {
+                agent_id,
+                job_id,
+                outcome,
+                result,
+            }])
+            .await?;
+        answers.pop().unwrap_or_else(|| {
+            Err(CommandError::Store(StoreError::Repository(
+                "a result went unanswered".into(),
+            )))
+        })
+    }
+
+    /// Records many results with one transaction (see [`Commands::try_execute_batch`]); the
+    /// answers come back in the order of `results`. `Err` means none was recorded.
+    pub async fn record_job_results(
+        &self,
+        results: Vec<ReportedResult>,
+    ) -> Result<Vec<Result<ResultOutcome, CommandError>>, CommandError> {
+        let commands = results
+            .into_iter()
+            .map(|reported| {
+                (
+                    Ctx::new(
+                        Actor::Agent(reported.agent_id),
+                        format!("result-{}", reported.job_id),
+                    ),
+                    reported.job_id.to_string(),
+                    JobCommand::RecordResult {
+                        agent_id: reported.agent_id,
+                        outcome: reported.outcome,
+                        result: reported.result,
+                    },
+                )
+            })
+            .collect();
+        Ok(self
+            .try_execute_batch::<Job>(commands)
+            .await?
+            .into_iter()
+            .map(|answer| match answer {
+                Ok(_) => Ok(ResultOutcome::Recorded),
+                Err(Executed::Rejected(JobError::AlreadyFinished)) => Ok(ResultOutcome::Duplicate),
+                Err(Executed::Rejected(rejection)) => {
+                    Ok(ResultOutcome::Rejected(rejection.to_string()))
+                }
+                Err(Executed::Failed(e)) => Err(e),
+            })
+            .collect())
     }
 
     /// Expires a job whose deadline passed unclaimed; false when there was nothing to do.

@@ -88,7 +88,7 @@ impl AgentIdentities {
     /// The subjects one agent may publish to and subscribe to.
     pub fn permissions(names: &Names, agent_id: AgentId) -> (Vec<String>, Vec<String>) {
         let agent = agent_id.to_string();
-        let stream = names.jobs_stream();
+        let stream = names.jobs_stream(&agent);
         let consumer = names.agent_consumer(&agent);
         let publish = vec![
             format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, stream};
 use futures::{StreamExt, TryStreamExt};
 use logbook_domain::ids::{AgentId, JobId};
-use logbook_proto::subjects::Names;
+use logbook_proto::subjects::{JOB_SHARDS, Names};
 
 /// Why the transport failed.
 #[derive(Debug, thiserror::Error)]
@@ -107,20 +107,22 @@ impl Transport {
         &self.names
     }
 
-    /// Creates the jobs and results streams if they do not exist.
+    /// Creates the jobs streams (one per shard) and the results stream if they do not exist.
     pub async fn ensure_streams(&self) -> Result<(), TransportError> {
-        self.js
-            .get_or_create_stream(stream::Config {
-                name: self.names.jobs_stream(),
-                subjects: vec![self.names.all_jobs()],
-                retention: stream::RetentionPolicy::WorkQueue,
-                storage: stream::StorageType::File,
-                max_age: self.settings.job_max_age,
-                duplicate_window: Duration::from_secs(120),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| js_error("creating the jobs stream")(&e))?;
+        for shard in 0..JOB_SHARDS {
+            self.js
+                .get_or_create_stream(stream::Config {
+                    name: self.names.jobs_shard_stream(shard),
+                    subjects: vec![self.names.jobs_shard_subjects(shard)],
+                    retention: stream::RetentionPolicy::WorkQueue,
+                    storage: stream::StorageType::File,
+                    max_age: self.settings.job_max_age,
+                    duplicate_window: Duration::from_secs(120),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| js_error("creating a jobs stream")(&e))?;
+        }
         self.js
             .get_or_create_stream(stream::Config {
                 name: self.names.results_stream(),
@@ -167,21 +169,23 @@ impl Transport {
     /// JetStream to create them again before their next job (with thousands of consumers on a
     /// stream each create costs the server milliseconds). Returns how many there are.
     pub async fn learn_existing_consumers(&self) -> Result<usize, TransportError> {
-        let stream = self
-            .js
-            .get_stream(self.names.jobs_stream())
-            .await
-            .map_err(|e| js_error("opening the jobs stream")(&e))?;
-        let mut names = stream.consumer_names();
         let mut found = Vec::new();
-        while let Some(name) = names.next().await {
-            let name = name.map_err(|e| js_error("listing the agents' consumers")(&e))?;
-            if let Some(agent) = self
-                .names
-                .agent_of_consumer(&name)
-                .and_then(|id| id.parse::<AgentId>().ok())
-            {
-                found.push(agent);
+        for stream_name in self.names.jobs_streams() {
+            let stream = self
+                .js
+                .get_stream(stream_name)
+                .await
+                .map_err(|e| js_error("opening a jobs stream")(&e))?;
+            let mut names = stream.consumer_names();
+            while let Some(name) = names.next().await {
+                let name = name.map_err(|e| js_error("listing the agents' consumers")(&e))?;
+                if let Some(agent) = self
+                    .names
+                    .agent_of_consumer(&name)
+                    .and_then(|id| id.parse::<AgentId>().ok())
+                {
+                    found.push(agent);
+                }
             }
         }
         let count = found.len();
@@ -221,7 +225,7 @@ impl Transport {
         self.js
             .create_consumer_on_stream(
                 self.agent_consumer_config(agent_id),
-                self.names.jobs_stream(),
+                self.names.jobs_stream(&agent_id.to_string()),
             )
             .await
             .map_err(|e| js_error("creating an agent's consumer")(&e))?;
@@ -239,7 +243,7 @@ impl Transport {
         self.js
             .delete_consumer_from_stream(
                 self.names.agent_consumer(&agent_id.to_string()),
-                self.names.jobs_stream(),
+                self.names.jobs_stream(&agent_id.to_string()),
             )
             .await
             .map(drop)
@@ -296,10 +300,14 @@ impl Transport {
 
     /// Removes a job from its agent's queue (after a cancel or expiry); false when it was no
     /// longer there.
-    pub async fn remove_job(&self, stream_seq: u64) -> Result<bool, TransportError> {
+    pub async fn remove_job(
+        &self,
+        agent_id: AgentId,
+        stream_seq: u64,
+    ) -> Result<bool, TransportError> {
         let stream = self
             .js
-            .get_stream(self.names.jobs_stream())
+            .get_stream(self.names.jobs_stream(&agent_id.to_string()))
             .await
             .map_err(|e| js_error("opening the jobs stream")(&e))?;
         match stream.delete_message(stream_seq).await {
