@@ -92,7 +92,8 @@ pub async fn run(job: &pb::JobDispatch, scratch: &std::path::Path, output_cap: u
             command
         }
         Some(pb::job_dispatch::Spec::Command(line)) => {
-            let mut command = Command::new("sh");
+            // The POSIX shell by its fixed path: no search through PATH for every job.
+            let mut command = Command::new("/bin/sh");
             command.arg("-c").arg(&line.command_line);
             command
         }

@@ -13,12 +13,19 @@
 //!   not fsynced: losing one in a crash costs only a repeat (the stored result published again,
 //!   which the server records once; or the claim asked again, which is refused again).
 //!
-//! One small file per job, named by the job's place in the agent's queue; entries older than
-//! the transport's retention are pruned.
+//! The journal is one append-only file: a JSON line per change, fsynced (`fdatasync`) when the
+//! change must survive a crash, so a durable change costs one flush. Opening it replays the
+//! file; a last line cut short by a crash is dropped (nothing that followed it happened, since
+//! its flush never returned). Settled entries older than the transport's retention are pruned
+//! by rewriting the file (write, fsync, rename, fsync the directory), which also happens on its
+//! own when the file has grown well beyond what it holds.
 
-use std::fs;
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -27,6 +34,12 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use crate::state::{StateError, write_atomically};
+
+/// The journal's file in its directory.
+const FILE: &str = "journal.log";
+
+/// Lines beyond the live entries after which the file is rewritten.
+const COMPACT_SLACK: usize = 10_000;
 
 /// Where a job is, for this agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,144 +82,297 @@ impl Entry {
     }
 }
 
-/// The journal directory.
-#[derive(Debug, Clone)]
-pub struct Journal {
-    dir: PathBuf,
+/// One line of the file.
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    seq: u64,
+    job: String,
+    /// Unix seconds when it was written (for pruning).
+    at: u64,
+    entry: Entry,
 }
 
-fn file_name(agent_seq: u64, job_id: &str) -> String {
-    format!("{agent_seq:020}-{job_id}.json")
+struct Inner {
+    file: File,
+    entries: BTreeMap<(u64, String), (Entry, u64)>,
+    lines: usize,
+}
+
+/// The job journal of one agent.
+#[derive(Clone)]
+pub struct Journal {
+    dir: PathBuf,
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal").field("dir", &self.dir).finish()
+    }
+}
+
+fn now_secs() -> u64 {
+    u64::try_from(crate::collector::now_unix_ms() / 1000).unwrap_or(0)
 }
 
 impl Journal {
-    /// The journal in `dir` (which exists).
-    pub fn new(dir: PathBuf) -> Self {
-        Self { dir }
+    /// Opens (or creates) the journal in `dir` (which exists) and replays it.
+    pub fn open(dir: PathBuf) -> Result<Self, StateError> {
+        let path = dir.join(FILE);
+        let io = |action: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StateError::Io {
+                action,
+                path,
+                source,
+            }
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(io("opening", &path))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o600));
+        }
+        let mut entries = BTreeMap::new();
+        let mut lines = 0;
+        let mut good_len = 0u64;
+        let mut reader = BufReader::new(&mut file);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let read = reader
+                .read_until(b'\n', &mut line)
+                .map_err(io("reading", &path))?;
+            if read == 0 {
+                break;
+            }
+            // A line cut short by a crash (no newline yet) can only be the last one.
+            if line.last() != Some(&b'\n') {
+                break;
+            }
+            let record: Record =
+                serde_json::from_slice(&line).map_err(|e| StateError::Corrupt {
+                    path: path.clone(),
+                    source: Box::new(e),
+                })?;
+            entries.insert((record.seq, record.job), (record.entry, record.at));
+            lines += 1;
+            good_len += read as u64;
+        }
+        drop(reader);
+        let len = file.metadata().map_err(io("reading", &path))?.len();
+        if good_len < len {
+            tracing::warn!(path = %path.display(), dropped_bytes = len - good_len, "dropping an unfinished last line of the job journal");
+            // Appends go to the (new) end.
+            file.set_len(good_len).map_err(io("truncating", &path))?;
+        }
+        Ok(Self {
+            dir,
+            inner: Arc::new(Mutex::new(Inner {
+                file,
+                entries,
+                lines,
+            })),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves the map as consistent as the file: use it.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The entry of a job, if any.
     pub fn get(&self, agent_seq: u64, job_id: &str) -> Result<Option<Entry>, StateError> {
-        let path = self.dir.join(file_name(agent_seq, job_id));
-        match fs::read(&path) {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|e| StateError::Corrupt {
-                        path,
-                        source: Box::new(e),
-                    })
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(StateError::Io {
-                action: "reading",
-                path,
-                source,
-            }),
-        }
+        Ok(self
+            .lock()
+            .entries
+            .get(&(agent_seq, job_id.to_string()))
+            .map(|(entry, _)| entry.clone()))
     }
 
-    /// Records a job's entry: atomically always, durably (fsynced) when a lost entry could
+    /// Records a job's entry; durably (flushed before this returns) when a lost entry could
     /// make the job run twice or lose its result.
     pub fn put(&self, agent_seq: u64, job_id: &str, entry: &Entry) -> Result<(), StateError> {
-        let bytes = serde_json::to_vec(entry).map_err(|e| StateError::Corrupt {
-            path: self.dir.join(file_name(agent_seq, job_id)),
+        let path = self.dir.join(FILE);
+        let record = Record {
+            seq: agent_seq,
+            job: job_id.to_string(),
+            at: now_secs(),
+            entry: entry.clone(),
+        };
+        let mut line = serde_json::to_vec(&record).map_err(|e| StateError::Corrupt {
+            path: path.clone(),
             source: Box::new(e),
         })?;
+        line.push(b'\n');
         let durable = matches!(entry, Entry::Running | Entry::Finished { .. });
-        write_atomically(&self.dir, &file_name(agent_seq, job_id), &bytes, durable)
+        let mut inner = self.lock();
+        let written = inner.file.write_all(&line).and_then(|()| {
+            if durable {
+                inner.file.sync_data()
+            } else {
+                Ok(())
+            }
+        });
+        written.map_err(|source| StateError::Io {
+            action: "writing",
+            path,
+            source,
+        })?;
+        inner
+            .entries
+            .insert((agent_seq, job_id.to_string()), (entry.clone(), record.at));
+        inner.lines += 1;
+        if inner.lines > inner.entries.len() * 4 + COMPACT_SLACK {
+            self.rewrite(&mut inner)?;
+        }
+        Ok(())
     }
 
     /// Results finished but not yet published, in queue order.
     pub fn unreported(&self) -> Result<Vec<(u64, String, JobResultReport)>, StateError> {
-        let mut found = Vec::new();
-        for path in self.files()? {
-            let Some((seq, job)) = parse_name(&path) else {
-                continue;
-            };
-            if let Some(entry @ Entry::Finished { .. }) = self.get(seq, &job)?
-                && let Some(report) = entry.report()
-            {
-                found.push((seq, job, report));
-            }
-        }
-        Ok(found)
+        Ok(self
+            .lock()
+            .entries
+            .iter()
+            .filter_map(|((seq, job), (entry, _))| {
+                entry.report().map(|report| (*seq, job.clone(), report))
+            })
+            .collect())
     }
 
-    /// Removes settled entries older than `age`.
+    /// Removes settled entries older than `age`; returns how many.
     pub fn prune(&self, age: Duration) -> Result<usize, StateError> {
-        let mut removed = 0;
-        let cutoff = SystemTime::now() - age;
-        for path in self.files()? {
-            let Some((seq, job)) = parse_name(&path) else {
-                continue;
-            };
-            let old = fs::metadata(&path)
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t < cutoff);
-            if old
-                && matches!(
-                    self.get(seq, &job)?,
-                    Some(Entry::Reported | Entry::Refused { .. })
-                )
-            {
-                let _ = fs::remove_file(&path);
-                removed += 1;
-            }
+        let cutoff = now_secs().saturating_sub(age.as_secs());
+        let mut inner = self.lock();
+        let before = inner.entries.len();
+        inner.entries.retain(|_, (entry, at)| {
+            !(matches!(entry, Entry::Reported | Entry::Refused { .. }) && *at <= cutoff)
+        });
+        let removed = before - inner.entries.len();
+        if removed > 0 || inner.lines > inner.entries.len() {
+            self.rewrite(&mut inner)?;
         }
         Ok(removed)
     }
 
-    fn files(&self) -> Result<Vec<PathBuf>, StateError> {
-        let mut files: Vec<PathBuf> = fs::read_dir(&self.dir)
+    /// Rewrites the file with one line per live entry, atomically and durably.
+    fn rewrite(&self, inner: &mut Inner) -> Result<(), StateError> {
+        let mut bytes = Vec::new();
+        for ((seq, job), (entry, at)) in &inner.entries {
+            let record = Record {
+                seq: *seq,
+                job: job.clone(),
+                at: *at,
+                entry: entry.clone(),
+            };
+            serde_json::to_writer(&mut bytes, &record).map_err(|e| StateError::Corrupt {
+                path: self.dir.join(FILE),
+                source: Box::new(e),
+            })?;
+            bytes.push(b'\n');
+        }
+        write_atomically(&self.dir, FILE, &bytes, true)?;
+        let path = self.dir.join(FILE);
+        inner.file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&path)
             .map_err(|source| StateError::Io {
-                action: "listing",
-                path: self.dir.clone(),
+                action: "opening",
+                path,
                 source,
-            })?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .collect();
-        files.sort();
-        Ok(files)
+            })?;
+        inner.lines = inner.entries.len();
+        Ok(())
     }
-}
-
-fn parse_name(path: &Path) -> Option<(u64, String)> {
-    let stem = path.file_stem()?.to_str()?;
-    let (seq, job) = stem.split_once('-')?;
-    Some((seq.parse().ok()?, job.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn entries_survive_and_unreported_results_are_found() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let journal = Journal::new(dir.path().to_path_buf());
-        assert_eq!(journal.get(1, "a").expect("read"), None);
-        journal.put(1, "a", &Entry::Running).expect("write");
-        assert_eq!(journal.get(1, "a").expect("read"), Some(Entry::Running));
-        let report = JobResultReport {
-            job_id: "b".into(),
-            exit_code: 3,
+    fn report(job: &str, exit_code: i32) -> JobResultReport {
+        JobResultReport {
+            job_id: job.into(),
+            exit_code,
             has_exit_code: true,
             ..Default::default()
-        };
+        }
+    }
+
+    #[test]
+    fn entries_survive_a_reopen_and_unreported_results_are_found() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal = Journal::open(dir.path().to_path_buf()).expect("open");
+        assert_eq!(journal.get(1, "a").expect("read"), None);
+        journal.put(1, "a", &Entry::Running).expect("write");
         journal
-            .put(2, "b", &Entry::finished(&report))
+            .put(2, "b", &Entry::finished(&report("b", 3)))
             .expect("write");
+        journal.put(3, "c", &Entry::Running).expect("write");
         journal.put(3, "c", &Entry::Reported).expect("write");
+        drop(journal);
+
+        let journal = Journal::open(dir.path().to_path_buf()).expect("reopen");
+        assert_eq!(journal.get(1, "a").expect("read"), Some(Entry::Running));
+        assert_eq!(journal.get(3, "c").expect("read"), Some(Entry::Reported));
         let unreported = journal.unreported().expect("scan");
         assert_eq!(unreported.len(), 1);
-        assert_eq!(unreported[0].2, report);
+        assert_eq!(unreported[0].2, report("b", 3));
         assert_eq!(
             journal.prune(Duration::ZERO).expect("prune"),
             1,
             "only settled entries go"
         );
+        drop(journal);
+        let journal = Journal::open(dir.path().to_path_buf()).expect("reopen");
+        assert_eq!(journal.get(3, "c").expect("read"), None, "pruned for good");
+        assert_eq!(journal.get(1, "a").expect("read"), Some(Entry::Running));
+    }
+
+    #[test]
+    fn a_line_cut_short_by_a_crash_is_dropped_and_the_journal_goes_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal = Journal::open(dir.path().to_path_buf()).expect("open");
+        journal.put(1, "a", &Entry::Running).expect("write");
+        drop(journal);
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(FILE))
+            .expect("file");
+        file.write_all(br#"{"seq":2,"job":"b","at":1,"entry":{"sta"#)
+            .expect("torn write");
+        drop(file);
+
+        let journal = Journal::open(dir.path().to_path_buf()).expect("reopen");
+        assert_eq!(journal.get(2, "b").expect("read"), None);
+        journal.put(2, "b", &Entry::Running).expect("write");
+        drop(journal);
+        let journal = Journal::open(dir.path().to_path_buf()).expect("reopen");
+        assert_eq!(journal.get(1, "a").expect("read"), Some(Entry::Running));
+        assert_eq!(journal.get(2, "b").expect("read"), Some(Entry::Running));
+    }
+
+    #[test]
+    fn the_file_is_rewritten_when_it_outgrows_its_entries() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal = Journal::open(dir.path().to_path_buf()).expect("open");
+        for _ in 0..(COMPACT_SLACK + 10) {
+            journal.put(1, "a", &Entry::Reported).expect("write");
+        }
+        let lines = fs::read_to_string(dir.path().join(FILE))
+            .expect("read")
+            .lines()
+            .count();
+        assert!(lines < 100, "{lines} lines for one entry");
+        drop(journal);
+        let journal = Journal::open(dir.path().to_path_buf()).expect("reopen");
+        assert_eq!(journal.get(1, "a").expect("read"), Some(Entry::Reported));
     }
 }

@@ -66,7 +66,7 @@ pub async fn run(
     settings: JobSettings,
     shutdown: CancellationToken,
 ) -> Result<(), JobsError> {
-    let journal = Journal::new(state.journal_dir());
+    let journal = Journal::open(state.journal_dir())?;
     let pruned = journal.prune(Duration::from_secs(32 * 24 * 3600))?;
     if pruned > 0 {
         tracing::debug!(pruned, "pruned settled entries from the job journal");
@@ -210,10 +210,12 @@ impl Worker {
                 .await;
             let messages = match consumer {
                 // Short pull expiries and heartbeats: after a NATS restart the worker notices
-                // within seconds and binds again.
+                // within seconds and binds again. A pull asks for several jobs so that the next
+                // one follows the acknowledgement at once; the consumer still hands out one at a
+                // time (`max_ack_pending` 1), so none waits here while another runs.
                 Ok(consumer) => consumer
                     .stream()
-                    .max_messages_per_batch(1)
+                    .max_messages_per_batch(16)
                     .expires(Duration::from_secs(10))
                     .heartbeat(Duration::from_secs(3))
                     .messages()

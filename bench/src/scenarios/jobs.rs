@@ -305,33 +305,56 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
             .buffer_unordered(16)
             .collect::<Vec<_>>()
             .await;
+        // Jobs run in queue order, so the catch-up is over when the last one is recorded; the
+        // clock polls only that one (polling the whole list would load the machine it measures).
+        let mut last: Option<(u64, String)> = None;
         for queued in queue {
-            queued?;
+            let queued = queued?;
+            let seq = queued["agent_seq"].as_u64().context("agent_seq")?;
+            let id = queued["id"].as_str().context("job id")?.to_string();
+            if last.as_ref().is_none_or(|(s, _)| seq > *s) {
+                last = Some((seq, id));
+            }
         }
+        let (_, last_job) = last.context("no job queued")?;
         let mut real = real;
         let started = Instant::now();
         real.run("60s")?;
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {
-            let page = gateway
+            let job = gateway
                 .admin(
                     reqwest::Method::GET,
-                    &format!(
-                        "/api/v1/agents/{}/jobs?status=succeeded&limit=1000",
-                        real.id
-                    ),
+                    &format!("/api/v1/jobs/{last_job}"),
                     None,
                 )
                 .await
                 .unwrap_or_default();
-            if page["items"].as_array().map_or(0, Vec::len) >= options.catch_up_jobs.min(1000) {
-                results.catch_up_secs = Some(started.elapsed().as_secs_f64());
+            if job["status"] == "succeeded" {
+                let elapsed = started.elapsed().as_secs_f64();
+                let page = gateway
+                    .admin(
+                        reqwest::Method::GET,
+                        &format!(
+                            "/api/v1/agents/{}/jobs?status=succeeded&limit=1000",
+                            real.id
+                        ),
+                        None,
+                    )
+                    .await?;
+                let succeeded = page["items"].as_array().map_or(0, Vec::len);
+                anyhow::ensure!(
+                    succeeded >= options.catch_up_jobs.min(1000),
+                    "the last queued job succeeded but only {succeeded} of {} did",
+                    options.catch_up_jobs
+                );
+                results.catch_up_secs = Some(elapsed);
                 break;
             }
             if Instant::now() > deadline {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         results.catch_up_jobs = options.catch_up_jobs;
         results.agent_rss_mib = real.pid().map_or(0.0, |pid| env::memory_mib(pid).1);
