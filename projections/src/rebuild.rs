@@ -10,7 +10,7 @@
 
 use sqlx::{Executor, PgPool, Row};
 
-use crate::log::LogCursor;
+use crate::log::{self, LogCursor};
 use crate::runner::{self, Projection, RunError, ensure_checkpoint, lock_checkpoint};
 
 const REBUILD_SCHEMA: &str = "logbook_rebuild";
@@ -85,24 +85,49 @@ pub async fn rebuild<P: Projection>(
     setup.commit().await?;
 
     let mut applied = 0u64;
-    // Bulk phase: the live projection is untouched.
-    loop {
-        let mut tx = pool.begin().await?;
-        tx.execute(format!("SET LOCAL search_path TO {REBUILD_SCHEMA}, public").as_str())
-            .await?;
-        let cursor = lock_checkpoint(&mut tx, &checkpoint).await?;
-        let outcome =
-            runner::apply_batch(&mut tx, projection, &checkpoint, cursor, batch_size).await?;
-        tx.commit().await?;
+    // Bulk phase: the live projection is untouched. The next batch is read on a second
+    // connection while the current one is applied, so that reading and writing overlap.
+    let mut reader = pool.acquire().await?;
+    let skips = projection.skips_payload_of();
+    let mut cursor = LogCursor::START;
+    let mut events = log::read_after_skipping(&mut reader, cursor, batch_size, skips).await?;
+    while !events.is_empty() {
+        let full = events.len() as i64 == batch_size;
+        let next_cursor = events.last().map_or(cursor, |e| e.cursor);
+        let apply = async {
+            let mut tx = pool.begin().await?;
+            tx.execute(format!("SET LOCAL search_path TO {REBUILD_SCHEMA}, public").as_str())
+                .await?;
+            let locked = lock_checkpoint(&mut tx, &checkpoint).await?;
+            if locked != cursor {
+                return Err(RunError::Moved {
+                    projection: name,
+                    expected: cursor,
+                    found: locked,
+                });
+            }
+            let outcome =
+                runner::apply_events(&mut tx, projection, &checkpoint, cursor, &events).await?;
+            tx.commit().await?;
+            Ok::<_, RunError>(outcome)
+        };
+        let read_next = async {
+            if full {
+                Ok(log::read_after_skipping(&mut reader, next_cursor, batch_size, skips).await?)
+            } else {
+                Ok::<_, RunError>(Vec::new())
+            }
+        };
+        let (outcome, next) = tokio::try_join!(apply, read_next)?;
         applied += outcome.applied as u64;
+        cursor = outcome.cursor;
         progress(Progress {
             applied,
             total: total.max(applied),
         });
-        if (outcome.applied as i64) < batch_size {
-            break;
-        }
+        events = next;
     }
+    drop(reader);
 
     // Swap phase: pause the live runner by holding its checkpoint, finish, swap, hand over.
     let mut tx = pool.begin().await?;

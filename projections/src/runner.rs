@@ -87,6 +87,18 @@ pub enum RunError {
         #[source]
         source: sqlx::Error,
     },
+    /// Another process moved a rebuild's checkpoint while this one was rebuilding.
+    #[error(
+        "the rebuild of {projection} was moved from {expected:?} to {found:?} by another process"
+    )]
+    Moved {
+        /// The projection.
+        projection: &'static str,
+        /// Where this rebuild left it.
+        expected: LogCursor,
+        /// Where it was found.
+        found: LogCursor,
+    },
 }
 
 impl From<sqlx::Error> for RunError {
@@ -161,6 +173,18 @@ pub(crate) async fn apply_batch<P: Projection>(
 ) -> Result<BatchOutcome, RunError> {
     let events =
         log::read_after_skipping(conn, cursor, limit, projection.skips_payload_of()).await?;
+    apply_events(conn, projection, checkpoint, cursor, &events).await
+}
+
+/// Applies `events` (read after `cursor`) to `projection` inside `conn`'s open transaction and
+/// moves the checkpoint named `checkpoint` past them. Does not commit.
+pub(crate) async fn apply_events<P: Projection>(
+    conn: &mut PgConnection,
+    projection: &P,
+    checkpoint: &str,
+    cursor: LogCursor,
+    events: &[StoredEvent],
+) -> Result<BatchOutcome, RunError> {
     let Some(last) = events.last() else {
         return Ok(BatchOutcome { applied: 0, cursor });
     };
@@ -170,7 +194,7 @@ pub(crate) async fn apply_batch<P: Projection>(
         projection: projection.name(),
         source,
     };
-    projection.apply(conn, &events).await.map_err(apply_error)?;
+    projection.apply(conn, events).await.map_err(apply_error)?;
     sqlx::query(
         "UPDATE projection_checkpoints \
             SET tx_id = $2::bigint::text::xid8, position = $3, \
@@ -186,7 +210,7 @@ pub(crate) async fn apply_batch<P: Projection>(
     .await
     .map_err(apply_error)?;
     let now = chrono::Utc::now();
-    for event in &events {
+    for event in events {
         let delay = (now - event.metadata.recorded_at)
             .to_std()
             .unwrap_or_default();
