@@ -401,8 +401,9 @@ impl Commands {
     /// one insert: the group commit behind the paths agents drive at fleet scale (claims,
     /// results). Commands for the same aggregate are decided in order, each on the state the
     /// previous one left. Every command either takes effect or is answered with its rejection;
-    /// when the batch loses a race with another writer it is rolled back and each command is
-    /// run on its own instead. `Err` means nothing was recorded (the store failed).
+    /// when the batch loses a race with another writer its insert fails as a whole and each
+    /// command is run on its own instead. `Err` means the store failed: nothing was recorded,
+    /// unless the connection broke while the insert was committing (as with any commit).
     pub(crate) async fn try_execute_batch<A>(
         &self,
         commands: Vec<(Ctx, String, A::Command)>,

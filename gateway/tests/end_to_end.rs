@@ -147,4 +147,14 @@ async fn a_real_agent_is_listed_online_rides_out_a_gateway_crash_and_goes_overdu
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(status.success(), "gateway exit status {status}");
+
+    // The streams this test's gateway made on the shared nats-server go with it.
+    let names = logbook_proto::subjects::Names::new(&setup.namespace);
+    let nats = async_nats::connect("nats://127.0.0.1:4222")
+        .await
+        .expect("nats");
+    let js = async_nats::jetstream::new(nats);
+    for stream in names.jobs_streams().chain([names.results_stream()]) {
+        js.delete_stream(&stream).await.expect("delete a stream");
+    }
 }
