@@ -249,9 +249,9 @@ impl Default for ProjectionsConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            batch_size: 250,
+            batch_size: 1000,
             poll_interval: Duration::from_secs(1),
-            linger: Duration::from_millis(10),
+            linger: Duration::from_millis(2),
         }
     }
 }
