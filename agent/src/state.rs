@@ -68,7 +68,10 @@ pub enum StateError {
     },
 }
 
-fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StateError + 'a {
+pub(crate) fn io_error<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> StateError + 'a {
     move |source| StateError::Io {
         action,
         path: path.to_path_buf(),
@@ -126,7 +129,7 @@ impl StateDir {
             path: self.root.join(IDENTITY_FILE),
             source: Box::new(e),
         })?;
-        write_atomically(&self.root, IDENTITY_FILE, &bytes, true)
+        write_atomically(&self.root, IDENTITY_FILE, &bytes)
     }
 
     /// The agent's NATS NKey seed, if it has one.
@@ -141,7 +144,7 @@ impl StateDir {
 
     /// Stores the agent's NATS NKey seed (mode 0600). It never leaves the machine.
     pub fn save_nkey_seed(&self, seed: &str) -> Result<(), StateError> {
-        write_atomically(&self.root, NKEY_FILE, seed.as_bytes(), true)
+        write_atomically(&self.root, NKEY_FILE, seed.as_bytes())
     }
 
     /// The directory of the job journal.
@@ -173,7 +176,7 @@ impl Spool {
             .max(0);
         // Zero-padded time first, so that name order is collection order.
         let name = format!("{collected:020}-{}.pb", request.checkin_id);
-        write_atomically(&self.dir, &name, &request.encode_to_vec(), true)
+        write_atomically(&self.dir, &name, &request.encode_to_vec())
     }
 
     /// The spooled check-ins, oldest first.
@@ -225,14 +228,8 @@ fn create_private_dir(path: &Path) -> Result<(), StateError> {
     builder.create(path).map_err(io_error("creating", path))
 }
 
-/// Writes `name` in `dir` so that a crash leaves either the old or the new content; with
-/// `durable`, the new content survives a crash once this returns.
-pub(crate) fn write_atomically(
-    dir: &Path,
-    name: &str,
-    bytes: &[u8],
-    durable: bool,
-) -> Result<(), StateError> {
+/// Writes `name` in `dir` so that a crash leaves either the old or the new content, durably.
+pub(crate) fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StateError> {
     let target = dir.join(name);
     let temp = dir.join(format!(".{name}.tmp"));
     let mut options = OpenOptions::new();
@@ -241,9 +238,6 @@ pub(crate) fn write_atomically(
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(&temp).map_err(io_error("creating", &temp))?;
     file.write_all(bytes).map_err(io_error("writing", &temp))?;
-    if !durable {
-        return fs::rename(&temp, &target).map_err(io_error("renaming", &target));
-    }
     file.sync_all().map_err(io_error("syncing", &temp))?;
     fs::rename(&temp, &target).map_err(io_error("renaming", &target))?;
     // The rename is durable only once the directory entry is.

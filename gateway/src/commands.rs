@@ -423,11 +423,7 @@ impl Commands {
         let mut answers = Vec::with_capacity(commands.len());
         let mut rows = Vec::new();
         for (ctx, id, command) in &commands {
-            let Some(aggregate) = loaded.get_mut(id) else {
-                return Err(CommandError::Store(StoreError::Repository(
-                    format!("{} {id} was not loaded", A::TYPE).into(),
-                )));
-            };
+            let aggregate = loaded.entry(id.clone()).or_default();
             match aggregate.decide(command.clone()).await {
                 Ok(events) => {
                     rows.extend(NewEvent::for_aggregate::<A>(
@@ -583,10 +579,7 @@ impl Commands {
         let expires_at = now
             + chrono::Duration::from_std(expires_in)
                 .map_err(|_| invalid("expires_in", "is too long"))?;
-        let mut loaded = Loaded {
-            state: EnrollmentToken::default(),
-            version: 0,
-        };
+        let mut loaded = Loaded::<EnrollmentToken>::default();
         let events = decide(
             &mut loaded,
             EnrollmentTokenCommand::IssueEnrollmentToken {
@@ -694,10 +687,7 @@ impl Commands {
             )
             .await?;
             let (client_id, site_id) = token.state.target().ok_or_else(unknown)?;
-            let mut agent = Loaded {
-                state: Agent::default(),
-                version: 0,
-            };
+            let mut agent = Loaded::<Agent>::default();
             let agent_events = decide(
                 &mut agent,
                 AgentCommand::EnrollAgent {
@@ -803,10 +793,7 @@ impl Commands {
     ) -> Result<IssuedApiToken, CommandError> {
         let token_id = ApiTokenId::from(Uuid::now_v7());
         let secret = secrets::generate(SecretKind::ApiToken);
-        let mut loaded = Loaded {
-            state: ApiToken::default(),
-            version: 0,
-        };
+        let mut loaded = Loaded::<ApiToken>::default();
         let events = decide(
             &mut loaded,
             ApiTokenCommand::IssueApiToken {

@@ -148,9 +148,9 @@ pub struct JobsConfig {
     /// How often jobs past their deadline are looked for.
     #[serde(with = "humantime_serde")]
     pub expiry_interval: Duration,
-    /// Batches of results recorded at the same time (each one transaction of up to 512).
+    /// Batches of results recorded at the same time (each one insert of up to 512).
     pub result_concurrency: usize,
-    /// Batches of claims decided at the same time (each one transaction of up to 512).
+    /// Batches of claims decided at the same time (each one insert of up to 512).
     pub claim_concurrency: usize,
 }
 

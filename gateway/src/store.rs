@@ -88,7 +88,33 @@ pub struct Loaded<A> {
     pub version: i64,
 }
 
+impl<A: Aggregate> Default for Loaded<A> {
+    /// An aggregate with no events yet.
+    fn default() -> Self {
+        Self {
+            state: A::default(),
+            version: 0,
+        }
+    }
+}
+
 impl<A: Aggregate> Loaded<A> {
+    /// Applies one stored event (its sequence and JSON payload).
+    fn apply_stored(
+        &mut self,
+        sequence: i64,
+        payload: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let event: A::Event =
+            serde_json::from_value(payload).map_err(|source| StoreError::Corrupt {
+                aggregate_type: A::TYPE,
+                source,
+            })?;
+        self.state.apply(event);
+        self.version = sequence;
+        Ok(())
+    }
+
     /// Runs a command against the state; the new events are applied to it and returned.
     pub async fn decide(&mut self, command: A::Command) -> Result<Vec<A::Event>, A::Error>
     where
@@ -134,38 +160,19 @@ impl EventStore {
             .get_events::<A>(aggregate_id)
             .await
             .map_err(StoreError::from_persistence)?;
-        let mut state = A::default();
-        let mut version = 0;
+        let mut loaded = Loaded::default();
         for event in events {
-            let payload: A::Event =
-                serde_json::from_value(event.payload).map_err(|source| StoreError::Corrupt {
-                    aggregate_type: A::TYPE,
-                    source,
-                })?;
-            state.apply(payload);
-            version = event.sequence as i64;
+            loaded.apply_stored(event.sequence as i64, event.payload)?;
         }
-        Ok(Loaded { state, version })
+        Ok(loaded)
     }
 
-    /// Loads several aggregates of one type with one query; ids without events come back as
-    /// new (default) aggregates at version 0.
+    /// Loads several aggregates of one type with one query; ids without events are absent
+    /// from the map (they are new aggregates: [`Loaded::default`]).
     pub async fn load_many<A: Aggregate>(
         &self,
         aggregate_ids: &[String],
     ) -> Result<std::collections::HashMap<String, Loaded<A>>, StoreError> {
-        let mut loaded: std::collections::HashMap<String, Loaded<A>> = aggregate_ids
-            .iter()
-            .map(|id| {
-                (
-                    id.clone(),
-                    Loaded {
-                        state: A::default(),
-                        version: 0,
-                    },
-                )
-            })
-            .collect();
         let rows: Vec<(String, i64, serde_json::Value)> = sqlx::query_as(
             "SELECT aggregate_id, sequence, payload FROM events \
               WHERE aggregate_type = $1 AND aggregate_id = ANY($2) \
@@ -175,16 +182,12 @@ impl EventStore {
         .bind(aggregate_ids)
         .fetch_all(&self.pool)
         .await?;
+        let mut loaded = std::collections::HashMap::<String, Loaded<A>>::new();
         for (id, sequence, payload) in rows {
-            let event: A::Event =
-                serde_json::from_value(payload).map_err(|source| StoreError::Corrupt {
-                    aggregate_type: A::TYPE,
-                    source,
-                })?;
-            if let Some(aggregate) = loaded.get_mut(&id) {
-                aggregate.state.apply(event);
-                aggregate.version = sequence;
-            }
+            loaded
+                .entry(id)
+                .or_default()
+                .apply_stored(sequence, payload)?;
         }
         Ok(loaded)
     }

@@ -27,6 +27,19 @@ fn result(exit_code: i32) -> JobResult {
     }
 }
 
+/// Queues `true` for `agent_id` through the API and returns the job's id.
+async fn queue_true(app: &TestApp, agent_id: &str) -> JobId {
+    let (status, job) = app
+        .admin(
+            Method::POST,
+            &format!("/api/v1/agents/{agent_id}/jobs"),
+            Some(command("true")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    job["id"].as_str().expect("id").parse().expect("uuid")
+}
+
 #[tokio::test]
 async fn a_job_is_queued_in_agent_order_and_can_be_cancelled_before_it_starts() {
     let app = TestApp::new().await;
@@ -176,14 +189,7 @@ async fn claims_and_results_are_decided_by_the_server_once() {
     let (client_id, site_id) = app.site().await;
     let a = app.agent_in(&client_id, &site_id, "a").await;
     let b = app.agent_in(&client_id, &site_id, "b").await;
-    let (_, job) = app
-        .admin(
-            Method::POST,
-            &format!("/api/v1/agents/{}/jobs", a.id),
-            Some(command("true")),
-        )
-        .await;
-    let job_id: JobId = job["id"].as_str().expect("id").parse().expect("uuid");
+    let job_id = queue_true(&app, &a.id).await;
     let (agent_a, agent_b): (AgentId, AgentId) =
         (a.id.parse().expect("uuid"), b.id.parse().expect("uuid"));
     let before = app.event_count().await;
@@ -282,29 +288,9 @@ async fn claims_and_results_decided_in_one_batch_are_answered_one_by_one() {
         (a.id.parse().expect("uuid"), b.id.parse().expect("uuid"));
     let mut jobs = Vec::new();
     for agent in [&a, &a, &b] {
-        let (_, job) = app
-            .admin(
-                Method::POST,
-                &format!("/api/v1/agents/{}/jobs", agent.id),
-                Some(command("true")),
-            )
-            .await;
-        jobs.push(
-            job["id"]
-                .as_str()
-                .expect("id")
-                .parse::<JobId>()
-                .expect("uuid"),
-        );
+        jobs.push(queue_true(&app, &agent.id).await);
     }
-    let (_, job) = app
-        .admin(
-            Method::POST,
-            &format!("/api/v1/agents/{}/jobs", b.id),
-            Some(command("true")),
-        )
-        .await;
-    let cancelled: JobId = job["id"].as_str().expect("id").parse().expect("uuid");
+    let cancelled = queue_true(&app, &b.id).await;
     app.commands
         .cancel_job(&support_ctx(), cancelled)
         .await
@@ -388,20 +374,7 @@ async fn batches_racing_for_the_same_jobs_grant_each_claim_once() {
     let agent_a: AgentId = a.id.parse().expect("uuid");
     let mut jobs = Vec::new();
     for _ in 0..20 {
-        let (_, job) = app
-            .admin(
-                Method::POST,
-                &format!("/api/v1/agents/{}/jobs", a.id),
-                Some(command("true")),
-            )
-            .await;
-        jobs.push(
-            job["id"]
-                .as_str()
-                .expect("id")
-                .parse::<JobId>()
-                .expect("uuid"),
-        );
+        jobs.push(queue_true(&app, &a.id).await);
     }
     let batch = |reverse: bool| {
         let mut claims: Vec<_> = jobs

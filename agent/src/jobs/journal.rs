@@ -21,7 +21,7 @@
 //! own when the file has grown well beyond what it holds.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -33,7 +33,7 @@ use logbook_proto::agent::v1::JobResultReport;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
-use crate::state::{StateError, write_atomically};
+use crate::state::{StateError, io_error, write_atomically};
 
 /// The journal's file in its directory.
 const FILE: &str = "journal.log";
@@ -119,25 +119,7 @@ impl Journal {
     /// Opens (or creates) the journal in `dir` (which exists) and replays it.
     pub fn open(dir: PathBuf) -> Result<Self, StateError> {
         let path = dir.join(FILE);
-        let io = |action: &'static str, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| StateError::Io {
-                action,
-                path,
-                source,
-            }
-        };
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&path)
-            .map_err(io("opening", &path))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o600));
-        }
+        let mut file = append_to(&path, true)?;
         let mut entries = BTreeMap::new();
         let mut lines = 0;
         let mut good_len = 0u64;
@@ -147,7 +129,7 @@ impl Journal {
             line.clear();
             let read = reader
                 .read_until(b'\n', &mut line)
-                .map_err(io("reading", &path))?;
+                .map_err(io_error("reading", &path))?;
             if read == 0 {
                 break;
             }
@@ -155,21 +137,18 @@ impl Journal {
             if line.last() != Some(&b'\n') {
                 break;
             }
-            let record: Record =
-                serde_json::from_slice(&line).map_err(|e| StateError::Corrupt {
-                    path: path.clone(),
-                    source: Box::new(e),
-                })?;
+            let record: Record = serde_json::from_slice(&line).map_err(corrupt(&path))?;
             entries.insert((record.seq, record.job), (record.entry, record.at));
             lines += 1;
             good_len += read as u64;
         }
         drop(reader);
-        let len = file.metadata().map_err(io("reading", &path))?.len();
+        let len = file.metadata().map_err(io_error("reading", &path))?.len();
         if good_len < len {
             tracing::warn!(path = %path.display(), dropped_bytes = len - good_len, "dropping an unfinished last line of the job journal");
             // Appends go to the (new) end.
-            file.set_len(good_len).map_err(io("truncating", &path))?;
+            file.set_len(good_len)
+                .map_err(io_error("truncating", &path))?;
         }
         Ok(Self {
             dir,
@@ -187,46 +166,42 @@ impl Journal {
     }
 
     /// The entry of a job, if any.
-    pub fn get(&self, agent_seq: u64, job_id: &str) -> Result<Option<Entry>, StateError> {
-        Ok(self
-            .lock()
+    pub fn get(&self, agent_seq: u64, job_id: &str) -> Option<Entry> {
+        self.lock()
             .entries
             .get(&(agent_seq, job_id.to_string()))
-            .map(|(entry, _)| entry.clone()))
+            .map(|(entry, _)| entry.clone())
     }
 
     /// Records a job's entry; durably (flushed before this returns) when a lost entry could
     /// make the job run twice or lose its result.
     pub fn put(&self, agent_seq: u64, job_id: &str, entry: &Entry) -> Result<(), StateError> {
         let path = self.dir.join(FILE);
+        let at = now_secs();
+        let mut line = Vec::new();
         let record = Record {
             seq: agent_seq,
             job: job_id.to_string(),
-            at: now_secs(),
+            at,
             entry: entry.clone(),
         };
-        let mut line = serde_json::to_vec(&record).map_err(|e| StateError::Corrupt {
-            path: path.clone(),
-            source: Box::new(e),
-        })?;
-        line.push(b'\n');
+        write_line(&mut line, &record).map_err(corrupt(&path))?;
         let durable = matches!(entry, Entry::Running | Entry::Finished { .. });
         let mut inner = self.lock();
-        let written = inner.file.write_all(&line).and_then(|()| {
-            if durable {
-                inner.file.sync_data()
-            } else {
-                Ok(())
-            }
-        });
-        written.map_err(|source| StateError::Io {
-            action: "writing",
-            path,
-            source,
-        })?;
+        inner
+            .file
+            .write_all(&line)
+            .and_then(|()| {
+                if durable {
+                    inner.file.sync_data()
+                } else {
+                    Ok(())
+                }
+            })
+            .map_err(io_error("writing", &path))?;
         inner
             .entries
-            .insert((agent_seq, job_id.to_string()), (entry.clone(), record.at));
+            .insert((record.seq, record.job), (record.entry, at));
         inner.lines += 1;
         if inner.lines > inner.entries.len() * 4 + COMPACT_SLACK {
             self.rewrite(&mut inner)?;
@@ -235,15 +210,14 @@ impl Journal {
     }
 
     /// Results finished but not yet published, in queue order.
-    pub fn unreported(&self) -> Result<Vec<(u64, String, JobResultReport)>, StateError> {
-        Ok(self
-            .lock()
+    pub fn unreported(&self) -> Vec<(u64, String, JobResultReport)> {
+        self.lock()
             .entries
             .iter()
             .filter_map(|((seq, job), (entry, _))| {
                 entry.report().map(|report| (*seq, job.clone(), report))
             })
-            .collect())
+            .collect()
     }
 
     /// Removes settled entries older than `age`; returns how many.
@@ -263,6 +237,7 @@ impl Journal {
 
     /// Rewrites the file with one line per live entry, atomically and durably.
     fn rewrite(&self, inner: &mut Inner) -> Result<(), StateError> {
+        let path = self.dir.join(FILE);
         let mut bytes = Vec::new();
         for ((seq, job), (entry, at)) in &inner.entries {
             let record = Record {
@@ -271,25 +246,35 @@ impl Journal {
                 at: *at,
                 entry: entry.clone(),
             };
-            serde_json::to_writer(&mut bytes, &record).map_err(|e| StateError::Corrupt {
-                path: self.dir.join(FILE),
-                source: Box::new(e),
-            })?;
-            bytes.push(b'\n');
+            write_line(&mut bytes, &record).map_err(corrupt(&path))?;
         }
-        write_atomically(&self.dir, FILE, &bytes, true)?;
-        let path = self.dir.join(FILE);
-        inner.file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .open(&path)
-            .map_err(|source| StateError::Io {
-                action: "opening",
-                path,
-                source,
-            })?;
+        write_atomically(&self.dir, FILE, &bytes)?;
+        inner.file = append_to(&path, false)?;
         inner.lines = inner.entries.len();
         Ok(())
+    }
+}
+
+/// Opens the journal's file for appending (and reading), creating it (mode 0600) if `create`.
+fn append_to(path: &Path, create: bool) -> Result<File, StateError> {
+    let mut options = OpenOptions::new();
+    options.read(true).append(true).create(create);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path).map_err(io_error("opening", path))
+}
+
+/// Appends `record` to `out` as one JSON line.
+fn write_line(out: &mut Vec<u8>, record: &Record) -> Result<(), serde_json::Error> {
+    serde_json::to_writer(&mut *out, record)?;
+    out.push(b'\n');
+    Ok(())
+}
+
+fn corrupt(path: &Path) -> impl FnOnce(serde_json::Error) -> StateError + '_ {
+    move |e| StateError::Corrupt {
+        path: path.to_path_buf(),
+        source: Box::new(e),
     }
 }
 
@@ -310,7 +295,7 @@ mod tests {
     fn entries_survive_a_reopen_and_unreported_results_are_found() {
         let dir = tempfile::tempdir().expect("tempdir");
         let journal = Journal::open(dir.path().to_path_buf()).expect("open");
-        assert_eq!(journal.get(1, "a").expect("read"), None);
+        assert_eq!(journal.get(1, "a"), None);
         journal.put(1, "a", &Entry::Running).expect("write");
         journal
             .put(2, "b", &Entry::finished(&report("b", 3)))
@@ -320,9 +305,9 @@ mod tests {
         drop(journal);
 
         let journal = Journal::open(dir.path().to_path_buf()).expect("reopen");
-        assert_eq!(journal.get(1, "a").expect("read"), Some(Entry::Running));
-        assert_eq!(journal.get(3, "c").expect("read"), Some(Entry::Reported));
-        let unreported = journal.unreported().expect("scan");
+        assert_eq!(journal.get(1, "a"), Some(Entry::Running));
+        assert_eq!(journal.get(3, "c"), Some(Entry::Reported));
+        let unreported = journal.unreported();
         assert_eq!(unreported.len(), 1);
         assert_eq!(unreported[0].2, report("b", 3));
         assert_eq!(
@@ -332,8 +317,8 @@ mod tests {
         );
         drop(journal);
         let journal = Journal::open(dir.path().to_path_buf()).expect("reopen");
-        assert_eq!(journal.get(3, "c").expect("read"), None, "pruned for good");
-        assert_eq!(journal.get(1, "a").expect("read"), Some(Entry::Running));
+        assert_eq!(journal.get(3, "c"), None, "pruned for good");
+        assert_eq!(journal.get(1, "a"), Some(Entry::Running));
     }
 
     #[test]
@@ -351,12 +336,12 @@ mod tests {
         drop(file);
 
         let journal = Journal::open(dir.path().to_path_buf()).expect("reopen");
-        assert_eq!(journal.get(2, "b").expect("read"), None);
+        assert_eq!(journal.get(2, "b"), None);
         journal.put(2, "b", &Entry::Running).expect("write");
         drop(journal);
         let journal = Journal::open(dir.path().to_path_buf()).expect("reopen");
-        assert_eq!(journal.get(1, "a").expect("read"), Some(Entry::Running));
-        assert_eq!(journal.get(2, "b").expect("read"), Some(Entry::Running));
+        assert_eq!(journal.get(1, "a"), Some(Entry::Running));
+        assert_eq!(journal.get(2, "b"), Some(Entry::Running));
     }
 
     #[test]
@@ -366,13 +351,13 @@ mod tests {
         for _ in 0..(COMPACT_SLACK + 10) {
             journal.put(1, "a", &Entry::Reported).expect("write");
         }
-        let lines = fs::read_to_string(dir.path().join(FILE))
+        let lines = std::fs::read_to_string(dir.path().join(FILE))
             .expect("read")
             .lines()
             .count();
         assert!(lines < 100, "{lines} lines for one entry");
         drop(journal);
         let journal = Journal::open(dir.path().to_path_buf()).expect("reopen");
-        assert_eq!(journal.get(1, "a").expect("read"), Some(Entry::Reported));
+        assert_eq!(journal.get(1, "a"), Some(Entry::Reported));
     }
 }

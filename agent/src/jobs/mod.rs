@@ -1,11 +1,11 @@
 //! Receiving and running jobs.
 //!
-//! The agent binds its own durable consumer on the jobs stream (one job at a time, in queue
-//! order) and, for each job: *claims* it (a NATS request the server answers once, final: run,
-//! or do not because it was cancelled or expired), journals that it runs, runs it, journals the
-//! result, publishes the result to its result subject (JetStream, deduplicated by job id), and
-//! only then acknowledges the job. See [`journal`] for how each crash point is recovered without running a
-//! job twice, and docs/adr/0004 for the whole protocol.
+//! The agent binds its own durable consumer on its shard's jobs stream (one job at a time, in
+//! queue order) and, for each job: *claims* it (a NATS request the server answers once, final:
+//! run, or do not because it was cancelled or expired), journals that it runs, runs it, journals
+//! the result, publishes the result to its result subject (JetStream, deduplicated by job id),
+//! and only then acknowledges the job. See [`journal`] for how each crash point is recovered
+//! without running a job twice, and docs/adr/0004 for the whole protocol.
 
 pub mod exec;
 pub mod journal;
@@ -195,7 +195,7 @@ struct Worker {
 impl Worker {
     async fn serve(&self) -> Result<(), JobsError> {
         // Results that finished before a crash or an outage go first.
-        for (seq, job, report) in self.journal.unreported()? {
+        for (seq, job, report) in self.journal.unreported() {
             self.publish_result(&report).await;
             self.journal.put(seq, &job, &Entry::Reported)?;
         }
@@ -251,7 +251,7 @@ impl Worker {
             return Ok(());
         };
         let (seq, id) = (job.agent_seq, job.job_id.clone());
-        match self.journal.get(seq, &id)? {
+        match self.journal.get(seq, &id) {
             Some(Entry::Reported | Entry::Refused { .. }) => {
                 // Redelivered after it was settled (the earlier ack was lost).
                 self.ack(&message).await;

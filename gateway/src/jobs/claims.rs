@@ -2,26 +2,27 @@
 //! subject, whether the job may still run. The answer is recorded (`JobStarted`, or
 //! `JobExpired`) before it is sent, so the server's word is final and a job runs at most once.
 //!
-//! Claims are answered in batches: the claims waiting when a batch starts are decided and
-//! recorded together, in one transaction (a group commit), and up to `concurrency` batches are
-//! recorded at the same time. One agent has at most one claim outstanding (its consumer holds
-//! one job at a time), so batches never hold two claims of the same agent in practice; if two
-//! writers still race on a job, the batch is rolled back and its claims decided one by one.
+//! Claims are answered in batches: the claims waiting when a batch starts are decided together
+//! and recorded with one insert (a group commit, [`Commands::try_execute_batch`]), and up to
+//! `concurrency` batches are recorded at the same time. One agent has at most one claim
+//! outstanding (its consumer holds one job at a time), so batches never hold two claims of the
+//! same agent in practice; if two writers still race on a job, the batch's insert fails as a
+//! whole and its claims are decided one by one.
 //!
 //! Every gateway subscribes in one queue group; each claim is answered by one of them.
 
+use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use futures::{FutureExt, StreamExt};
 use logbook_domain::ids::{AgentId, JobId};
 use logbook_proto::agent::v1 as pb;
 use logbook_proto::subjects::Names;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::{Claim, ClaimRequest};
+use super::{Claim, ClaimRequest, ready_now};
 use crate::commands::Commands;
 
-/// Most claims decided in one transaction.
+/// Most claims decided in one batch.
 const MAX_BATCH: usize = 512;
 
 /// Answers claims until `shutdown`; batches already taken are finished first.
@@ -49,12 +50,7 @@ pub async fn run(
                         message = claims.next(), if in_flight.len() < concurrency.max(1) => {
                             let Some(first) = message else { break };
                             let mut batch = vec![first];
-                            while batch.len() < MAX_BATCH {
-                                match claims.next().now_or_never() {
-                                    Some(Some(message)) => batch.push(message),
-                                    _ => break,
-                                }
-                            }
+                            batch.extend(ready_now(&mut claims, MAX_BATCH - 1));
                             in_flight.push(answer(&client, &names, &commands, batch));
                         }
                     }

@@ -181,10 +181,7 @@ impl Commands {
         .bind(agent_id.as_uuid())
         .fetch_one(&mut *tx)
         .await?;
-        let mut job = Loaded {
-            state: Job::default(),
-            version: 0,
-        };
+        let mut job = Loaded::<Job>::default();
         let events = decide(
             &mut job,
             JobCommand::QueueJob {
@@ -234,10 +231,7 @@ impl Commands {
                 job_id: JobId::from(Uuid::now_v7()),
             })
             .collect();
-        let mut bulk = Loaded {
-            state: BulkJob::default(),
-            version: 0,
-        };
+        let mut bulk = Loaded::<BulkJob>::default();
         let bulk_events = decide(
             &mut bulk,
             BulkJobCommand::IssueBulkJob {
@@ -412,21 +406,17 @@ impl Commands {
         job_id: JobId,
         request_id: &str,
     ) -> Result<Claim, CommandError> {
-        let mut answers = self
+        let answers = self
             .claim_jobs(vec![ClaimRequest {
                 agent_id,
                 job_id,
                 request_id: request_id.to_string(),
             }])
             .await?;
-        answers.pop().unwrap_or_else(|| {
-            Err(CommandError::Store(StoreError::Repository(
-                "a claim went unanswered".into(),
-            )))
-        })
+        only_answer(answers)
     }
 
-    /// Answers many claims with one transaction (see [`Commands::try_execute_batch`]); the
+    /// Answers many claims with one load and one insert (see [`Commands::try_execute_batch`]); the
     /// answers come back in the order of `claims`. `Err` means none was recorded.
     pub async fn claim_jobs(
         &self,
@@ -475,7 +465,7 @@ impl Commands {
         outcome: Outcome,
         result: JobResult,
     ) -> Result<ResultOutcome, CommandError> {
-        let mut answers = self
+        let answers = self
             .record_job_results(vec![ReportedResult {
                 agent_id,
                 job_id,
@@ -483,14 +473,10 @@ impl Commands {
                 result,
             }])
             .await?;
-        answers.pop().unwrap_or_else(|| {
-            Err(CommandError::Store(StoreError::Repository(
-                "a result went unanswered".into(),
-            )))
-        })
+        only_answer(answers)
     }
 
-    /// Records many results with one transaction (see [`Commands::try_execute_batch`]); the
+    /// Records many results with one load and one insert (see [`Commands::try_execute_batch`]); the
     /// answers come back in the order of `results`. `Err` means none was recorded.
     pub async fn record_job_results(
         &self,
@@ -623,6 +609,29 @@ async fn take_sequences(
         .map_err(StoreError::from)
 }
 
+/// The answer of a batch of one.
+fn only_answer<T>(answers: Vec<Result<T, CommandError>>) -> Result<T, CommandError> {
+    answers.into_iter().next().unwrap_or_else(|| {
+        Err(CommandError::Store(StoreError::Repository(
+            "a batch of one came back without an answer".into(),
+        )))
+    })
+}
+
+/// What `stream` has ready now, up to `max` items, without waiting: what claims and results
+/// add to a batch after its first item.
+fn ready_now<S: futures::Stream + Unpin>(stream: &mut S, max: usize) -> Vec<S::Item> {
+    use futures::{FutureExt, StreamExt};
+    let mut ready = Vec::new();
+    while ready.len() < max {
+        match stream.next().now_or_never() {
+            Some(Some(item)) => ready.push(item),
+            _ => break,
+        }
+    }
+    ready
+}
+
 /// What every member job of a bulk job shares.
 struct MemberTemplate<'a> {
     spec: &'a JobSpec,
@@ -641,10 +650,7 @@ impl MemberTemplate<'_> {
         sequences: &std::collections::HashMap<AgentId, u64>,
         metadata: &logbook_domain::metadata::EventMetadata,
     ) -> Result<Vec<NewEvent>, CommandError> {
-        let mut job = Loaded {
-            state: Job::default(),
-            version: 0,
-        };
+        let mut job = Loaded::<Job>::default();
         let events = decide(
             &mut job,
             JobCommand::QueueJob {

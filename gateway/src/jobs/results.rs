@@ -3,22 +3,22 @@
 //! after it is recorded (or refused for good), so nothing is lost if a gateway dies mid-way.
 //!
 //! Results are recorded in batches, like claims: those received when a batch starts are
-//! recorded in one transaction, with up to `concurrency` batches at the same time.
+//! recorded with one insert, with up to `concurrency` batches at the same time.
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use logbook_domain::ids::{AgentId, JobId};
 use logbook_proto::agent::v1 as pb;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
 use super::transport::Transport;
-use super::{ReportedResult, ResultOutcome};
+use super::{ReportedResult, ResultOutcome, ready_now};
 use crate::commands::Commands;
 
-/// Most results recorded in one transaction.
+/// Most results recorded in one batch.
 const MAX_BATCH: usize = 512;
 
 /// Records results until `shutdown`.
@@ -62,14 +62,10 @@ pub async fn run(
                     message = messages.next(), if handled.len() < concurrency.max(1) => {
                         let Some(message) = message else { return Ok(()) };
                         let mut batch = vec![message?];
-                        while batch.len() < MAX_BATCH {
-                            match messages.next().now_or_never() {
-                                Some(Some(Ok(message))) => batch.push(message),
-                                Some(Some(Err(e))) => {
-                                    tracing::debug!(error = %e, "results stream hiccup");
-                                    break;
-                                }
-                                _ => break,
+                        for message in ready_now(&mut messages, MAX_BATCH - 1) {
+                            match message {
+                                Ok(message) => batch.push(message),
+                                Err(e) => tracing::debug!(error = %e, "results stream hiccup"),
                             }
                         }
                         let (names, commands) = (names.clone(), commands.clone());

@@ -109,32 +109,33 @@ impl Transport {
 
     /// Creates the jobs streams (one per shard) and the results stream if they do not exist.
     pub async fn ensure_streams(&self) -> Result<(), TransportError> {
-        for shard in 0..JOB_SHARDS {
+        let jobs = (0..JOB_SHARDS).map(|shard| {
+            (
+                self.names.jobs_shard_stream(shard),
+                self.names.jobs_shard_subjects(shard),
+                self.settings.job_max_age,
+            )
+        });
+        let results = (
+            self.names.results_stream(),
+            self.names.all_results(),
+            self.settings.result_max_age,
+        );
+        for (name, subjects, max_age) in jobs.chain([results]) {
+            // Work queues: a message stays only until it is acknowledged (docs/adr/0004).
             self.js
                 .get_or_create_stream(stream::Config {
-                    name: self.names.jobs_shard_stream(shard),
-                    subjects: vec![self.names.jobs_shard_subjects(shard)],
+                    name,
+                    subjects: vec![subjects],
                     retention: stream::RetentionPolicy::WorkQueue,
                     storage: stream::StorageType::File,
-                    max_age: self.settings.job_max_age,
+                    max_age,
                     duplicate_window: Duration::from_secs(120),
                     ..Default::default()
                 })
                 .await
-                .map_err(|e| js_error("creating a jobs stream")(&e))?;
+                .map_err(|e| js_error("creating a stream")(&e))?;
         }
-        self.js
-            .get_or_create_stream(stream::Config {
-                name: self.names.results_stream(),
-                subjects: vec![self.names.all_results()],
-                retention: stream::RetentionPolicy::WorkQueue,
-                storage: stream::StorageType::File,
-                max_age: self.settings.result_max_age,
-                duplicate_window: Duration::from_secs(120),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| js_error("creating the results stream")(&e))?;
         Ok(())
     }
 
