@@ -6,12 +6,11 @@
 //! the configured thresholds. Check-ins in a batch are folded per agent and written with one
 //! statement, so a burst of check-ins costs one row update per agent, not one per check-in.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use logbook_domain::agent::AgentEvent;
-use logbook_domain::checkin::{CheckinEvent, CheckinReport};
+use logbook_domain::checkin::{CHECKIN_STREAM, CheckinReport};
 use logbook_domain::client::ClientEvent;
 use logbook_domain::event_log::LogbookEvent;
 use logbook_domain::site::SiteEvent;
@@ -33,11 +32,12 @@ impl FleetProjection {
     pub const NAME: &'static str = "fleet";
 }
 
-/// The newest check-in of one agent within a batch.
-struct LatestCheckin<'a> {
-    count: i64,
-    last_recorded_at: DateTime<Utc>,
-    report: &'a CheckinReport,
+/// The check-ins of a batch, in log order, waiting to be folded into the agent list.
+#[derive(Default)]
+struct Checkins {
+    agents: Vec<Uuid>,
+    sequences: Vec<i64>,
+    recorded: Vec<DateTime<Utc>>,
 }
 
 impl Projection for FleetProjection {
@@ -49,16 +49,31 @@ impl Projection for FleetProjection {
         &["clients_view", "sites_view", "agents_view"]
     }
 
+    fn skips_payload_of(&self) -> &'static [&'static str] {
+        // The newest report of each agent is copied from the log inside Postgres.
+        &[CHECKIN_STREAM]
+    }
+
     async fn apply(
         &self,
         conn: &mut PgConnection,
         events: &[StoredEvent],
     ) -> Result<(), sqlx::Error> {
-        let mut checkins: HashMap<Uuid, LatestCheckin<'_>> = HashMap::new();
+        let mut checkins = Checkins::default();
         for stored in events {
-            let Some(event) = &stored.event else { continue };
             let at = stored.metadata.recorded_at;
             let id = || Uuid::parse_str(&stored.aggregate_id).ok();
+            if stored.aggregate_type == CHECKIN_STREAM {
+                if stored.event_type == CHECKED_IN {
+                    if let Some(agent) = id() {
+                        checkins.agents.push(agent);
+                        checkins.sequences.push(stored.sequence);
+                        checkins.recorded.push(at);
+                    }
+                }
+                continue;
+            }
+            let Some(event) = &stored.event else { continue };
             match event {
                 LogbookEvent::Client(ClientEvent::ClientCreated { client_id, name }) => {
                     sqlx::query(
@@ -106,20 +121,8 @@ impl Projection for FleetProjection {
                     flush_checkins(conn, &mut checkins).await?;
                     apply_agent_event(conn, id(), event, at).await?;
                 }
-                LogbookEvent::Checkin(CheckinEvent::AgentCheckedIn { report, .. }) => {
-                    let Some(agent) = id() else { continue };
-                    let latest = checkins.entry(agent).or_insert(LatestCheckin {
-                        count: 0,
-                        last_recorded_at: at,
-                        report,
-                    });
-                    latest.count += 1;
-                    latest.last_recorded_at = latest.last_recorded_at.max(at);
-                    if report.collected_at >= latest.report.collected_at {
-                        latest.report = report;
-                    }
-                }
-                LogbookEvent::EnrollmentToken(_)
+                LogbookEvent::Checkin(_)
+                | LogbookEvent::EnrollmentToken(_)
                 | LogbookEvent::ApiToken(_)
                 | LogbookEvent::Job(_)
                 | LogbookEvent::BulkJob(_) => {}
@@ -189,79 +192,62 @@ async fn apply_agent_event(
     Ok(())
 }
 
+/// The event type of a check-in.
+const CHECKED_IN: &str = "AgentCheckedIn";
+
+/// Folds the batch's check-ins into the agent list: per agent, the count, the newest server
+/// time, and the report collected last (a report collected before the one already shown, sent
+/// late after an outage, counts as a check-in but does not replace the newer facts). The report
+/// is copied from the log inside Postgres: it never travels to this process and back.
 async fn flush_checkins(
     conn: &mut PgConnection,
-    checkins: &mut HashMap<Uuid, LatestCheckin<'_>>,
+    checkins: &mut Checkins,
 ) -> Result<(), sqlx::Error> {
-    if checkins.is_empty() {
+    if checkins.agents.is_empty() {
         return Ok(());
     }
-    let n = checkins.len();
-    let mut ids = Vec::with_capacity(n);
-    let mut counts = Vec::with_capacity(n);
-    let mut recorded = Vec::with_capacity(n);
-    let mut collected = Vec::with_capacity(n);
-    let mut hostnames = Vec::with_capacity(n);
-    let mut families = Vec::with_capacity(n);
-    let mut os_names = Vec::with_capacity(n);
-    let mut os_versions = Vec::with_capacity(n);
-    let mut kernels = Vec::with_capacity(n);
-    let mut arches = Vec::with_capacity(n);
-    let mut versions = Vec::with_capacity(n);
-    let mut reports = Vec::with_capacity(n);
-    for (id, latest) in checkins.drain() {
-        let r = latest.report;
-        ids.push(id);
-        counts.push(latest.count);
-        recorded.push(latest.last_recorded_at);
-        collected.push(r.collected_at);
-        hostnames.push(r.hostname.clone());
-        families.push(r.os.family.clone());
-        os_names.push(r.os.name.clone());
-        os_versions.push(r.os.version.clone());
-        kernels.push(r.os.kernel_version.clone());
-        arches.push(r.os.arch.clone());
-        versions.push(r.agent_version.clone());
-        reports.push(serde_json::to_string(r).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
-    }
-    // A report collected before the one already shown (sent late after an outage) counts as a
-    // check-in but does not replace the newer facts.
+    let Checkins {
+        agents,
+        sequences,
+        recorded,
+    } = std::mem::take(checkins);
     sqlx::query(
-        "UPDATE agents_view a SET \
+        "WITH c AS ( \
+            SELECT c.agent_id, c.seq, c.recorded_at, r.report, \
+                   (r.report->>'collected_at')::timestamptz AS collected_at \
+              FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[]) AS c(agent_id, seq, recorded_at) \
+              JOIN events e ON e.aggregate_type = $4 AND e.aggregate_id = c.agent_id::text \
+                           AND e.sequence = c.seq \
+             CROSS JOIN LATERAL (SELECT e.payload->'AgentCheckedIn'->'report' AS report) r \
+         ), folded AS ( \
+            SELECT DISTINCT ON (agent_id) agent_id, report, collected_at, \
+                   count(*) OVER (PARTITION BY agent_id) AS n, \
+                   max(recorded_at) OVER (PARTITION BY agent_id) AS recorded_at \
+              FROM c \
+             ORDER BY agent_id, collected_at DESC, seq DESC \
+         ), u AS ( \
+            SELECT f.*, (v.last_collected_at IS NULL OR f.collected_at >= v.last_collected_at) AS newer \
+              FROM folded f JOIN agents_view v ON v.agent_id = f.agent_id \
+         ) \
+         UPDATE agents_view a SET \
             checkins = a.checkins + u.n, \
             last_checkin_at = GREATEST(a.last_checkin_at, u.recorded_at), \
-            hostname = CASE WHEN u.newer THEN u.hostname ELSE a.hostname END, \
-            os_family = CASE WHEN u.newer THEN u.os_family ELSE a.os_family END, \
-            os_name = CASE WHEN u.newer THEN u.os_name ELSE a.os_name END, \
-            os_version = CASE WHEN u.newer THEN u.os_version ELSE a.os_version END, \
-            kernel_version = CASE WHEN u.newer THEN u.kernel_version ELSE a.kernel_version END, \
-            arch = CASE WHEN u.newer THEN u.arch ELSE a.arch END, \
-            agent_version = CASE WHEN u.newer THEN u.agent_version ELSE a.agent_version END, \
+            hostname = CASE WHEN u.newer THEN u.report->>'hostname' ELSE a.hostname END, \
+            os_family = CASE WHEN u.newer THEN u.report->'os'->>'family' ELSE a.os_family END, \
+            os_name = CASE WHEN u.newer THEN u.report->'os'->>'name' ELSE a.os_name END, \
+            os_version = CASE WHEN u.newer THEN u.report->'os'->>'version' ELSE a.os_version END, \
+            kernel_version = CASE WHEN u.newer THEN u.report->'os'->>'kernel_version' ELSE a.kernel_version END, \
+            arch = CASE WHEN u.newer THEN u.report->'os'->>'arch' ELSE a.arch END, \
+            agent_version = CASE WHEN u.newer THEN u.report->>'agent_version' ELSE a.agent_version END, \
             last_collected_at = CASE WHEN u.newer THEN u.collected_at ELSE a.last_collected_at END, \
             latest_report = CASE WHEN u.newer THEN u.report ELSE a.latest_report END \
-         FROM ( \
-            SELECT i.*, (v.last_collected_at IS NULL OR i.collected_at >= v.last_collected_at) AS newer \
-              FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[], $4::timestamptz[], $5::text[], \
-                          $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], \
-                          $12::text[]::jsonb[]) \
-                   AS i(agent_id, n, recorded_at, collected_at, hostname, os_family, os_name, \
-                        os_version, kernel_version, arch, agent_version, report) \
-              JOIN agents_view v ON v.agent_id = i.agent_id \
-         ) u \
-         WHERE a.agent_id = u.agent_id",
+           FROM u \
+          WHERE a.agent_id = u.agent_id",
     )
-    .bind(ids)
-    .bind(counts)
+    .bind(agents)
+    .bind(sequences)
     .bind(recorded)
-    .bind(collected)
-    .bind(hostnames)
-    .bind(families)
-    .bind(os_names)
-    .bind(os_versions)
-    .bind(kernels)
-    .bind(arches)
-    .bind(versions)
-    .bind(reports)
+    .bind(CHECKIN_STREAM)
     .execute(conn)
     .await?;
     Ok(())

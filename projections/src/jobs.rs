@@ -85,7 +85,7 @@ impl Projection for JobsProjection {
         &["jobs_view", "bulk_jobs_view"]
     }
 
-    fn skips_payload_of(&self) -> &'static [&'static str] {
+    fn ignores(&self) -> &'static [&'static str] {
         // Check-ins are most of the log and say nothing about jobs.
         &[logbook_domain::checkin::CHECKIN_STREAM]
     }

@@ -109,35 +109,104 @@ pub async fn read_after(
     after: LogCursor,
     limit: i64,
 ) -> Result<Vec<StoredEvent>, LogError> {
-    read_after_skipping(conn, after, limit, &[]).await
+    Ok(read_batch(conn, after, limit, ReadFilter::default())
+        .await?
+        .events)
 }
 
-/// Like [`read_after`], but leaves out the payloads of events of the `without_payload` aggregate
-/// types (their `event` is `None`): for readers that only need where such events are, not what
-/// they say, the payload is most of the bytes.
-pub async fn read_after_skipping(
+/// What a reader needs of each kind of stream.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReadFilter<'a> {
+    /// Aggregate types whose events come without their payload (`event: None`): for readers
+    /// that only need where such events are, not what they say (the payload is most of the
+    /// bytes).
+    pub without_payload: &'a [&'a str],
+    /// Aggregate types whose events the reader never needs: they are passed over inside
+    /// Postgres (nothing is sent or decoded) and only move the batch's end.
+    pub ignored: &'a [&'a str],
+}
+
+/// Events read from the log.
+#[derive(Debug, Clone, Default)]
+pub struct LogBatch {
+    /// The events the reader needs, in log order.
+    pub events: Vec<StoredEvent>,
+    /// How many events the batch passed over, needed or not (at most the limit asked for).
+    pub scanned: usize,
+    /// The last event passed over: where the reader's cursor moves, and when it was recorded.
+    pub end: Option<(LogCursor, chrono::DateTime<chrono::Utc>)>,
+}
+
+/// Reads up to `limit` events after `after`, in log order, stopping at the commit-safe horizon,
+/// leaving out what `filter` says the reader does not need.
+pub async fn read_batch(
     conn: &mut PgConnection,
     after: LogCursor,
     limit: i64,
-    without_payload: &[&str],
-) -> Result<Vec<StoredEvent>, LogError> {
+    filter: ReadFilter<'_>,
+) -> Result<LogBatch, LogError> {
+    if filter.ignored.is_empty() {
+        let rows = sqlx::query(
+            "SELECT tx_id::text::bigint AS tx, position, aggregate_type, aggregate_id, sequence, \
+                    event_type, event_version, metadata::text AS metadata, \
+                    CASE WHEN aggregate_type = ANY($4) THEN NULL ELSE payload::text END AS payload \
+               FROM events \
+              WHERE (tx_id, position) > ($1::bigint::text::xid8, $2) \
+                AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
+              ORDER BY tx_id, position \
+              LIMIT $3",
+        )
+        .bind(after.tx_id)
+        .bind(after.position)
+        .bind(limit)
+        .bind(filter.without_payload)
+        .fetch_all(&mut *conn)
+        .await?;
+        let events = rows.iter().map(decode_row).collect::<Result<Vec<_>, _>>()?;
+        return Ok(LogBatch {
+            scanned: events.len(),
+            end: events.last().map(|e| (e.cursor, e.metadata.recorded_at)),
+            events,
+        });
+    }
+    // The window is taken first; of it, only the needed events and the last one (whose
+    // cursor ends the batch) leave Postgres.
     let rows = sqlx::query(
         "SELECT tx_id::text::bigint AS tx, position, aggregate_type, aggregate_id, sequence, \
-                event_type, event_version, metadata::text AS metadata, \
-                CASE WHEN aggregate_type = ANY($4) THEN NULL ELSE payload::text END AS payload \
-           FROM events \
-          WHERE (tx_id, position) > ($1::bigint::text::xid8, $2) \
-            AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
-          ORDER BY tx_id, position \
-          LIMIT $3",
+                event_type, event_version, metadata::text AS metadata, payload::text AS payload, \
+                wanted, scanned \
+           FROM (SELECT w.*, row_number() OVER (ORDER BY w.tx_id, w.position) AS n, \
+                        count(*) OVER () AS scanned \
+                   FROM (SELECT tx_id, position, aggregate_type, aggregate_id, sequence, event_type, \
+                                event_version, metadata, \
+                                CASE WHEN aggregate_type = ANY($4) OR aggregate_type = ANY($5) \
+                                     THEN NULL ELSE payload END AS payload, \
+                                aggregate_type <> ALL($5) AS wanted \
+                           FROM events \
+                          WHERE (tx_id, position) > ($1::bigint::text::xid8, $2) \
+                            AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
+                          ORDER BY tx_id, position \
+                          LIMIT $3) w) x \
+          WHERE wanted OR n = scanned \
+          ORDER BY tx_id, position",
     )
     .bind(after.tx_id)
     .bind(after.position)
     .bind(limit)
-    .bind(without_payload)
+    .bind(filter.without_payload)
+    .bind(filter.ignored)
     .fetch_all(&mut *conn)
     .await?;
-    rows.iter().map(decode_row).collect()
+    let mut batch = LogBatch::default();
+    for row in &rows {
+        let event = decode_row(row)?;
+        batch.scanned = row.try_get::<i64, _>("scanned")? as usize;
+        batch.end = Some((event.cursor, event.metadata.recorded_at));
+        if row.try_get::<bool, _>("wanted")? {
+            batch.events.push(event);
+        }
+    }
+    Ok(batch)
 }
 
 fn decode_row(row: &sqlx::postgres::PgRow) -> Result<StoredEvent, LogError> {

@@ -88,12 +88,11 @@ pub async fn rebuild<P: Projection>(
     // Bulk phase: the live projection is untouched. The next batch is read on a second
     // connection while the current one is applied, so that reading and writing overlap.
     let mut reader = pool.acquire().await?;
-    let skips = projection.skips_payload_of();
+    let filter = runner::read_filter(projection);
     let mut cursor = LogCursor::START;
-    let mut events = log::read_after_skipping(&mut reader, cursor, batch_size, skips).await?;
-    while !events.is_empty() {
-        let full = events.len() as i64 == batch_size;
-        let next_cursor = events.last().map_or(cursor, |e| e.cursor);
+    let mut batch = log::read_batch(&mut reader, cursor, batch_size, filter).await?;
+    while let Some((next_cursor, _)) = batch.end {
+        let full = batch.scanned as i64 == batch_size;
         let apply = async {
             let mut tx = pool.begin().await?;
             tx.execute(format!("SET LOCAL search_path TO {REBUILD_SCHEMA}, public").as_str())
@@ -107,15 +106,15 @@ pub async fn rebuild<P: Projection>(
                 });
             }
             let outcome =
-                runner::apply_events(&mut tx, projection, &checkpoint, cursor, &events).await?;
+                runner::apply_events(&mut tx, projection, &checkpoint, cursor, &batch).await?;
             tx.commit().await?;
             Ok::<_, RunError>(outcome)
         };
         let read_next = async {
             if full {
-                Ok(log::read_after_skipping(&mut reader, next_cursor, batch_size, skips).await?)
+                Ok(log::read_batch(&mut reader, next_cursor, batch_size, filter).await?)
             } else {
-                Ok::<_, RunError>(Vec::new())
+                Ok::<_, RunError>(log::LogBatch::default())
             }
         };
         let (outcome, next) = tokio::try_join!(apply, read_next)?;
@@ -125,7 +124,7 @@ pub async fn rebuild<P: Projection>(
             applied,
             total: total.max(applied),
         });
-        events = next;
+        batch = next;
     }
     drop(reader);
 

@@ -22,7 +22,7 @@ use sqlx::{Connection, PgConnection, PgPool, Row};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::log::{self, LogCursor, LogError, StoredEvent};
+use crate::log::{self, LogBatch, LogCursor, LogError, ReadFilter, StoredEvent};
 
 /// A read model maintained from the log.
 pub trait Projection: Send + Sync + 'static {
@@ -35,6 +35,12 @@ pub trait Projection: Send + Sync + 'static {
     /// Aggregate types whose payloads this projection never reads; their events reach
     /// [`Projection::apply`] with `event: None`, saving the transfer of their bodies.
     fn skips_payload_of(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Aggregate types this projection never needs: their events are passed over inside
+    /// Postgres and never reach [`Projection::apply`].
+    fn ignores(&self) -> &'static [&'static str] {
         &[]
     }
 
@@ -110,7 +116,7 @@ impl From<sqlx::Error> for RunError {
 /// The result of one batch.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchOutcome {
-    /// Events applied.
+    /// Events applied or passed over.
     pub applied: usize,
     /// The checkpoint after the batch.
     pub cursor: LogCursor,
@@ -162,6 +168,14 @@ pub(crate) async fn lock_checkpoint(
     })
 }
 
+/// What `projection` reads of the log.
+pub(crate) fn read_filter<P: Projection>(projection: &P) -> ReadFilter<'static> {
+    ReadFilter {
+        without_payload: projection.skips_payload_of(),
+        ignored: projection.ignores(),
+    }
+}
+
 /// Applies events after `cursor` to `projection` inside `conn`'s open transaction and moves the
 /// checkpoint named `checkpoint` past them. Does not commit.
 pub(crate) async fn apply_batch<P: Projection>(
@@ -171,30 +185,32 @@ pub(crate) async fn apply_batch<P: Projection>(
     cursor: LogCursor,
     limit: i64,
 ) -> Result<BatchOutcome, RunError> {
-    let events =
-        log::read_after_skipping(conn, cursor, limit, projection.skips_payload_of()).await?;
-    apply_events(conn, projection, checkpoint, cursor, &events).await
+    let batch = log::read_batch(conn, cursor, limit, read_filter(projection)).await?;
+    apply_events(conn, projection, checkpoint, cursor, &batch).await
 }
 
-/// Applies `events` (read after `cursor`) to `projection` inside `conn`'s open transaction and
-/// moves the checkpoint named `checkpoint` past them. Does not commit.
+/// Applies `batch` (read after `cursor`) to `projection` inside `conn`'s open transaction and
+/// moves the checkpoint named `checkpoint` to its end. Does not commit.
 pub(crate) async fn apply_events<P: Projection>(
     conn: &mut PgConnection,
     projection: &P,
     checkpoint: &str,
     cursor: LogCursor,
-    events: &[StoredEvent],
+    batch: &LogBatch,
 ) -> Result<BatchOutcome, RunError> {
-    let Some(last) = events.last() else {
+    let Some((new_cursor, last_recorded_at)) = batch.end else {
         return Ok(BatchOutcome { applied: 0, cursor });
     };
-    let new_cursor = last.cursor;
-    let last_recorded_at = last.metadata.recorded_at;
     let apply_error = |source| RunError::Apply {
         projection: projection.name(),
         source,
     };
-    projection.apply(conn, events).await.map_err(apply_error)?;
+    if !batch.events.is_empty() {
+        projection
+            .apply(conn, &batch.events)
+            .await
+            .map_err(apply_error)?;
+    }
     sqlx::query(
         "UPDATE projection_checkpoints \
             SET tx_id = $2::bigint::text::xid8, position = $3, \
@@ -204,13 +220,13 @@ pub(crate) async fn apply_events<P: Projection>(
     .bind(checkpoint)
     .bind(new_cursor.tx_id)
     .bind(new_cursor.position)
-    .bind(events.len() as i64)
+    .bind(batch.scanned as i64)
     .bind(last_recorded_at)
     .execute(&mut *conn)
     .await
     .map_err(apply_error)?;
     let now = chrono::Utc::now();
-    for event in events {
+    for event in &batch.events {
         let delay = (now - event.metadata.recorded_at)
             .to_std()
             .unwrap_or_default();
@@ -218,7 +234,7 @@ pub(crate) async fn apply_events<P: Projection>(
             .record(delay.as_secs_f64());
     }
     Ok(BatchOutcome {
-        applied: events.len(),
+        applied: batch.scanned,
         cursor: new_cursor,
     })
 }

@@ -185,3 +185,78 @@ async fn an_event_that_commits_late_is_read_after_it_commits_not_skipped() {
     let streams: Vec<&str> = late.iter().map(|e| e.aggregate_id.as_str()).collect();
     assert_eq!(streams, ["slow", "fast"]);
 }
+
+#[tokio::test]
+async fn ignored_streams_are_passed_over_and_still_move_the_batch_end() {
+    let db = TestDb::new().await;
+    let mut tx = db.pool.begin().await.expect("begin");
+    // In log order: noise 1..3, wanted 1, noise 4..6.
+    for seq in 1..=3 {
+        common::append(
+            &mut tx,
+            "noise",
+            "n",
+            seq,
+            &Ping(seq as u32),
+            chrono::Utc::now(),
+        )
+        .await;
+    }
+    common::append(&mut tx, "wanted", "w", 1, &Ping(100), chrono::Utc::now()).await;
+    for seq in 4..=6 {
+        common::append(
+            &mut tx,
+            "noise",
+            "n",
+            seq,
+            &Ping(seq as u32),
+            chrono::Utc::now(),
+        )
+        .await;
+    }
+    tx.commit().await.expect("commit");
+    let filter = log::ReadFilter {
+        without_payload: &[],
+        ignored: &["noise"],
+    };
+    let mut conn = db.pool.acquire().await.expect("connection");
+
+    let all = log::read_after(&mut conn, LogCursor::START, 100)
+        .await
+        .expect("read");
+    assert_eq!(all.len(), 7);
+
+    // The whole window: one event wanted, seven passed over, the end at the last noise event.
+    let batch = log::read_batch(&mut conn, LogCursor::START, 100, filter)
+        .await
+        .expect("read");
+    assert_eq!(batch.scanned, 7);
+    assert_eq!(batch.events.len(), 1);
+    assert_eq!(batch.events[0].aggregate_type, "wanted");
+    assert!(
+        batch.events[0].event.is_none(),
+        "unknown types decode to no event"
+    );
+    assert_eq!(batch.end.map(|(c, _)| c), Some(all[6].cursor));
+
+    // A window of noise only: nothing to apply, but the end still moves.
+    let batch = log::read_batch(&mut conn, LogCursor::START, 2, filter)
+        .await
+        .expect("read");
+    assert_eq!((batch.scanned, batch.events.len()), (2, 0));
+    assert_eq!(batch.end.map(|(c, _)| c), Some(all[1].cursor));
+
+    // A window that ends on the wanted event.
+    let batch = log::read_batch(&mut conn, all[1].cursor, 2, filter)
+        .await
+        .expect("read");
+    assert_eq!((batch.scanned, batch.events.len()), (2, 1));
+    assert_eq!(batch.end.map(|(c, _)| c), Some(all[3].cursor));
+
+    // Past the end: nothing scanned, no end.
+    let batch = log::read_batch(&mut conn, all[6].cursor, 100, filter)
+        .await
+        .expect("read");
+    assert_eq!((batch.scanned, batch.events.len()), (0, 0));
+    assert!(batch.end.is_none());
+}

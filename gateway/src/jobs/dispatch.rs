@@ -14,7 +14,7 @@ use logbook_domain::checkin::CHECKIN_STREAM;
 use logbook_domain::event_log::LogbookEvent;
 use logbook_domain::ids::{AgentId, JobId};
 use logbook_domain::job::{JobEvent, JobSpec};
-use logbook_projections::log::{self, LogCursor, StoredEvent};
+use logbook_projections::log::{self, LogCursor, ReadFilter, StoredEvent};
 use logbook_projections::runner::{self, LogWaker};
 use logbook_proto::agent::v1 as pb;
 use prost::Message;
@@ -105,8 +105,14 @@ async fn round(
         .await?
         .unwrap_or(LogCursor::START);
     let mut conn = pool.acquire().await?;
-    let events = log::read_after_skipping(&mut conn, cursor, batch_size, &[CHECKIN_STREAM]).await?;
-    let Some(last) = events.last().map(|e| e.cursor) else {
+    // Check-ins are most of the log and say nothing about jobs.
+    let filter = ReadFilter {
+        without_payload: &[],
+        ignored: &[CHECKIN_STREAM],
+    };
+    let batch = log::read_batch(&mut conn, cursor, batch_size, filter).await?;
+    let events = &batch.events;
+    let Some((last, _)) = batch.end else {
         let held_back = log::has_events_beyond_horizon(&mut conn, cursor).await?;
         return Ok((0, held_back));
     };
@@ -214,10 +220,10 @@ async fn round(
     .bind(CHECKPOINT)
     .bind(last.tx_id)
     .bind(last.position)
-    .bind(events.len() as i64)
+    .bind(batch.scanned as i64)
     .execute(pool)
     .await?;
-    Ok((events.len(), false))
+    Ok((batch.scanned, false))
 }
 
 /// The message an agent receives for a queued job.
