@@ -198,7 +198,9 @@ const CHECKED_IN: &str = "AgentCheckedIn";
 /// Folds the batch's check-ins into the agent list: per agent, the count, the newest server
 /// time, and the report collected last (a report collected before the one already shown, sent
 /// late after an outage, counts as a check-in but does not replace the newer facts). The report
-/// is copied from the log inside Postgres: it never travels to this process and back.
+/// is copied from the log inside Postgres: it never travels to this process and back. Each
+/// check-in is looked up by primary key (`LATERAL ... LIMIT 1`: left to itself, the planner
+/// hashed every check-in in the log).
 async fn flush_checkins(
     conn: &mut PgConnection,
     checkins: &mut Checkins,
@@ -216,9 +218,9 @@ async fn flush_checkins(
             SELECT c.agent_id, c.seq, c.recorded_at, r.report, \
                    (r.report->>'collected_at')::timestamptz AS collected_at \
               FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[]) AS c(agent_id, seq, recorded_at) \
-              JOIN events e ON e.aggregate_type = $4 AND e.aggregate_id = c.agent_id::text \
-                           AND e.sequence = c.seq \
-             CROSS JOIN LATERAL (SELECT e.payload->'AgentCheckedIn'->'report' AS report) r \
+             CROSS JOIN LATERAL (SELECT e.payload->'AgentCheckedIn'->'report' AS report FROM events e \
+                                  WHERE e.aggregate_type = $4 AND e.aggregate_id = c.agent_id::text \
+                                    AND e.sequence = c.seq LIMIT 1) r \
          ), folded AS ( \
             SELECT DISTINCT ON (agent_id) agent_id, report, collected_at, \
                    count(*) OVER (PARTITION BY agent_id) AS n, \

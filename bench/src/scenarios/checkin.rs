@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
+use http_body_util::{BodyExt, Full};
+use hyper::Uri;
+use hyper::body::Bytes;
+use hyper::header::{self, HeaderValue};
 use logbook_domain::checkin::{CheckinReport, CpuInfo, DiskUsage, MemoryInfo, OsInfo};
 use logbook_domain::ids::CorrelationId;
 use logbook_domain::metadata::{Actor, EventMetadata};
@@ -105,36 +109,104 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-async fn send_checkin(
-    http: &reqwest::Client,
-    base: &str,
-    agent: &SimAgent,
-    index: usize,
-) -> anyhow::Result<()> {
-    let request = pb::CheckinRequest {
-        checkin_id: uuid::Uuid::now_v7().to_string(),
-        report: Some(sample_report(&format!("sim-{index:06}"), now_ms())),
-    };
-    let response = http
-        .post(format!("{base}/api/v1/agents/{}/checkins", agent.id))
-        .bearer_auth(&agent.credential)
-        .header("content-type", logbook_proto::PROTOBUF_MEDIA_TYPE)
-        .header("accept", logbook_proto::PROTOBUF_MEDIA_TYPE)
-        .body(request.encode_to_vec())
-        .send()
-        .await?;
-    let status = response.status();
-    let _ = response.bytes().await?;
-    if status.as_u16() != 201 {
-        bail!("check-in answered {status}");
-    }
-    Ok(())
+/// The HTTP/1.1 client of the simulated agents' check-ins. Each request's target and
+/// credential header are prepared once per agent and every connection is kept open, so that
+/// the load generator, which shares the two cores with the gateway and Postgres, spends as
+/// little of them as it can (a general-purpose client cost about twice as much per request).
+pub(crate) struct CheckinClient {
+    addr: std::net::SocketAddr,
+    host: HeaderValue,
+    /// Per agent: the request path and its `Authorization` header.
+    targets: Vec<(Uri, HeaderValue)>,
+    /// Open connections not in use (for requests sent from many tasks).
+    idle: std::sync::Mutex<Vec<Connection>>,
 }
+
+type Connection = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+impl CheckinClient {
+    pub(crate) fn new(gateway: &Gateway, agents: &[SimAgent]) -> anyhow::Result<Arc<Self>> {
+        let authority = gateway
+            .base
+            .strip_prefix("http://")
+            .context("the gateway's address is not http://")?;
+        let targets = agents
+            .iter()
+            .map(|agent| {
+                Ok((
+                    Uri::try_from(format!("/api/v1/agents/{}/checkins", agent.id))?,
+                    HeaderValue::try_from(format!("Bearer {}", agent.credential))?,
+                ))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Arc::new(Self {
+            addr: authority.parse()?,
+            host: HeaderValue::try_from(authority)?,
+            targets,
+            idle: std::sync::Mutex::default(),
+        }))
+    }
+
+    async fn connect(&self) -> anyhow::Result<Connection> {
+        let stream = tokio::net::TcpStream::connect(self.addr).await?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        Ok(sender)
+    }
+
+    /// Sends one check-in of agent `index` on `connection` (opened first if there is none or
+    /// it broke); succeeds on `201 Created`.
+    async fn send_on(
+        &self,
+        connection: &mut Option<Connection>,
+        index: usize,
+    ) -> anyhow::Result<()> {
+        let mut sender = match connection.take() {
+            Some(sender) if !sender.is_closed() => sender,
+            _ => self.connect().await?,
+        };
+        let body = pb::CheckinRequest {
+            checkin_id: uuid::Uuid::now_v7().to_string(),
+            report: Some(sample_report(&format!("sim-{index:06}"), now_ms())),
+        }
+        .encode_to_vec();
+        let (uri, authorization) = &self.targets[index];
+        let request = hyper::Request::post(uri.clone())
+            .header(header::HOST, self.host.clone())
+            .header(header::AUTHORIZATION, authorization.clone())
+            .header(header::CONTENT_TYPE, PROTOBUF)
+            .header(header::ACCEPT, PROTOBUF)
+            .body(Full::new(Bytes::from(body)))?;
+        sender.ready().await?;
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        response.into_body().collect().await?;
+        *connection = Some(sender);
+        if status.as_u16() != 201 {
+            bail!("check-in answered {status}");
+        }
+        Ok(())
+    }
+
+    /// Sends one check-in of agent `index` on any open connection not in use.
+    async fn send(&self, index: usize) -> anyhow::Result<()> {
+        let mut connection = self.idle.lock().map(|mut idle| idle.pop()).unwrap_or(None);
+        let result = self.send_on(&mut connection, index).await;
+        if let (Some(sender), Ok(mut idle)) = (connection, self.idle.lock()) {
+            idle.push(sender);
+        }
+        result
+    }
+}
+
+const PROTOBUF: HeaderValue = HeaderValue::from_static(logbook_proto::PROTOBUF_MEDIA_TYPE);
 
 /// As many check-ins as `concurrency` connections can push for `duration`.
 pub(crate) async fn saturate(
-    gateway: &Gateway,
-    agents: &Arc<Vec<SimAgent>>,
+    client: &Arc<CheckinClient>,
+    agents: usize,
     concurrency: usize,
     duration: Duration,
 ) -> (f64, Latencies, u64) {
@@ -142,19 +214,18 @@ pub(crate) async fn saturate(
     let started = Instant::now();
     let deadline = started + duration;
     let workers = (0..concurrency).map(|w| {
-        let agents = agents.clone();
-        let http = gateway.http.clone();
-        let base = gateway.base.clone();
+        let client = client.clone();
         let errors = errors.clone();
         tokio::spawn(async move {
             let mut latencies = Latencies::default();
-            let mine: Vec<usize> = (w..agents.len()).step_by(concurrency).collect();
+            let mut connection = None;
+            let mine: Vec<usize> = (w..agents).step_by(concurrency).collect();
             let mut next = 0;
             while Instant::now() < deadline && !mine.is_empty() {
                 let i = mine[next % mine.len()];
                 next += 1;
                 let sent = Instant::now();
-                match send_checkin(&http, &base, &agents[i], i).await {
+                match client.send_on(&mut connection, i).await {
                     Ok(()) => latencies.record(sent.elapsed()),
                     Err(_) => {
                         errors.fetch_add(1, Ordering::Relaxed);
@@ -183,8 +254,8 @@ pub(crate) async fn saturate(
 /// Check-ins started at a fixed rate; latency counts from the scheduled start, so a stall is
 /// not hidden by fewer requests being sent (no coordinated omission).
 pub(crate) async fn fixed_rate(
-    gateway: &Gateway,
-    agents: &Arc<Vec<SimAgent>>,
+    client: &Arc<CheckinClient>,
+    agents: usize,
     rate: u64,
     duration: Duration,
 ) -> (f64, Latencies, u64) {
@@ -196,14 +267,12 @@ pub(crate) async fn fixed_rate(
     for n in 0..total {
         let scheduled = started + interval * n as u32;
         tokio::time::sleep_until(scheduled).await;
-        let i = (n as usize) % agents.len();
-        let agents = agents.clone();
-        let http = gateway.http.clone();
-        let base = gateway.base.clone();
+        let i = (n as usize) % agents;
+        let client = client.clone();
         let errors = errors.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
-            match send_checkin(&http, &base, &agents[i], i).await {
+            match client.send(i).await {
                 Ok(()) => {
                     let _ = tx.send(scheduled.elapsed());
                 }
@@ -443,13 +512,13 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
     let bar = ui::bar("enrolling simulated agents");
     let (site_id, agents) = env::enroll_fleet(&gateway, options.agents, &bar).await?;
     bar.finish_and_clear();
-    let agents = Arc::new(agents);
+    let client = CheckinClient::new(&gateway, &agents)?;
     let real_agent = RealAgent::start(&gateway, &site_id, "5s").await?;
 
     ui::step("warming up");
     saturate(
-        &gateway,
-        &agents,
+        &client,
+        agents.len(),
         options.concurrency,
         Duration::from_secs(2),
     )
@@ -464,7 +533,7 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
             options.runs
         ));
         let (rate, latencies, errors) =
-            saturate(&gateway, &agents, options.concurrency, options.duration).await;
+            saturate(&client, agents.len(), options.concurrency, options.duration).await;
         ui::step(&format!("{rate:.0} check-ins/s"));
         saturated_runs.push(rate);
         saturated.extend(latencies);
@@ -481,7 +550,7 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
     ));
     ui::step(&format!("check-ins at {}/s", options.rate));
     let (fixed_rate_achieved, mut fixed, errors_b) =
-        fixed_rate(&gateway, &agents, options.rate, options.duration).await;
+        fixed_rate(&client, agents.len(), options.rate, options.duration).await;
 
     let (gateway_peak_rss_mib, _) = env::memory_mib(gateway.pid());
     let (agent_peak_rss_mib, agent_rss_mib) = real_agent.pid().map_or((0.0, 0.0), env::memory_mib);

@@ -8,7 +8,6 @@
 //! The generated database is kept between runs (`--reuse`), as writing ten million events takes
 //! minutes.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -276,8 +275,8 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
         options.lag_rate
     ));
     let before = gateway.metrics().await?;
-    let agents = Arc::new(agents);
-    checkin::fixed_rate(&gateway, &agents, options.lag_rate, options.duration).await;
+    let client = checkin::CheckinClient::new(&gateway, &agents)?;
+    checkin::fixed_rate(&client, agents.len(), options.lag_rate, options.duration).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = gateway.metrics().await?;
     let (p50_fleet, p99_fleet) = histogram_quantiles(
