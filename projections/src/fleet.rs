@@ -20,7 +20,7 @@ use sqlx::types::Json;
 use sqlx::{FromRow, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-use crate::log::StoredEvent;
+use crate::log::{LogWindow, StoredEvent, WINDOW_SQL};
 use crate::runner::Projection;
 
 /// The fleet projection.
@@ -32,14 +32,6 @@ impl FleetProjection {
     pub const NAME: &'static str = "fleet";
 }
 
-/// The check-ins of a batch, in log order, waiting to be folded into the agent list.
-#[derive(Default)]
-struct Checkins {
-    agents: Vec<Uuid>,
-    sequences: Vec<i64>,
-    recorded: Vec<DateTime<Utc>>,
-}
-
 impl Projection for FleetProjection {
     fn name(&self) -> &'static str {
         Self::NAME
@@ -49,8 +41,8 @@ impl Projection for FleetProjection {
         &["clients_view", "sites_view", "agents_view"]
     }
 
-    fn skips_payload_of(&self) -> &'static [&'static str] {
-        // The newest report of each agent is copied from the log inside Postgres.
+    fn ignores(&self) -> &'static [&'static str] {
+        // Most of the log: folded into the agent list by one statement over the window.
         &[CHECKIN_STREAM]
     }
 
@@ -58,21 +50,11 @@ impl Projection for FleetProjection {
         &self,
         conn: &mut PgConnection,
         events: &[StoredEvent],
+        window: LogWindow,
     ) -> Result<(), sqlx::Error> {
-        let mut checkins = Checkins::default();
         for stored in events {
             let at = stored.metadata.recorded_at;
             let id = || Uuid::parse_str(&stored.aggregate_id).ok();
-            if stored.aggregate_type == CHECKIN_STREAM {
-                if stored.event_type == CHECKED_IN {
-                    if let Some(agent) = id() {
-                        checkins.agents.push(agent);
-                        checkins.sequences.push(stored.sequence);
-                        checkins.recorded.push(at);
-                    }
-                }
-                continue;
-            }
             let Some(event) = &stored.event else { continue };
             match event {
                 LogbookEvent::Client(ClientEvent::ClientCreated { client_id, name }) => {
@@ -117,8 +99,6 @@ impl Projection for FleetProjection {
                         .await?;
                 }
                 LogbookEvent::Agent(event) => {
-                    // Check-ins folded so far belong before this lifecycle event.
-                    flush_checkins(conn, &mut checkins).await?;
                     apply_agent_event(conn, id(), event, at).await?;
                 }
                 LogbookEvent::Checkin(_)
@@ -128,7 +108,9 @@ impl Projection for FleetProjection {
                 | LogbookEvent::BulkJob(_) => {}
             }
         }
-        flush_checkins(conn, &mut checkins).await
+        // After the lifecycle events: an agent's enrollment precedes its check-ins, and no
+        // other lifecycle event touches what a check-in sets.
+        fold_checkins(conn, window).await
     }
 }
 
@@ -192,44 +174,32 @@ async fn apply_agent_event(
     Ok(())
 }
 
-/// The event type of a check-in.
-const CHECKED_IN: &str = "AgentCheckedIn";
-
-/// Folds the batch's check-ins into the agent list: per agent, the count, the newest server
-/// time, and the report collected last (a report collected before the one already shown, sent
-/// late after an outage, counts as a check-in but does not replace the newer facts). The report
-/// is copied from the log inside Postgres: it never travels to this process and back. Each
-/// check-in is looked up by primary key (`LATERAL ... LIMIT 1`: left to itself, the planner
-/// hashed every check-in in the log).
-async fn flush_checkins(
-    conn: &mut PgConnection,
-    checkins: &mut Checkins,
-) -> Result<(), sqlx::Error> {
-    if checkins.agents.is_empty() {
-        return Ok(());
-    }
-    let Checkins {
-        agents,
-        sequences,
-        recorded,
-    } = std::mem::take(checkins);
-    sqlx::query(
+/// Folds the window's check-ins into the agent list, inside Postgres: per agent, the count, the
+/// newest server time, and the report collected last (a report collected before the one already
+/// shown, sent late after an outage, counts as a check-in but does not replace the newer facts).
+/// Reports are read from the log by primary key, only for the check-in chosen per agent, and
+/// never travel to this process.
+async fn fold_checkins(conn: &mut PgConnection, window: LogWindow) -> Result<(), sqlx::Error> {
+    let fold = format!(
         "WITH c AS ( \
-            SELECT c.agent_id, c.seq, c.recorded_at, r.report, \
-                   (r.report->>'collected_at')::timestamptz AS collected_at \
-              FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[]) AS c(agent_id, seq, recorded_at) \
-             CROSS JOIN LATERAL (SELECT e.payload->'AgentCheckedIn'->'report' AS report FROM events e \
-                                  WHERE e.aggregate_type = $4 AND e.aggregate_id = c.agent_id::text \
-                                    AND e.sequence = c.seq LIMIT 1) r \
+            SELECT aggregate_id, sequence, (metadata->>'recorded_at')::timestamptz AS recorded_at, \
+                   (payload->'AgentCheckedIn'->'report'->>'collected_at')::timestamptz AS collected_at \
+              FROM {WINDOW_SQL} w \
+             WHERE aggregate_type = $6 AND event_type = 'AgentCheckedIn' \
          ), folded AS ( \
-            SELECT DISTINCT ON (agent_id) agent_id, report, collected_at, \
-                   count(*) OVER (PARTITION BY agent_id) AS n, \
-                   max(recorded_at) OVER (PARTITION BY agent_id) AS recorded_at \
-              FROM c \
-             ORDER BY agent_id, collected_at DESC, seq DESC \
+            SELECT aggregate_id, count(*) AS n, max(recorded_at) AS recorded_at, \
+                   (array_agg(sequence ORDER BY collected_at DESC, sequence DESC))[1] AS sequence \
+              FROM c GROUP BY aggregate_id \
          ), u AS ( \
-            SELECT f.*, (v.last_collected_at IS NULL OR f.collected_at >= v.last_collected_at) AS newer \
-              FROM folded f JOIN agents_view v ON v.agent_id = f.agent_id \
+            SELECT v.agent_id, f.n, f.recorded_at, r.report, \
+                   (r.report->>'collected_at')::timestamptz AS collected_at, \
+                   (v.last_collected_at IS NULL \
+                    OR (r.report->>'collected_at')::timestamptz >= v.last_collected_at) AS newer \
+              FROM folded f \
+              JOIN agents_view v ON v.agent_id = f.aggregate_id::uuid \
+             CROSS JOIN LATERAL (SELECT e.payload->'AgentCheckedIn'->'report' AS report FROM events e \
+                                  WHERE e.aggregate_type = $6 AND e.aggregate_id = f.aggregate_id \
+                                    AND e.sequence = f.sequence LIMIT 1) r \
          ) \
          UPDATE agents_view a SET \
             checkins = a.checkins + u.n, \
@@ -244,14 +214,13 @@ async fn flush_checkins(
             last_collected_at = CASE WHEN u.newer THEN u.collected_at ELSE a.last_collected_at END, \
             latest_report = CASE WHEN u.newer THEN u.report ELSE a.latest_report END \
            FROM u \
-          WHERE a.agent_id = u.agent_id",
-    )
-    .bind(agents)
-    .bind(sequences)
-    .bind(recorded)
-    .bind(CHECKIN_STREAM)
-    .execute(conn)
-    .await?;
+          WHERE a.agent_id = u.agent_id"
+    );
+    window
+        .bind(sqlx::query(&fold))
+        .bind(CHECKIN_STREAM)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 

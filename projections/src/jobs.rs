@@ -17,7 +17,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{FromRow, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-use crate::log::StoredEvent;
+use crate::log::{LogWindow, StoredEvent};
 use crate::runner::Projection;
 
 /// The jobs projection.
@@ -94,6 +94,7 @@ impl Projection for JobsProjection {
         &self,
         conn: &mut PgConnection,
         events: &[StoredEvent],
+        _window: LogWindow,
     ) -> Result<(), sqlx::Error> {
         let mut order: Vec<Uuid> = Vec::new();
         let mut changes: HashMap<Uuid, RowChange> = HashMap::new();

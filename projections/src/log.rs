@@ -126,6 +126,42 @@ pub struct ReadFilter<'a> {
     pub ignored: &'a [&'a str],
 }
 
+/// A stretch of the log: the `len` events after `after`, the last of them at `end`. A reader
+/// that passes over a kind of event in Rust can still handle that kind with SQL over the
+/// window, inside Postgres: select it as [`WINDOW_SQL`] does, in log order with a limit, or
+/// the planner may prefer to read every event of that kind in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogWindow {
+    /// Where the window starts (exclusive).
+    pub after: LogCursor,
+    /// Where it ends (inclusive).
+    pub end: LogCursor,
+    /// How many events it holds.
+    pub len: i64,
+}
+
+/// The events of a [`LogWindow`] bound as `$1`..`$5` (`after.tx_id`, `after.position`,
+/// `end.tx_id`, `end.position`, `len`), as a subquery to select from.
+pub const WINDOW_SQL: &str = "(SELECT * FROM events \
+    WHERE (tx_id, position) > ($1::bigint::text::xid8, $2) \
+      AND (tx_id, position) <= ($3::bigint::text::xid8, $4) \
+    ORDER BY tx_id, position LIMIT $5)";
+
+impl LogWindow {
+    /// Binds the window as `$1`..`$5` of [`WINDOW_SQL`].
+    pub fn bind<'q>(
+        &self,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(self.after.tx_id)
+            .bind(self.after.position)
+            .bind(self.end.tx_id)
+            .bind(self.end.position)
+            .bind(self.len)
+    }
+}
+
 /// Events read from the log.
 #[derive(Debug, Clone, Default)]
 pub struct LogBatch {

@@ -22,7 +22,7 @@ use sqlx::{Connection, PgConnection, PgPool, Row};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::log::{self, LogBatch, LogCursor, LogError, ReadFilter, StoredEvent};
+use crate::log::{self, LogBatch, LogCursor, LogError, LogWindow, ReadFilter, StoredEvent};
 
 /// A read model maintained from the log.
 pub trait Projection: Send + Sync + 'static {
@@ -38,18 +38,21 @@ pub trait Projection: Send + Sync + 'static {
         &[]
     }
 
-    /// Aggregate types this projection never needs: their events are passed over inside
-    /// Postgres and never reach [`Projection::apply`].
+    /// Aggregate types whose events never reach [`Projection::apply`] as [`StoredEvent`]s: they
+    /// are passed over inside Postgres. A projection that needs them handles them with SQL over
+    /// the batch's window.
     fn ignores(&self) -> &'static [&'static str] {
         &[]
     }
 
-    /// Applies events, in log order, inside the caller's transaction. Must be idempotent per
+    /// Applies the events of `window`, inside the caller's transaction: `events` are those not
+    /// [ignored](Projection::ignores), in log order (possibly none). Must be idempotent per
     /// event only in the sense that it never sees an event twice; it may assume that.
     fn apply(
         &self,
         conn: &mut PgConnection,
         events: &[StoredEvent],
+        window: LogWindow,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 }
 
@@ -205,12 +208,15 @@ pub(crate) async fn apply_events<P: Projection>(
         projection: projection.name(),
         source,
     };
-    if !batch.events.is_empty() {
-        projection
-            .apply(conn, &batch.events)
-            .await
-            .map_err(apply_error)?;
-    }
+    let window = LogWindow {
+        after: cursor,
+        end: new_cursor,
+        len: batch.scanned as i64,
+    };
+    projection
+        .apply(conn, &batch.events, window)
+        .await
+        .map_err(apply_error)?;
     sqlx::query(
         "UPDATE projection_checkpoints \
             SET tx_id = $2::bigint::text::xid8, position = $3, \

@@ -16,7 +16,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-use crate::log::{LogCursor, StoredEvent};
+use crate::log::{LogCursor, LogWindow, StoredEvent, WINDOW_SQL};
 use crate::runner::Projection;
 
 /// The timeline projection.
@@ -69,7 +69,8 @@ impl Projection for TimelineProjection {
         &["agent_timeline_view"]
     }
 
-    fn skips_payload_of(&self) -> &'static [&'static str] {
+    fn ignores(&self) -> &'static [&'static str] {
+        // Most of the log: indexed by one INSERT ... SELECT over the window, inside Postgres.
         &[CHECKIN_STREAM]
     }
 
@@ -77,7 +78,22 @@ impl Projection for TimelineProjection {
         &self,
         conn: &mut PgConnection,
         events: &[StoredEvent],
+        window: LogWindow,
     ) -> Result<(), sqlx::Error> {
+        let checkins = format!(
+            "INSERT INTO agent_timeline_view \
+                (agent_id, tx_id, position, aggregate_type, aggregate_id, sequence, event_type, actor, recorded_at) \
+             SELECT aggregate_id::uuid, tx_id, position, aggregate_type, aggregate_id, sequence, event_type, \
+                    metadata->>'actor', (metadata->>'recorded_at')::timestamptz \
+               FROM {WINDOW_SQL} w \
+              WHERE aggregate_type = $6 \
+             ON CONFLICT DO NOTHING"
+        );
+        window
+            .bind(sqlx::query(&checkins))
+            .bind(CHECKIN_STREAM)
+            .execute(&mut *conn)
+            .await?;
         let mut agents = Vec::new();
         let mut txs = Vec::new();
         let mut positions = Vec::new();
