@@ -171,6 +171,8 @@ pub struct LogBatch {
     pub scanned: usize,
     /// The last event passed over: where the reader's cursor moves, and when it was recorded.
     pub end: Option<(LogCursor, chrono::DateTime<chrono::Utc>)>,
+    /// When the first event passed over was recorded (the oldest in the batch).
+    pub first_recorded_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Reads up to `limit` events after `after`, in log order, stopping at the commit-safe horizon,
@@ -202,15 +204,16 @@ pub async fn read_batch(
         return Ok(LogBatch {
             scanned: events.len(),
             end: events.last().map(|e| (e.cursor, e.metadata.recorded_at)),
+            first_recorded_at: events.first().map(|e| e.metadata.recorded_at),
             events,
         });
     }
-    // The window is taken first; of it, only the needed events and the last one (whose
-    // cursor ends the batch) leave Postgres.
+    // The window is taken first; of it, only the needed events, the first one (the oldest, for
+    // the lag metric) and the last one (whose cursor ends the batch) leave Postgres.
     let rows = sqlx::query(
         "SELECT tx_id::text::bigint AS tx, position, aggregate_type, aggregate_id, sequence, \
                 event_type, event_version, metadata::text AS metadata, payload::text AS payload, \
-                wanted, scanned \
+                wanted, n, scanned \
            FROM (SELECT w.*, row_number() OVER (ORDER BY w.tx_id, w.position) AS n, \
                         count(*) OVER () AS scanned \
                    FROM (SELECT tx_id, position, aggregate_type, aggregate_id, sequence, event_type, \
@@ -223,7 +226,7 @@ pub async fn read_batch(
                             AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
                           ORDER BY tx_id, position \
                           LIMIT $3) w) x \
-          WHERE wanted OR n = scanned \
+          WHERE wanted OR n = 1 OR n = scanned \
           ORDER BY tx_id, position",
     )
     .bind(after.tx_id)
@@ -238,6 +241,9 @@ pub async fn read_batch(
         let event = decode_row(row)?;
         batch.scanned = row.try_get::<i64, _>("scanned")? as usize;
         batch.end = Some((event.cursor, event.metadata.recorded_at));
+        if row.try_get::<i64, _>("n")? == 1 {
+            batch.first_recorded_at = Some(event.metadata.recorded_at);
+        }
         if row.try_get::<bool, _>("wanted")? {
             batch.events.push(event);
         }

@@ -232,12 +232,15 @@ pub(crate) async fn apply_events<P: Projection>(
     .await
     .map_err(apply_error)?;
     let now = chrono::Utc::now();
+    let delay = |at: chrono::DateTime<chrono::Utc>| (now - at).to_std().unwrap_or_default();
+    let delays = metrics::histogram!("logbook_projection_apply_delay_seconds", "projection" => projection.name());
     for event in &batch.events {
-        let delay = (now - event.metadata.recorded_at)
-            .to_std()
-            .unwrap_or_default();
-        metrics::histogram!("logbook_projection_apply_delay_seconds", "projection" => projection.name())
-            .record(delay.as_secs_f64());
+        delays.record(delay(event.metadata.recorded_at).as_secs_f64());
+    }
+    // Events passed over inside Postgres count as old as the batch's oldest: an upper bound.
+    let passed_over = batch.scanned - batch.events.len();
+    if let (Some(first), true) = (batch.first_recorded_at, passed_over > 0) {
+        delays.record_many(delay(first).as_secs_f64(), passed_over);
     }
     Ok(BatchOutcome {
         applied: batch.scanned,

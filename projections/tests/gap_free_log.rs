@@ -238,6 +238,7 @@ async fn ignored_streams_are_passed_over_and_still_move_the_batch_end() {
         "unknown types decode to no event"
     );
     assert_eq!(batch.end.map(|(c, _)| c), Some(all[6].cursor));
+    assert_eq!(batch.first_recorded_at, Some(all[0].metadata.recorded_at));
 
     // A window of noise only: nothing to apply, but the end still moves.
     let batch = log::read_batch(&mut conn, LogCursor::START, 2, filter)
@@ -252,6 +253,7 @@ async fn ignored_streams_are_passed_over_and_still_move_the_batch_end() {
         .expect("read");
     assert_eq!((batch.scanned, batch.events.len()), (2, 1));
     assert_eq!(batch.end.map(|(c, _)| c), Some(all[3].cursor));
+    assert_eq!(batch.first_recorded_at, Some(all[2].metadata.recorded_at));
 
     // Past the end: nothing scanned, no end.
     let batch = log::read_batch(&mut conn, all[6].cursor, 100, filter)

@@ -13,6 +13,9 @@ use super::wire::{Reply, Wire};
 use crate::convert;
 use crate::ingest::{IngestError, Submission};
 
+/// How long a new agent's job consumer waits for the job streams of a gateway still starting.
+const CONSUMER_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 fn request_id(headers: &HeaderMap) -> String {
     headers
         .get("x-request-id")
@@ -68,9 +71,14 @@ pub(super) async fn enroll(
     let access = nats_access(&state, enrolled.agent_id, &nats_public_key)?;
     if let Some(transport) = nats.transport.clone() {
         // The consumer is also created by the dispatcher before the first job; doing it now
-        // lets the agent bind at once. NATS being down must not fail the enrollment.
+        // lets the agent bind at once. NATS being down must not fail the enrollment. A gateway
+        // that has just started may still be creating the streams: wait for them first.
         let agent_id = enrolled.agent_id;
         tokio::spawn(async move {
+            if !transport.streams_ready(CONSUMER_WAIT).await {
+                tracing::warn!(%agent_id, "the job streams do not exist yet; the agent's job consumer will be created before its first job");
+                return;
+            }
             if let Err(e) = transport.ensure_agent_consumer(agent_id).await {
                 tracing::warn!(error = %e, %agent_id, "could not create the agent's job consumer yet");
             }

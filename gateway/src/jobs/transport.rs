@@ -77,6 +77,8 @@ pub struct Transport {
     names: Names,
     settings: TransportSettings,
     ensured: Mutex<HashSet<AgentId>>,
+    /// Whether [`Transport::ensure_streams`] has succeeded.
+    streams_ready: tokio::sync::watch::Sender<bool>,
 }
 
 impl Transport {
@@ -89,7 +91,17 @@ impl Transport {
             names,
             settings,
             ensured: Mutex::new(HashSet::new()),
+            streams_ready: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Waits until the streams exist (see [`Transport::ensure_streams`]), at most `timeout`;
+    /// returns whether they do.
+    pub async fn streams_ready(&self, timeout: Duration) -> bool {
+        let mut ready = self.streams_ready.subscribe();
+        tokio::time::timeout(timeout, ready.wait_for(|r| *r))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// The NATS client.
@@ -136,6 +148,7 @@ impl Transport {
                 .await
                 .map_err(|e| js_error("creating a stream")(&e))?;
         }
+        self.streams_ready.send_replace(true);
         Ok(())
     }
 
