@@ -177,18 +177,19 @@ async fn apply_agent_event(
 /// Folds the window's check-ins into the agent list, inside Postgres: per agent, the count, the
 /// newest server time, and the report collected last (a report collected before the one already
 /// shown, sent late after an outage, counts as a check-in but does not replace the newer facts).
-/// Reports are read from the log by primary key, only for the check-in chosen per agent, and
-/// never travel to this process.
+/// Only the chosen check-in's report is read, by its row address, and it never travels to this
+/// process. (The window is materialized narrow first: sorting it with the whole rows spilled to
+/// disk during rebuilds.)
 async fn fold_checkins(conn: &mut PgConnection, window: LogWindow) -> Result<(), sqlx::Error> {
     let fold = format!(
-        "WITH c AS ( \
-            SELECT aggregate_id, sequence, (metadata->>'recorded_at')::timestamptz AS recorded_at, \
+        "WITH c AS MATERIALIZED ( \
+            SELECT aggregate_id, sequence, tid, (metadata->>'recorded_at')::timestamptz AS recorded_at, \
                    (payload->'AgentCheckedIn'->'report'->>'collected_at')::timestamptz AS collected_at \
               FROM {WINDOW_SQL} w \
              WHERE aggregate_type = $6 AND event_type = 'AgentCheckedIn' \
          ), folded AS ( \
             SELECT aggregate_id, count(*) AS n, max(recorded_at) AS recorded_at, \
-                   (array_agg(sequence ORDER BY collected_at DESC, sequence DESC))[1] AS sequence \
+                   (array_agg(tid ORDER BY collected_at DESC, sequence DESC))[1] AS tid \
               FROM c GROUP BY aggregate_id \
          ), u AS ( \
             SELECT v.agent_id, f.n, f.recorded_at, r.report, \
@@ -198,8 +199,7 @@ async fn fold_checkins(conn: &mut PgConnection, window: LogWindow) -> Result<(),
               FROM folded f \
               JOIN agents_view v ON v.agent_id = f.aggregate_id::uuid \
              CROSS JOIN LATERAL (SELECT e.payload->'AgentCheckedIn'->'report' AS report FROM events e \
-                                  WHERE e.aggregate_type = $6 AND e.aggregate_id = f.aggregate_id \
-                                    AND e.sequence = f.sequence LIMIT 1) r \
+                                  WHERE e.ctid = f.tid) r \
          ) \
          UPDATE agents_view a SET \
             checkins = a.checkins + u.n, \

@@ -141,8 +141,10 @@ pub struct LogWindow {
 }
 
 /// The events of a [`LogWindow`] bound as `$1`..`$5` (`after.tx_id`, `after.position`,
-/// `end.tx_id`, `end.position`, `len`), as a subquery to select from.
-pub const WINDOW_SQL: &str = "(SELECT * FROM events \
+/// `end.tx_id`, `end.position`, `len`), as a subquery to select from. Its `tid` column is each
+/// row's `ctid`: within the statement, `events.ctid = tid` fetches the row again without an
+/// index lookup (events are never updated, so it cannot move).
+pub const WINDOW_SQL: &str = "(SELECT ctid AS tid, * FROM events \
     WHERE (tx_id, position) > ($1::bigint::text::xid8, $2) \
       AND (tx_id, position) <= ($3::bigint::text::xid8, $4) \
     ORDER BY tx_id, position LIMIT $5)";
