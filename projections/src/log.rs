@@ -173,8 +173,8 @@ pub struct LogBatch {
     pub scanned: usize,
     /// The last event passed over: where the reader's cursor moves, and when it was recorded.
     pub end: Option<(LogCursor, chrono::DateTime<chrono::Utc>)>,
-    /// When the first event passed over was recorded (the oldest in the batch).
-    pub first_recorded_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// When each event passed over inside Postgres was recorded (for the lag metric).
+    pub passed_over_recorded_at: Vec<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Reads up to `limit` events after `after`, in log order, stopping at the commit-safe horizon,
@@ -206,18 +206,21 @@ pub async fn read_batch(
         return Ok(LogBatch {
             scanned: events.len(),
             end: events.last().map(|e| (e.cursor, e.metadata.recorded_at)),
-            first_recorded_at: events.first().map(|e| e.metadata.recorded_at),
+            passed_over_recorded_at: Vec::new(),
             events,
         });
     }
-    // The window is taken first; of it, only the needed events, the first one (the oldest, for
-    // the lag metric) and the last one (whose cursor ends the batch) leave Postgres.
+    // The window is taken first; of it, only the needed events and the last one (whose cursor
+    // ends the batch, and which carries when each passed-over event was recorded) leave
+    // Postgres.
     let rows = sqlx::query(
         "SELECT tx_id::text::bigint AS tx, position, aggregate_type, aggregate_id, sequence, \
                 event_type, event_version, metadata::text AS metadata, payload::text AS payload, \
-                wanted, n, scanned \
+                wanted, n, scanned, passed_over \
            FROM (SELECT w.*, row_number() OVER (ORDER BY w.tx_id, w.position) AS n, \
-                        count(*) OVER () AS scanned \
+                        count(*) OVER () AS scanned, \
+                        array_agg(w.metadata->>'recorded_at') FILTER (WHERE NOT w.wanted) OVER () \
+                            AS passed_over \
                    FROM (SELECT tx_id, position, aggregate_type, aggregate_id, sequence, event_type, \
                                 event_version, metadata, \
                                 CASE WHEN aggregate_type = ANY($4) OR aggregate_type = ANY($5) \
@@ -228,7 +231,7 @@ pub async fn read_batch(
                             AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
                           ORDER BY tx_id, position \
                           LIMIT $3) w) x \
-          WHERE wanted OR n = 1 OR n = scanned \
+          WHERE wanted OR n = scanned \
           ORDER BY tx_id, position",
     )
     .bind(after.tx_id)
@@ -243,8 +246,14 @@ pub async fn read_batch(
         let event = decode_row(row)?;
         batch.scanned = row.try_get::<i64, _>("scanned")? as usize;
         batch.end = Some((event.cursor, event.metadata.recorded_at));
-        if row.try_get::<i64, _>("n")? == 1 {
-            batch.first_recorded_at = Some(event.metadata.recorded_at);
+        if row.try_get::<i64, _>("n")? as usize == batch.scanned {
+            let passed_over: Option<Vec<String>> = row.try_get("passed_over")?;
+            batch.passed_over_recorded_at = passed_over
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
+                .map(|at| at.to_utc())
+                .collect();
         }
         if row.try_get::<bool, _>("wanted")? {
             batch.events.push(event);

@@ -237,10 +237,8 @@ pub(crate) async fn apply_events<P: Projection>(
     for event in &batch.events {
         delays.record(delay(event.metadata.recorded_at).as_secs_f64());
     }
-    // Events passed over inside Postgres count as old as the batch's oldest: an upper bound.
-    let passed_over = batch.scanned - batch.events.len();
-    if let (Some(first), true) = (batch.first_recorded_at, passed_over > 0) {
-        delays.record_many(delay(first).as_secs_f64(), passed_over);
+    for at in &batch.passed_over_recorded_at {
+        delays.record(delay(*at).as_secs_f64());
     }
     Ok(BatchOutcome {
         applied: batch.scanned,
