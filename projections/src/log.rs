@@ -216,7 +216,7 @@ pub async fn read_batch(
     let rows = sqlx::query(
         "SELECT tx_id::text::bigint AS tx, position, aggregate_type, aggregate_id, sequence, \
                 event_type, event_version, metadata::text AS metadata, payload::text AS payload, \
-                wanted, n, scanned, passed_over \
+                wanted, n, scanned, CASE WHEN n = scanned THEN passed_over END AS passed_over \
            FROM (SELECT w.*, row_number() OVER (ORDER BY w.tx_id, w.position) AS n, \
                         count(*) OVER () AS scanned, \
                         array_agg(w.metadata->>'recorded_at') FILTER (WHERE NOT w.wanted) OVER () \
