@@ -191,23 +191,15 @@ async fn ignored_streams_are_passed_over_and_still_move_the_batch_end() {
     let db = TestDb::new().await;
     let mut tx = db.pool.begin().await.expect("begin");
     // In log order: noise 1..3, wanted 1, noise 4..6.
-    for seq in 1..=3 {
+    let order = [("noise", 1), ("noise", 2), ("noise", 3), ("wanted", 1)]
+        .into_iter()
+        .chain((4..=6).map(|seq| ("noise", seq)));
+    for (stream, seq) in order {
+        let id = &stream[..1];
         common::append(
             &mut tx,
-            "noise",
-            "n",
-            seq,
-            &Ping(seq as u32),
-            chrono::Utc::now(),
-        )
-        .await;
-    }
-    common::append(&mut tx, "wanted", "w", 1, &Ping(100), chrono::Utc::now()).await;
-    for seq in 4..=6 {
-        common::append(
-            &mut tx,
-            "noise",
-            "n",
+            stream,
+            id,
             seq,
             &Ping(seq as u32),
             chrono::Utc::now(),
