@@ -114,16 +114,15 @@ pub async fn read_after(
         .events)
 }
 
-/// What a reader needs of each kind of stream.
+/// What a reader needs of the log.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ReadFilter<'a> {
-    /// Aggregate types whose events come without their payload (`event: None`): for readers
-    /// that only need where such events are, not what they say (the payload is most of the
-    /// bytes).
-    pub without_payload: &'a [&'a str],
     /// Aggregate types whose events the reader never needs: they are passed over inside
     /// Postgres (nothing is sent or decoded) and only move the batch's end.
     pub ignored: &'a [&'a str],
+    /// Whether the batch also says when each passed-over event was recorded (for a reader that
+    /// reports its lag; [`LogBatch::passed_over_recorded_at`]).
+    pub passed_over_times: bool,
 }
 
 /// A stretch of the log: the `len` events after `after`, the last of them at `end`. A reader
@@ -173,7 +172,7 @@ pub struct LogBatch {
     pub scanned: usize,
     /// The last event passed over: where the reader's cursor moves, and when it was recorded.
     pub end: Option<(LogCursor, chrono::DateTime<chrono::Utc>)>,
-    /// When each event passed over inside Postgres was recorded (for the lag metric).
+    /// When each event passed over inside Postgres was recorded, if the filter asked for it.
     pub passed_over_recorded_at: Vec<chrono::DateTime<chrono::Utc>>,
 }
 
@@ -188,8 +187,7 @@ pub async fn read_batch(
     if filter.ignored.is_empty() {
         let rows = sqlx::query(
             "SELECT tx_id::text::bigint AS tx, position, aggregate_type, aggregate_id, sequence, \
-                    event_type, event_version, metadata::text AS metadata, \
-                    CASE WHEN aggregate_type = ANY($4) THEN NULL ELSE payload::text END AS payload \
+                    event_type, event_version, metadata::text AS metadata, payload::text AS payload \
                FROM events \
               WHERE (tx_id, position) > ($1::bigint::text::xid8, $2) \
                 AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
@@ -199,7 +197,6 @@ pub async fn read_batch(
         .bind(after.tx_id)
         .bind(after.position)
         .bind(limit)
-        .bind(filter.without_payload)
         .fetch_all(&mut *conn)
         .await?;
         let events = rows.iter().map(decode_row).collect::<Result<Vec<_>, _>>()?;
@@ -219,13 +216,13 @@ pub async fn read_batch(
                 wanted, n, scanned, CASE WHEN n = scanned THEN passed_over END AS passed_over \
            FROM (SELECT w.*, row_number() OVER (ORDER BY w.tx_id, w.position) AS n, \
                         count(*) OVER () AS scanned, \
-                        array_agg(w.metadata->>'recorded_at') FILTER (WHERE NOT w.wanted) OVER () \
+                        array_agg(w.metadata->>'recorded_at') FILTER (WHERE NOT w.wanted AND $5) \
+                            OVER () \
                             AS passed_over \
                    FROM (SELECT tx_id, position, aggregate_type, aggregate_id, sequence, event_type, \
                                 event_version, metadata, \
-                                CASE WHEN aggregate_type = ANY($4) OR aggregate_type = ANY($5) \
-                                     THEN NULL ELSE payload END AS payload, \
-                                aggregate_type <> ALL($5) AS wanted \
+                                CASE WHEN aggregate_type = ANY($4) THEN NULL ELSE payload END AS payload, \
+                                aggregate_type <> ALL($4) AS wanted \
                            FROM events \
                           WHERE (tx_id, position) > ($1::bigint::text::xid8, $2) \
                             AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
@@ -237,8 +234,8 @@ pub async fn read_batch(
     .bind(after.tx_id)
     .bind(after.position)
     .bind(limit)
-    .bind(filter.without_payload)
     .bind(filter.ignored)
+    .bind(filter.passed_over_times)
     .fetch_all(&mut *conn)
     .await?;
     let mut batch = LogBatch::default();

@@ -32,12 +32,6 @@ pub trait Projection: Send + Sync + 'static {
     /// The tables this projection owns and writes (and a rebuild recreates).
     fn tables(&self) -> &'static [&'static str];
 
-    /// Aggregate types whose payloads this projection never reads; their events reach
-    /// [`Projection::apply`] with `event: None`, saving the transfer of their bodies.
-    fn skips_payload_of(&self) -> &'static [&'static str] {
-        &[]
-    }
-
     /// Aggregate types whose events never reach [`Projection::apply`] as [`StoredEvent`]s: they
     /// are passed over inside Postgres. A projection that needs them handles them with SQL over
     /// the batch's window.
@@ -174,8 +168,8 @@ pub(crate) async fn lock_checkpoint(
 /// What `projection` reads of the log.
 pub(crate) fn read_filter<P: Projection>(projection: &P) -> ReadFilter<'static> {
     ReadFilter {
-        without_payload: projection.skips_payload_of(),
         ignored: projection.ignores(),
+        passed_over_times: true,
     }
 }
 

@@ -6,9 +6,7 @@
 //! key for the page it returns, so check-in bodies are stored once, in the log.
 
 use chrono::{DateTime, Utc};
-use logbook_domain::agent::Agent;
 use logbook_domain::checkin::CHECKIN_STREAM;
-use logbook_domain::cqrs_es::Aggregate;
 use logbook_domain::event_log::LogbookEvent;
 use logbook_domain::ids::AgentId;
 use logbook_domain::job::JobEvent;
@@ -28,12 +26,9 @@ impl TimelineProjection {
     pub const NAME: &'static str = "timeline";
 }
 
-/// The agent an event is about, if any. Agent and check-in streams are keyed by the agent, so
-/// their payloads are not needed (and check-in payloads are not read) to place them.
+/// The agent an event is about, if any. (Check-ins never get here: they are indexed by SQL over
+/// the window.)
 fn subject_agent(event: &StoredEvent) -> Option<Uuid> {
-    if event.aggregate_type == Agent::TYPE || event.aggregate_type == CHECKIN_STREAM {
-        return Uuid::parse_str(&event.aggregate_id).ok();
-    }
     match event.event.as_ref()? {
         LogbookEvent::Agent(_) | LogbookEvent::Checkin(_) => {
             Uuid::parse_str(&event.aggregate_id).ok()

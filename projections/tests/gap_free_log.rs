@@ -208,8 +208,8 @@ async fn ignored_streams_are_passed_over_and_still_move_the_batch_end() {
     }
     tx.commit().await.expect("commit");
     let filter = log::ReadFilter {
-        without_payload: &[],
         ignored: &["noise"],
+        passed_over_times: true,
     };
     let mut conn = db.pool.acquire().await.expect("connection");
 
@@ -246,6 +246,17 @@ async fn ignored_streams_are_passed_over_and_still_move_the_batch_end() {
     let mut passed_over = batch.passed_over_recorded_at.clone();
     passed_over.sort();
     assert_eq!(passed_over, noise_times);
+
+    // A reader that reports no lag is not told when passed-over events were recorded.
+    let quiet = log::ReadFilter {
+        passed_over_times: false,
+        ..filter
+    };
+    let batch = log::read_batch(&mut conn, LogCursor::START, 100, quiet)
+        .await
+        .expect("read");
+    assert_eq!((batch.scanned, batch.events.len()), (7, 1));
+    assert!(batch.passed_over_recorded_at.is_empty());
 
     // A window of noise only: nothing to apply, but the end still moves.
     let batch = log::read_batch(&mut conn, LogCursor::START, 2, filter)
