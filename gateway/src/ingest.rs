@@ -7,13 +7,19 @@
 //! - **authentication**: it joins `credentials`, so a check-in whose credential is unknown,
 //!   belongs to another agent or was revoked (decommissioned agent) is simply not inserted;
 //! - **idempotency**: a check-in id already recorded for the agent is skipped (and the unique
-//!   index `events_idempotency` settles races);
+//!   index `events_idempotency` settles races: see below);
 //! - **ordering**: each agent's sequence numbers continue from its current maximum (an index
 //!   probe, so an agent with 100,000 check-ins costs the same as a new one), in arrival order.
 //!
-//! Rows the statement did not insert are then classified (duplicate, unauthorised, or a sequence
-//! race with a concurrent batch, which is retried). Every caller is answered only after its
-//! batch committed; synchronous commit stays on.
+//! Rows the statement did not insert are then classified (duplicate or unauthorised). Every
+//! caller is answered only after its batch committed; synchronous commit stays on.
+//!
+//! The insert has no `ON CONFLICT` clause: that would make Postgres probe every unique index
+//! before each row and write a confirmation record after it (speculative insertion), for a
+//! race that one gateway never has (see the lanes below). A race with another gateway (the same
+//! agent's check-ins arriving at two gateways at once, or a retry of one arriving at the other)
+//! makes the whole statement fail on a unique index; nothing of it is written and the batch is
+//! retried, when the probes see the other gateway's rows.
 //!
 //! Check-ins are spread over `concurrent_flushes` lanes by agent id. A lane appends one batch at
 //! a time: it takes everything already queued (up to `max_batch`), appends it, answers, and
@@ -21,7 +27,7 @@
 //! batching needs no timer. Because an agent always lands in the same lane, two batches of one
 //! gateway never hold the same agent: its check-ins keep their order and never contend for the
 //! same sequence numbers (rows are also inserted in agent order, so batches of two gateways
-//! cannot deadlock; a deadlock or serialization failure would be retried like a sequence race).
+//! cannot deadlock; a deadlock or serialization failure would be retried like a unique-index race).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -41,7 +47,7 @@ use crate::config::IngestConfig;
 use crate::db;
 use crate::notify::LogNotifier;
 
-/// How many times a check-in that lost a sequence race is retried.
+/// How many times a check-in whose batch lost a race is retried.
 const MAX_ATTEMPTS: u8 = 5;
 
 /// A check-in on its way to the log.
@@ -237,7 +243,7 @@ async fn flush(
             }
             outcomes
         }
-        Err(e) if db::is_transient_conflict(&e) => {
+        Err(e) if db::is_transient_conflict(&e) || db::is_unique_violation(&e) => {
             tracing::debug!(error = %e, batch = unique.len(), "check-in batch lost a race; retrying it");
             vec![Outcome::Retry; unique.len()]
         }
@@ -335,7 +341,6 @@ WITH input AS ( \
 INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, idempotency_key) \
 SELECT $7, agent_id::text, seq, 'AgentCheckedIn', '1', payload::jsonb, metadata::jsonb, checkin_id \
   FROM numbered ORDER BY agent_id, ord \
-ON CONFLICT DO NOTHING \
 RETURNING aggregate_id, sequence, idempotency_key";
 
 /// Why rows were left out of the append.

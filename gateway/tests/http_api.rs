@@ -158,6 +158,89 @@ async fn many_agents_checking_in_at_once_are_all_recorded_in_order() {
 }
 
 #[tokio::test]
+async fn two_gateways_checking_in_one_agent_at_once_record_each_checkin_once_in_order() {
+    use logbook_domain::ids::{AgentId, CheckinId};
+    use logbook_gateway::config::IngestConfig;
+    use logbook_gateway::ingest::{Ingest, Submission};
+    use logbook_gateway::notify::LogNotifier;
+
+    let app = TestApp::new().await;
+    let agent = app.agent("contended").await;
+    let agent_id: AgentId = agent.id.parse().expect("agent id");
+    // Two gateways' ingests on one database: nothing keeps their batches of this agent apart,
+    // so they race for its sequence numbers, and a retry sent to the other gateway races the
+    // first copy for its check-in id.
+    let gateways: Vec<Ingest> = (0..2)
+        .map(|_| {
+            Ingest::start(
+                app.pool.clone(),
+                IngestConfig::default(),
+                LogNotifier::disabled(),
+            )
+            .0
+        })
+        .collect();
+    let ids: Vec<CheckinId> = (0..400).map(|_| new_id().parse().expect("id")).collect();
+    let submit = |ingest: Ingest, checkin_id: CheckinId| {
+        let credential = logbook_gateway::secrets::hash(&agent.credential);
+        tokio::spawn(async move {
+            let payload = serde_json::json!({ "AgentCheckedIn": { "checkin_id": checkin_id } });
+            ingest
+                .submit(Submission {
+                    agent_id,
+                    credential,
+                    checkin_id,
+                    payload: payload.to_string(),
+                    request_id: String::new(),
+                })
+                .await
+        })
+    };
+    let mut tasks = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        tasks.push((*id, submit(gateways[i % 2].clone(), *id)));
+        // Every other check-in is also retried through the other gateway.
+        if i % 2 == 0 {
+            tasks.push((*id, submit(gateways[(i + 1) % 2].clone(), *id)));
+        }
+    }
+    let mut sequences = std::collections::HashMap::new();
+    let mut first_copies = 0;
+    for (id, task) in tasks {
+        let recorded = task.await.expect("task").expect("recorded");
+        first_copies += usize::from(!recorded.duplicate);
+        // Both copies of a retried check-in are answered with the one sequence it got.
+        let sequence = *sequences.entry(id).or_insert(recorded.sequence);
+        assert_eq!(
+            sequence, recorded.sequence,
+            "two sequences for one check-in"
+        );
+    }
+    assert_eq!(
+        first_copies,
+        ids.len(),
+        "each check-in recorded exactly once"
+    );
+
+    let stored: Vec<(i64, uuid::Uuid)> = sqlx::query_as(
+        "SELECT sequence, idempotency_key FROM events \
+          WHERE aggregate_type = 'agent_checkins' AND aggregate_id = $1 ORDER BY sequence",
+    )
+    .bind(&agent.id)
+    .fetch_all(&app.pool)
+    .await
+    .expect("stream");
+    assert_eq!(
+        stored.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        (1..=ids.len() as i64).collect::<Vec<_>>(),
+        "the stream is numbered without gaps"
+    );
+    for (sequence, key) in stored {
+        assert_eq!(sequences[&CheckinId::from(key)], sequence);
+    }
+}
+
+#[tokio::test]
 async fn enrollment_refuses_unknown_expired_used_up_and_revoked_tokens_and_records_nothing() {
     let app = TestApp::new().await;
     let (_, site_id) = app.site().await;

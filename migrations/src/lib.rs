@@ -22,6 +22,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = migrations![
     4 => "0004_agent_timeline.sql",
     5 => "0005_notify_after_commit.sql",
     6 => "0006_jobs.sql",
+    7 => "0007_agent_list_report_pointer.sql",
 ];
 
 /// A sqlx migrator over the embedded migrations.

@@ -178,7 +178,7 @@ async fn apply_agent_event(
 /// newest server time, and the report collected last (a report collected before the one already
 /// shown, sent late after an outage, counts as a check-in but does not replace the newer facts).
 /// Only the chosen check-in's report is read, by its row address, and it never travels to this
-/// process. (The window is materialized narrow first: sorting it with the whole rows spilled to
+/// process; the row keeps the report's sequence, not a copy of it (queries read it from the log). (The window is materialized narrow first: sorting it with the whole rows spilled to
 /// disk during rebuilds.)
 async fn fold_checkins(conn: &mut PgConnection, window: LogWindow) -> Result<(), sqlx::Error> {
     let fold = format!(
@@ -189,10 +189,11 @@ async fn fold_checkins(conn: &mut PgConnection, window: LogWindow) -> Result<(),
              WHERE aggregate_type = $6 AND event_type = 'AgentCheckedIn' \
          ), folded AS ( \
             SELECT aggregate_id, count(*) AS n, max(recorded_at) AS recorded_at, \
-                   (array_agg(tid ORDER BY collected_at DESC, sequence DESC))[1] AS tid \
+                   (array_agg(tid ORDER BY collected_at DESC, sequence DESC))[1] AS tid, \
+                   (array_agg(sequence ORDER BY collected_at DESC, sequence DESC))[1] AS sequence \
               FROM c GROUP BY aggregate_id \
          ), u AS ( \
-            SELECT v.agent_id, f.n, f.recorded_at, r.report, \
+            SELECT v.agent_id, f.n, f.recorded_at, f.sequence, r.report, \
                    (r.report->>'collected_at')::timestamptz AS collected_at, \
                    (v.last_collected_at IS NULL \
                     OR (r.report->>'collected_at')::timestamptz >= v.last_collected_at) AS newer \
@@ -212,7 +213,7 @@ async fn fold_checkins(conn: &mut PgConnection, window: LogWindow) -> Result<(),
             arch = CASE WHEN u.newer THEN u.report->'os'->>'arch' ELSE a.arch END, \
             agent_version = CASE WHEN u.newer THEN u.report->>'agent_version' ELSE a.agent_version END, \
             last_collected_at = CASE WHEN u.newer THEN u.collected_at ELSE a.last_collected_at END, \
-            latest_report = CASE WHEN u.newer THEN u.report ELSE a.latest_report END \
+            latest_report_sequence = CASE WHEN u.newer THEN u.sequence ELSE a.latest_report_sequence END \
            FROM u \
           WHERE a.agent_id = u.agent_id"
     );
@@ -373,7 +374,17 @@ pub struct AgentFilter {
 
 const AGENT_COLUMNS: &str = "a.agent_id, a.client_id, c.name AS client_name, a.site_id, s.name AS site_name, \
      a.hostname, a.display_name, a.os_family, a.os_name, a.os_version, a.kernel_version, a.arch, \
-     a.agent_version, a.enrolled_at, a.decommissioned_at, a.last_checkin_at, a.checkins, a.latest_report";
+     a.agent_version, a.enrolled_at, a.decommissioned_at, a.last_checkin_at, a.checkins, a.latest_report_sequence";
+
+/// The newest report of the agent in `row`, read from the log by primary key (the agent list
+/// keeps only its sequence); joined after the page is chosen so only its rows pay for it.
+fn report_join(row: &str) -> String {
+    format!(
+        "LEFT JOIN LATERAL (SELECT e.payload->'AgentCheckedIn'->'report' AS latest_report FROM events e \
+          WHERE e.aggregate_type = '{CHECKIN_STREAM}' AND e.aggregate_id = {row}.agent_id::text \
+            AND e.sequence = {row}.latest_report_sequence) r ON true"
+    )
+}
 
 /// SQL for an agent's status, with `$1`/`$2` the overdue/offline thresholds in seconds.
 const STATUS_SQL: &str = "CASE WHEN a.decommissioned_at IS NOT NULL THEN 'decommissioned' \
@@ -387,8 +398,9 @@ pub async fn list_agents(
     filter: &AgentFilter,
     thresholds: StatusThresholds,
 ) -> Result<Vec<AgentRow>, sqlx::Error> {
+    let report = report_join("page");
     let sql = format!(
-        "SELECT * FROM ( \
+        "SELECT page.*, r.latest_report FROM (SELECT * FROM ( \
             SELECT {AGENT_COLUMNS}, {STATUS_SQL} AS status \
               FROM agents_view a \
               LEFT JOIN clients_view c ON c.client_id = a.client_id \
@@ -402,7 +414,8 @@ pub async fn list_agents(
          ) page \
          WHERE ($8::text IS NULL OR status = $8) \
          ORDER BY hostname, agent_id \
-         LIMIT $11"
+         LIMIT $11) page {report} \
+         ORDER BY page.hostname, page.agent_id"
     );
     let search = filter.search.as_ref().map(|s| {
         let escaped = s
@@ -434,11 +447,13 @@ pub async fn get_agent(
     agent_id: Uuid,
     thresholds: StatusThresholds,
 ) -> Result<Option<AgentRow>, sqlx::Error> {
+    let report = report_join("a");
     let sql = format!(
-        "SELECT {AGENT_COLUMNS}, {STATUS_SQL} AS status \
+        "SELECT {AGENT_COLUMNS}, {STATUS_SQL} AS status, r.latest_report \
            FROM agents_view a \
            LEFT JOIN clients_view c ON c.client_id = a.client_id \
            LEFT JOIN sites_view s ON s.site_id = a.site_id \
+           {report} \
           WHERE a.agent_id = $3"
     );
     sqlx::query_as::<_, AgentRow>(&sql)

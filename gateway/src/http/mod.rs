@@ -274,19 +274,55 @@ async fn require_started(State(state): State<AppState>, request: Request, next: 
     }
 }
 
-/// Request counts and latencies per route and status.
+/// Request counts and latencies per route and status. The labels are interned: routes,
+/// methods and statuses are few, and every request (a check-in above all) should not pay for
+/// allocating them.
 async fn track(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().to_string();
+    let method = method_label(request.method());
     let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+        .map_or("unmatched", |p| intern(p.as_str()));
     let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    metrics::counter!("logbook_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+    let status = intern(response.status().as_str());
+    metrics::counter!("logbook_http_requests_total", "method" => method, "route" => route, "status" => status)
         .increment(1);
     metrics::histogram!("logbook_http_request_duration_seconds", "method" => method, "route" => route)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// A method as a label; methods outside the standard set share one, so that clients cannot grow
+/// the interned set.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// The `'static` copy of a label from a small, bounded set (matched routes, status codes).
+fn intern(label: &str) -> &'static str {
+    use std::collections::HashSet;
+    use std::sync::{OnceLock, RwLock};
+    static LABELS: OnceLock<RwLock<HashSet<&'static str>>> = OnceLock::new();
+    let labels = LABELS.get_or_init(Default::default);
+    if let Some(found) = labels.read().unwrap_or_else(|e| e.into_inner()).get(label) {
+        return found;
+    }
+    let mut labels = labels.write().unwrap_or_else(|e| e.into_inner());
+    if let Some(found) = labels.get(label) {
+        return found;
+    }
+    let leaked: &'static str = Box::leak(label.to_owned().into_boxed_str());
+    labels.insert(leaked);
+    leaked
 }
