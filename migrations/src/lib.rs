@@ -23,6 +23,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = migrations![
     5 => "0005_notify_after_commit.sql",
     6 => "0006_jobs.sql",
     7 => "0007_agent_list_report_pointer.sql",
+    8 => "0008_timeline_without_checkins.sql",
 ];
 
 /// A sqlx migrator over the embedded migrations.

@@ -1,9 +1,11 @@
-//! The `timeline` projection: for each agent, an index of every event about it, in log order
-//! (`agent_timeline_view`), and the paged query that reads it together with the events
-//! themselves.
+//! The `timeline` projection: for each agent, an index of every event about it except its
+//! check-ins, in log order (`agent_timeline_view`), and the paged query that reads it together
+//! with the agent's check-ins and the events themselves.
 //!
 //! The index stores where each event is, not what it says: the query joins the log by primary
-//! key for the page it returns, so check-in bodies are stored once, in the log.
+//! key for the page it returns. Check-ins, most of the log, are not indexed at all: the log's
+//! primary key already keeps each agent's check-ins in log order (see [`agent_timeline`]), so
+//! a check-in costs the timeline nothing when it is recorded.
 
 use chrono::{DateTime, Utc};
 use logbook_domain::checkin::CHECKIN_STREAM;
@@ -14,7 +16,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-use crate::log::{LogCursor, LogWindow, StoredEvent, WINDOW_SQL};
+use crate::log::{LogCursor, LogWindow, StoredEvent};
 use crate::runner::Projection;
 
 /// The timeline projection.
@@ -26,8 +28,7 @@ impl TimelineProjection {
     pub const NAME: &'static str = "timeline";
 }
 
-/// The agent an event is about, if any. (Check-ins never get here: they are indexed by SQL over
-/// the window.)
+/// The agent an event is about, if any. (Check-ins never get here: they are not indexed.)
 fn subject_agent(event: &StoredEvent) -> Option<Uuid> {
     match event.event.as_ref()? {
         LogbookEvent::Agent(_) | LogbookEvent::Checkin(_) => {
@@ -65,7 +66,7 @@ impl Projection for TimelineProjection {
     }
 
     fn ignores(&self) -> &'static [&'static str] {
-        // Most of the log: indexed by one INSERT ... SELECT over the window, inside Postgres.
+        // Most of the log, and read from the log's primary key by the query instead.
         &[CHECKIN_STREAM]
     }
 
@@ -73,22 +74,8 @@ impl Projection for TimelineProjection {
         &self,
         conn: &mut PgConnection,
         events: &[StoredEvent],
-        window: LogWindow,
+        _window: LogWindow,
     ) -> Result<(), sqlx::Error> {
-        let checkins = format!(
-            "INSERT INTO agent_timeline_view \
-                (agent_id, tx_id, position, aggregate_type, aggregate_id, sequence, event_type, actor, recorded_at) \
-             SELECT aggregate_id::uuid, tx_id, position, aggregate_type, aggregate_id, sequence, event_type, \
-                    metadata->>'actor', (metadata->>'recorded_at')::timestamptz \
-               FROM {WINDOW_SQL} w \
-              WHERE aggregate_type = $6 \
-             ON CONFLICT DO NOTHING"
-        );
-        window
-            .bind(sqlx::query(&checkins))
-            .bind(CHECKIN_STREAM)
-            .execute(&mut *conn)
-            .await?;
         let mut agents = Vec::new();
         let mut txs = Vec::new();
         let mut positions = Vec::new();
@@ -175,7 +162,19 @@ pub struct TimelineQuery {
     pub limit: i64,
 }
 
+/// The type of every event in the check-in streams.
+const CHECKIN_EVENT: &str = "AgentCheckedIn";
+
 /// Reads a page of an agent's timeline, newest first.
+///
+/// The page merges two sources in log order: the timeline's index for every event about the
+/// agent except its check-ins, and the agent's check-in stream in the log itself. The check-in
+/// stream needs no index of its own: each agent's check-ins are numbered in the order they
+/// commit (the ingest numbers a check-in after the one before it is visible, in a later
+/// transaction), so walking the stream's primary key backwards walks them in log order. When
+/// `before` is one of the agent's check-ins (a page usually ends on one), the walk starts right
+/// below it; after another event it starts at the newest check-in and passes over those after
+/// `before`.
 pub async fn agent_timeline(
     pool: &PgPool,
     agent_id: Uuid,
@@ -185,12 +184,14 @@ pub async fn agent_timeline(
         tx_id: i64::MAX,
         position: i64::MAX,
     });
-    let rows = sqlx::query(
-        // The page is chosen from the timeline's index first and only its rows are joined to
-        // the log: left to itself, the planner joined an agent's whole timeline and sorted it
+    let sql = format!(
+        // Each part is chosen from its index first and only the page's rows are joined to the
+        // log: left to itself, the planner joined an agent's whole timeline and sorted it
         // (hundreds of ms at 10 million events, against 2 ms).
-        "WITH page AS MATERIALIZED ( \
-            SELECT * FROM agent_timeline_view t \
+        "WITH others AS MATERIALIZED ( \
+            SELECT t.tx_id, t.position, t.aggregate_type, t.aggregate_id, t.sequence, t.event_type, \
+                   t.actor, t.recorded_at \
+              FROM agent_timeline_view t \
              WHERE t.agent_id = $1 \
                AND (t.tx_id, t.position) < ($2::bigint::text::xid8, $3) \
                AND (cardinality($4::text[]) = 0 OR t.event_type = ANY($4)) \
@@ -198,23 +199,48 @@ pub async fn agent_timeline(
                AND ($6::timestamptz IS NULL OR t.recorded_at < $6) \
              ORDER BY t.tx_id DESC, t.position DESC \
              LIMIT $7 \
+         ), checkins AS MATERIALIZED ( \
+            SELECT e.tx_id, e.position, e.aggregate_type, e.sequence, e.event_type, \
+                   e.metadata->>'actor' AS actor, (e.metadata->>'recorded_at')::timestamptz AS recorded_at, \
+                   e.payload, e.metadata \
+              FROM events e \
+             WHERE (cardinality($4::text[]) = 0 OR '{CHECKIN_EVENT}' = ANY($4)) \
+               AND e.aggregate_type = '{CHECKIN_STREAM}' AND e.aggregate_id = $1::text \
+               AND e.sequence < COALESCE( \
+                     (SELECT b.sequence FROM events b \
+                       WHERE b.tx_id = $2::bigint::text::xid8 AND b.position = $3 \
+                         AND b.aggregate_type = '{CHECKIN_STREAM}' AND b.aggregate_id = $1::text), \
+                     9223372036854775807) \
+               AND (e.tx_id, e.position) < ($2::bigint::text::xid8, $3) \
+               AND (cardinality($4::text[]) = 0 OR e.event_type = ANY($4)) \
+               AND ($5::timestamptz IS NULL OR (e.metadata->>'recorded_at')::timestamptz >= $5) \
+               AND ($6::timestamptz IS NULL OR (e.metadata->>'recorded_at')::timestamptz < $6) \
+             ORDER BY e.sequence DESC \
+             LIMIT $7 \
          ) \
-         SELECT t.tx_id::text::bigint AS tx, t.position, t.aggregate_type, t.sequence, t.event_type, \
-                t.actor, t.recorded_at, e.payload, e.metadata \
-           FROM page t \
-           JOIN events e ON e.aggregate_type = t.aggregate_type AND e.aggregate_id = t.aggregate_id \
-                        AND e.sequence = t.sequence \
-          ORDER BY t.tx_id DESC, t.position DESC",
-    )
-    .bind(agent_id)
-    .bind(before.tx_id)
-    .bind(before.position)
-    .bind(&query.event_types)
-    .bind(query.since)
-    .bind(query.until)
-    .bind(query.limit)
-    .fetch_all(pool)
-    .await?;
+         SELECT page.tx_id::text::bigint AS tx, page.position, page.aggregate_type, page.sequence, \
+                page.event_type, page.actor, page.recorded_at, page.payload, page.metadata FROM ( \
+            SELECT t.tx_id, t.position, t.aggregate_type, t.sequence, t.event_type, t.actor, \
+                   t.recorded_at, e.payload, e.metadata \
+              FROM others t \
+              JOIN events e ON e.aggregate_type = t.aggregate_type AND e.aggregate_id = t.aggregate_id \
+                           AND e.sequence = t.sequence \
+            UNION ALL \
+            SELECT * FROM checkins \
+         ) page \
+         ORDER BY page.tx_id DESC, page.position DESC \
+         LIMIT $7"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(agent_id)
+        .bind(before.tx_id)
+        .bind(before.position)
+        .bind(&query.event_types)
+        .bind(query.since)
+        .bind(query.until)
+        .bind(query.limit)
+        .fetch_all(pool)
+        .await?;
     rows.iter()
         .map(|row| {
             Ok(TimelineEntry {

@@ -490,6 +490,124 @@ async fn the_timeline_lists_an_agents_events_newest_first_with_payloads() {
 }
 
 #[tokio::test]
+async fn timeline_pages_merge_checkins_from_the_log_with_indexed_events_in_log_order() {
+    let db = TestDb::new().await;
+    ensure(&db.pool, TimelineProjection::NAME).await;
+    let fleet = seed_fleet(&db.pool).await;
+    let agent = enroll(&db.pool, &fleet, "web-01").await;
+    let other = enroll(&db.pool, &fleet, "web-02").await;
+    // Check-ins (not indexed by the timeline) interleaved with renames (indexed), and another
+    // agent's check-ins in between that must never show.
+    let mut expected = vec![("AgentEnrolled", 1)];
+    let (mut checkins, mut renames) = (0, 1);
+    for round in 0..6 {
+        for _ in 0..3 {
+            checkins += 1;
+            check_in(
+                &db.pool,
+                agent,
+                checkins,
+                report("web-01", Utc::now(), 1),
+                Utc::now(),
+            )
+            .await;
+            expected.push(("AgentCheckedIn", checkins));
+            check_in(
+                &db.pool,
+                other,
+                checkins,
+                report("web-02", Utc::now(), 1),
+                Utc::now(),
+            )
+            .await;
+        }
+        renames += 1;
+        common::append(
+            &mut *conn(&db.pool).await,
+            "agent",
+            &agent.to_string(),
+            renames,
+            &AgentEvent::AgentRenamed {
+                display_name: format!("name-{round}"),
+            },
+            Utc::now(),
+        )
+        .await;
+        expected.push(("AgentRenamed", renames));
+    }
+    expected.reverse();
+    catch_up(&db.pool, &TimelineProjection).await;
+
+    // Pages of every size end on check-ins and on renames alike; together they are the whole
+    // history, newest first, each event once.
+    for limit in [1, 2, 3, 4, 7, 100] {
+        let mut seen = Vec::new();
+        let mut before = None;
+        loop {
+            let page = timeline::agent_timeline(
+                &db.pool,
+                agent.as_uuid(),
+                &TimelineQuery {
+                    limit,
+                    before,
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("page");
+            let cursors: Vec<_> = page
+                .iter()
+                .map(|e| (e.cursor.tx_id, e.cursor.position))
+                .collect();
+            let mut sorted = cursors.clone();
+            sorted.sort_by(|a, b| b.cmp(a));
+            assert_eq!(cursors, sorted, "a page is in log order, newest first");
+            seen.extend(page.iter().map(|e| (e.event_type.clone(), e.sequence)));
+            match page.last() {
+                Some(last) if page.len() as i64 == limit => before = Some(last.cursor),
+                _ => break,
+            }
+        }
+        let seen: Vec<(&str, i64)> = seen.iter().map(|(t, s)| (t.as_str(), *s)).collect();
+        assert_eq!(seen, expected, "pages of {limit}");
+    }
+
+    // Filters apply to both sources.
+    let renamed = timeline::agent_timeline(
+        &db.pool,
+        agent.as_uuid(),
+        &TimelineQuery {
+            event_types: vec!["AgentRenamed".into()],
+            limit: 100,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("renames");
+    assert_eq!(renamed.len(), 6);
+    let checked_in = timeline::agent_timeline(
+        &db.pool,
+        agent.as_uuid(),
+        &TimelineQuery {
+            event_types: vec!["AgentCheckedIn".into()],
+            limit: 100,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("check-ins");
+    assert_eq!(
+        checked_in.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        (1..=18).rev().collect::<Vec<_>>()
+    );
+    assert!(
+        checked_in
+            .iter()
+            .all(|e| e.payload["AgentCheckedIn"]["report"]["hostname"] == "web-01")
+    );
+}
+
+#[tokio::test]
 async fn a_rebuild_recreates_the_read_model_and_the_live_runner_carries_on() {
     let db = TestDb::new().await;
     ensure(&db.pool, FleetProjection::NAME).await;
