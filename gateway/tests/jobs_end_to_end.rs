@@ -263,6 +263,72 @@ async fn agents_ride_out_a_nats_server_restart_and_nothing_is_lost() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_nats_server_lost_after_acknowledging_it_is_published_again_and_runs_once() {
+    let mut nats = NatsServer::start();
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let setup = GatewaySetup::new(&db.url, &nats.url(), dir.path());
+    let _gateway = setup.start_ready().await;
+    let api = Api::new(&setup.base(), dir.path());
+    let token = api.enrollment_token(1).await;
+    let mut agent = Agent::enroll(&setup.base(), &token, dir.path(), "agent");
+    let out = dir.path().join("out.txt");
+    // The agent is not running: its jobs wait in its stream.
+    for n in 1..=3 {
+        api.queue(&agent.id, append(&out, &n.to_string())).await;
+    }
+    let dispatched = async || -> Vec<(String, i64)> {
+        sqlx::query_as(
+            "SELECT aggregate_id, (payload->'JobDispatched'->>'stream_seq')::bigint FROM events \
+              WHERE aggregate_type = 'job' AND event_type = 'JobDispatched' ORDER BY position",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .expect("dispatches")
+    };
+    wait_until(
+        "the jobs to be dispatched",
+        Duration::from_secs(30),
+        async || dispatched().await.len() == 3,
+    )
+    .await;
+    // nats-server loses the second job after acknowledging it (as a crash before its disk
+    // write would), then restarts; the dispatcher's checkpoint is long past that job.
+    let (lost_job, lost_seq) = dispatched().await[1].clone();
+    let client = async_nats::connect(nats.url()).await.expect("nats");
+    let stream = async_nats::jetstream::new(client)
+        .get_stream(logbook_proto::subjects::Names::new(&setup.namespace).jobs_stream(&agent.id))
+        .await
+        .expect("stream");
+    assert!(
+        stream
+            .delete_message(lost_seq as u64)
+            .await
+            .expect("delete")
+    );
+    nats.restart();
+
+    agent.start(&[]);
+    wait_until(
+        "every job to succeed",
+        Duration::from_secs(60),
+        async || {
+            statuses(&api, &agent.id)
+                .await
+                .iter()
+                .filter(|(_, s)| s == "succeeded")
+                .count()
+                == 3
+        },
+    )
+    .await;
+    let mut ran = lines(&out);
+    ran.sort();
+    assert_eq!(ran, ["1", "2", "3"], "a job was lost or ran twice");
+    assert_eq!(count_events(&db, &lost_job, "JobStarted").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_nats_authentication_an_agent_can_neither_fetch_another_agents_jobs_nor_report_their_results()
  {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -7,6 +7,12 @@
 //! same jobs are published again after a restart; the job id as `Nats-Msg-Id` makes JetStream
 //! drop the copy within its duplicate window, and the agent's journal beyond it. Cancelled and
 //! expired jobs are removed from their agent's queue the same way.
+//!
+//! JetStream acknowledges a publish before its disk holds it, so a nats-server that dies (rather
+//! than stops) can lose jobs it acknowledged, after the checkpoint moved past them. Whenever the
+//! dispatcher starts leading and after every reconnection to NATS, it looks up each job that was
+//! dispatched and has not started at its stream sequence, and publishes again the ones that are
+//! gone ([`republish_lost`]).
 
 use std::time::Duration;
 
@@ -59,7 +65,22 @@ pub async fn run(
                 return Ok(());
             };
             tracing::info!("leading job dispatch");
+            let connects = transport.client().statistics();
+            // The number of connections last checked for lost jobs (none yet).
+            let mut checked = None;
             loop {
+                let now = connects.connects.load(std::sync::atomic::Ordering::Relaxed);
+                if checked != Some(now) {
+                    match republish_lost(&pool, &transport).await {
+                        Ok(0) => checked = Some(now),
+                        Ok(n) => {
+                            tracing::warn!(jobs = n, "published again jobs that nats-server no longer held");
+                            checked = Some(now);
+                        }
+                        // The streams may still be recovering; the next round tries again.
+                        Err(e) => tracing::debug!(error = %format!("{e:#}"), "cannot check for lost jobs yet"),
+                    }
+                }
                 loop {
                     let (handled, held_back) =
                         round(&pool, &commands, &transport, settings.batch_size).await?;
@@ -225,6 +246,54 @@ async fn round(
     .execute(pool)
     .await?;
     Ok((batch.scanned, false))
+}
+
+/// Publishes again every job that was dispatched, has not started and is no longer in its
+/// agent's stream; returns how many. A job that is gone because its agent already ran it (its
+/// start not yet recorded) reaches the agent a second time and is dropped by the agent's
+/// journal; the claim decides in every case, so a job never runs twice. A republished job may
+/// arrive after later jobs of its agent: after nats-server lost messages, order is kept only
+/// among those it kept.
+async fn republish_lost(pool: &PgPool, transport: &Transport) -> anyhow::Result<usize> {
+    let rows = sqlx::query(
+        "SELECT j.job_id, j.agent_id, (d.payload->'JobDispatched'->>'stream_seq')::bigint AS stream_seq, \
+                q.event_version, q.payload AS queued \
+           FROM jobs_view j \
+           JOIN LATERAL (SELECT e.event_type, e.payload FROM events e \
+                          WHERE e.aggregate_type = 'job' AND e.aggregate_id = j.job_id::text \
+                          ORDER BY e.sequence DESC LIMIT 1) d ON d.event_type = 'JobDispatched' \
+           JOIN events q ON q.aggregate_type = 'job' AND q.aggregate_id = j.job_id::text \
+                        AND q.event_type = 'JobQueued' \
+          WHERE j.status IN ('queued', 'dispatched') AND j.deadline > now() \
+          ORDER BY j.agent_id, j.agent_seq",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut lost = Vec::new();
+    for row in rows {
+        let job: JobId = row.try_get::<uuid::Uuid, _>("job_id")?.into();
+        let agent: AgentId = row.try_get::<uuid::Uuid, _>("agent_id")?.into();
+        let seq: i64 = row.try_get("stream_seq")?;
+        if transport.holds_job(agent, job, seq as u64).await? {
+            continue;
+        }
+        let event = LogbookEvent::decode(
+            "job",
+            row.try_get::<&str, _>("event_version")?,
+            row.try_get("queued")?,
+        )?;
+        if let LogbookEvent::Job(event) = event
+            && let Some(message) = dispatch_message(&event)
+        {
+            lost.push((agent, job, message.encode_to_vec()));
+        }
+    }
+    let count = lost.len();
+    for result in transport.publish_jobs(lost).await {
+        result?;
+    }
+    metrics::counter!("logbook_jobs_republished_total").increment(count as u64);
+    Ok(count)
 }
 
 /// The message an agent receives for a queued job.

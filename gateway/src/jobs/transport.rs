@@ -11,6 +11,7 @@ use async_nats::jetstream::{self, consumer, stream};
 use futures::{StreamExt, TryStreamExt};
 use logbook_domain::ids::{AgentId, JobId};
 use logbook_proto::subjects::{JOB_SHARDS, Names};
+use prost::Message as _;
 
 /// Why the transport failed.
 #[derive(Debug, thiserror::Error)]
@@ -310,6 +311,30 @@ impl Transport {
             });
         }
         results
+    }
+
+    /// Whether the job is still in its agent's stream at `stream_seq`: false once the agent has
+    /// acknowledged it, or if nats-server lost it (a sequence reused after such a loss holds
+    /// another job, which also answers false).
+    pub async fn holds_job(
+        &self,
+        agent_id: AgentId,
+        job_id: JobId,
+        stream_seq: u64,
+    ) -> Result<bool, TransportError> {
+        let stream = self
+            .js
+            .get_stream_no_info(self.names.jobs_stream(&agent_id.to_string()))
+            .await
+            .map_err(|e| js_error("opening the jobs stream")(&e))?;
+        match stream.get_raw_message(stream_seq).await {
+            Ok(message) => Ok(logbook_proto::agent::v1::JobDispatch::decode(
+                message.payload.as_ref(),
+            )
+            .is_ok_and(|job| job.job_id == job_id.to_string())),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(false),
+            Err(e) => Err(js_error("reading a job back")(&e)),
+        }
     }
 
     /// Removes a job from its agent's queue (after a cancel or expiry); false when it was no
