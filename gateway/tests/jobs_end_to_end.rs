@@ -55,6 +55,19 @@ async fn statuses(api: &Api, agent: &str) -> Vec<(i64, String)> {
     jobs
 }
 
+/// Waits until `count` of the agent's jobs have succeeded.
+async fn wait_for_succeeded(api: &Api, agent: &str, count: usize, what: &str, timeout: Duration) {
+    wait_until(what, timeout, async || {
+        statuses(api, agent)
+            .await
+            .iter()
+            .filter(|(_, s)| s == "succeeded")
+            .count()
+            == count
+    })
+    .await;
+}
+
 async fn count_events(db: &TestDb, job: &str, event_type: &str) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'job' AND aggregate_id = $1 AND event_type = $2")
         .bind(job)
@@ -92,17 +105,12 @@ async fn an_agent_that_was_stopped_runs_its_queued_jobs_once_in_order_and_skips_
 
     let started = Instant::now();
     agent.start(&[]);
-    wait_until(
+    wait_for_succeeded(
+        &api,
+        &agent.id,
+        100,
         "all 100 jobs to succeed",
         Duration::from_secs(60),
-        async || {
-            statuses(&api, &agent.id)
-                .await
-                .iter()
-                .filter(|(_, s)| s == "succeeded")
-                .count()
-                == 100
-        },
     )
     .await;
     let took = started.elapsed();
@@ -238,17 +246,12 @@ async fn agents_ride_out_a_nats_server_restart_and_nothing_is_lost() {
     nats.restart();
 
     for agent in &agents {
-        wait_until(
+        wait_for_succeeded(
+            &api,
+            &agent.id,
+            11,
             "every job to succeed after the restart",
             Duration::from_secs(60),
-            async || {
-                statuses(&api, &agent.id)
-                    .await
-                    .iter()
-                    .filter(|(_, s)| s == "succeeded")
-                    .count()
-                    == 11
-            },
         )
         .await;
     }
@@ -309,17 +312,12 @@ async fn a_job_that_nats_server_lost_after_acknowledging_it_is_published_again_a
     nats.restart();
 
     agent.start(&[]);
-    wait_until(
+    wait_for_succeeded(
+        &api,
+        &agent.id,
+        3,
         "every job to succeed",
         Duration::from_secs(60),
-        async || {
-            statuses(&api, &agent.id)
-                .await
-                .iter()
-                .filter(|(_, s)| s == "succeeded")
-                .count()
-                == 3
-        },
     )
     .await;
     let mut ran = lines(&out);

@@ -313,6 +313,17 @@ impl Transport {
         results
     }
 
+    /// The jobs stream that holds an agent's jobs (without asking for its state).
+    async fn agent_jobs_stream(
+        &self,
+        agent_id: AgentId,
+    ) -> Result<jetstream::stream::Stream<()>, TransportError> {
+        self.js
+            .get_stream_no_info(self.names.jobs_stream(&agent_id.to_string()))
+            .await
+            .map_err(|e| js_error("opening the jobs stream")(&e))
+    }
+
     /// Whether the job is still in its agent's stream at `stream_seq`: false once the agent has
     /// acknowledged it, or if nats-server lost it (a sequence reused after such a loss holds
     /// another job, which also answers false).
@@ -322,11 +333,7 @@ impl Transport {
         job_id: JobId,
         stream_seq: u64,
     ) -> Result<bool, TransportError> {
-        let stream = self
-            .js
-            .get_stream_no_info(self.names.jobs_stream(&agent_id.to_string()))
-            .await
-            .map_err(|e| js_error("opening the jobs stream")(&e))?;
+        let stream = self.agent_jobs_stream(agent_id).await?;
         match stream.get_raw_message(stream_seq).await {
             Ok(message) => Ok(logbook_proto::agent::v1::JobDispatch::decode(
                 message.payload.as_ref(),
@@ -344,11 +351,7 @@ impl Transport {
         agent_id: AgentId,
         stream_seq: u64,
     ) -> Result<bool, TransportError> {
-        let stream = self
-            .js
-            .get_stream(self.names.jobs_stream(&agent_id.to_string()))
-            .await
-            .map_err(|e| js_error("opening the jobs stream")(&e))?;
+        let stream = self.agent_jobs_stream(agent_id).await?;
         match stream.delete_message(stream_seq).await {
             Ok(deleted) => Ok(deleted),
             Err(e) if e.to_string().contains("no message found") => Ok(false),
