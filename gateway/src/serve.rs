@@ -6,7 +6,6 @@
 //! through. Shutdown runs the other way: stop accepting, let requests in flight finish (up to the
 //! grace period), flush the check-ins already accepted, stop the projections, close the pool.
 
-use std::future::IntoFuture;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -114,9 +113,7 @@ pub async fn run(
     let address = listener.local_addr()?;
     tracing::info!(%address, "Logbook API listening on http://{address}");
 
-    let server = axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future();
+    let server = http::server::serve(listener, http::router(state), shutdown.clone());
     tokio::pin!(server);
     let startup = start_up(&pool, &commands, &config, &shutdown);
     tokio::pin!(startup);
@@ -131,10 +128,7 @@ pub async fn run(
     tokio::pin!(grace);
     loop {
         tokio::select! {
-            result = &mut server => {
-                result.context("HTTP server")?;
-                break;
-            }
+            () = &mut server => break,
             result = &mut startup, if starting => {
                 starting = false;
                 match result {

@@ -12,6 +12,7 @@ pub mod error;
 mod health;
 mod jobs;
 mod openapi;
+pub mod server;
 mod wire;
 
 use std::sync::Arc;
