@@ -28,14 +28,14 @@ impl TimelineProjection {
     pub const NAME: &'static str = "timeline";
 }
 
-/// The agent an event is about, if any. (Check-ins never get here: they are not indexed.)
+/// The agent an indexed event is about, if any. Check-ins are never indexed (the query reads
+/// them from the log), and are passed over before they get here.
 fn subject_agent(event: &StoredEvent) -> Option<Uuid> {
     match event.event.as_ref()? {
-        LogbookEvent::Agent(_) | LogbookEvent::Checkin(_) => {
-            Uuid::parse_str(&event.aggregate_id).ok()
-        }
+        LogbookEvent::Agent(_) => Uuid::parse_str(&event.aggregate_id).ok(),
         LogbookEvent::Job(event) => Some(job_agent(event).as_uuid()),
-        LogbookEvent::Client(_)
+        LogbookEvent::Checkin(_)
+        | LogbookEvent::Client(_)
         | LogbookEvent::Site(_)
         | LogbookEvent::EnrollmentToken(_)
         | LogbookEvent::ApiToken(_)
