@@ -34,6 +34,9 @@ pub fn pool(config: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
 
 /// A small pool for the check-in ingest: one connection per lane, with generic plans forced so
 /// that the large batch statement is planned once per connection rather than per batch.
+/// Connections are not pinged before each use (a round trip per batch): a connection that broke
+/// fails its batch with an I/O error, answered 503 (agents retry with the same id), and is
+/// dropped from the pool.
 pub fn ingest_pool(config: &DatabaseConfig, lanes: usize) -> Result<PgPool, sqlx::Error> {
     let options: PgConnectOptions = config.url.parse()?;
     let options = options
@@ -41,6 +44,7 @@ pub fn ingest_pool(config: &DatabaseConfig, lanes: usize) -> Result<PgPool, sqlx
         .options([("plan_cache_mode", "force_generic_plan")]);
     Ok(PgPoolOptions::new()
         .max_connections(lanes as u32 + 1)
+        .test_before_acquire(false)
         .min_connections(0)
         .acquire_timeout(config.acquire_timeout)
         .idle_timeout(Some(Duration::from_secs(300)))

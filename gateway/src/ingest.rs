@@ -8,11 +8,22 @@
 //!   belongs to another agent or was revoked (decommissioned agent) is simply not inserted;
 //! - **idempotency**: a check-in id already recorded for the agent is skipped (and the unique
 //!   index `events_idempotency` settles races: see below);
-//! - **ordering**: each agent's sequence numbers continue from its current maximum (an index
-//!   probe, so an agent with 100,000 check-ins costs the same as a new one), in arrival order.
+//! - **ordering**: each agent's sequence numbers continue from its current maximum, in arrival
+//!   order.
 //!
 //! Rows the statement did not insert are then classified (duplicate or unauthorised). Every
 //! caller is answered only after its batch committed; synchronous commit stays on.
+//!
+//! Two statements do this. The *careful* one finds each agent's maximum and each known id with
+//! index probes (an agent with 100,000 check-ins costs the same as a new one). The *optimistic*
+//! one, used first, skips both probes: each lane remembers the last sequence it recorded for
+//! every agent it has seen, and a retried id is caught by the unique indexes instead. It is
+//! right whenever this lane's memory is: an agent's sequences are dense, so if another writer
+//! has appended since, the number the lane picks is taken and the statement fails on the
+//! primary key; a retried id fails it on `events_idempotency`. Either failure writes nothing,
+//! and the batch runs again at once through the careful statement, which also refreshes the
+//! memory. In the steady state (one gateway per agent, few retries) the two probes per row are
+//! saved: about a fifth of the statement (BENCHMARKS.md).
 //!
 //! The insert has no `ON CONFLICT` clause: that would make Postgres probe every unique index
 //! before each row and write a confirmation record after it (speculative insertion), for a
@@ -20,6 +31,7 @@
 //! agent's check-ins arriving at two gateways at once, or a retry of one arriving at the other)
 //! makes the whole statement fail on a unique index; nothing of it is written and the batch is
 //! retried, when the probes see the other gateway's rows.
+//!
 //!
 //! Check-ins are spread over `concurrent_flushes` lanes by agent id. A lane appends one batch at
 //! a time: it takes everything already queued (up to `max_batch`), appends it, answers, and
@@ -184,6 +196,7 @@ async fn lane(
     retry: mpsc::WeakSender<Pending>,
     notifier: LogNotifier,
 ) {
+    let mut sequences = Sequences::default();
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < config.max_batch {
@@ -202,7 +215,36 @@ async fn lane(
             }
         }
         metrics::gauge!("logbook_ingest_queue_depth").set(rx.len() as f64);
-        flush(&pool, batch, &retry, &notifier).await;
+        flush(&pool, batch, &retry, &notifier, &mut sequences).await;
+    }
+}
+
+/// The last sequence a lane recorded for each agent it has seen: where the optimistic append
+/// numbers that agent's next check-ins from. Never ahead of the log (it is set from committed
+/// rows only); when it falls behind, the append fails on the primary key and is done again
+/// carefully.
+#[derive(Debug, Default)]
+struct Sequences(HashMap<Uuid, i64>);
+
+impl Sequences {
+    /// Agents remembered at most; past this the memory starts again (costing one careful batch
+    /// per agent), so that a gateway that has seen agents come and go for years stays small.
+    const CAPACITY: usize = 1_000_000;
+
+    fn last(&self, agent: Uuid) -> Option<i64> {
+        self.0.get(&agent).copied()
+    }
+
+    fn recorded(&mut self, agent: Uuid, sequence: i64) {
+        if self.0.len() >= Self::CAPACITY && !self.0.contains_key(&agent) {
+            self.0.clear();
+        }
+        let last = self.0.entry(agent).or_insert(sequence);
+        *last = (*last).max(sequence);
+    }
+
+    fn forget(&mut self, agent: Uuid) {
+        self.0.remove(&agent);
     }
 }
 
@@ -212,6 +254,7 @@ async fn flush(
     batch: Vec<Pending>,
     retry: &mpsc::WeakSender<Pending>,
     notifier: &LogNotifier,
+    sequences: &mut Sequences,
 ) {
     let started = Instant::now();
     metrics::histogram!("logbook_ingest_batch_size").record(batch.len() as f64);
@@ -233,17 +276,39 @@ async fn flush(
     }
 
     let recorded_at = Utc::now();
-    let outcomes = match append(pool, &unique, recorded_at).await {
+    let optimistic = append(pool, &unique, recorded_at, Some(&*sequences)).await;
+    let attempt = match optimistic {
+        Err(e) if db::is_unique_violation(&e) => {
+            // A retried id, or another writer appended for one of these agents: nothing was
+            // written; do it again with the probes.
+            metrics::counter!("logbook_ingest_careful_batches_total").increment(1);
+            for pending in &unique {
+                sequences.forget(pending.submission.agent_id.as_uuid());
+            }
+            append(pool, &unique, recorded_at, None).await
+        }
+        other => other,
+    };
+    let outcomes = match attempt {
         Ok(outcomes) => {
-            if outcomes
-                .iter()
-                .any(|o| matches!(o, Outcome::Recorded(r) if !r.duplicate))
-            {
+            let mut any = false;
+            for (pending, outcome) in unique.iter().zip(&outcomes) {
+                if let Outcome::Recorded(recorded) = outcome
+                    && !recorded.duplicate
+                {
+                    any = true;
+                    sequences.recorded(pending.submission.agent_id.as_uuid(), recorded.sequence);
+                }
+            }
+            if any {
                 notifier.notify();
             }
             outcomes
         }
         Err(e) if db::is_transient_conflict(&e) || db::is_unique_violation(&e) => {
+            for pending in &unique {
+                sequences.forget(pending.submission.agent_id.as_uuid());
+            }
             tracing::debug!(error = %e, batch = unique.len(), "check-in batch lost a race; retrying it");
             vec![Outcome::Retry; unique.len()]
         }
@@ -314,9 +379,10 @@ enum Outcome {
     Retry,
 }
 
-/// The batch append: authenticate, skip known ids, number, insert, in one statement. Every
-/// per-row step is an index probe (the `LATERAL ... LIMIT 1` keeps the planner from hashing the
-/// whole credentials table for a small batch), so its cost follows the batch, not the fleet.
+/// The careful batch append: authenticate, skip known ids, number, insert, in one statement.
+/// Every per-row step is an index probe (the `LATERAL ... LIMIT 1` keeps the planner from
+/// hashing the whole credentials table for a small batch), so its cost follows the batch, not
+/// the fleet.
 const APPEND_SQL: &str = "\
 WITH input AS ( \
     SELECT * FROM unnest($1::uuid[], $2::bytea[], $3::uuid[], $4::text[], $5::text[], $6::int[]) \
@@ -343,6 +409,29 @@ SELECT $7, agent_id::text, seq, 'AgentCheckedIn', '1', payload::jsonb, metadata:
   FROM numbered ORDER BY agent_id, ord \
 RETURNING aggregate_id, sequence, idempotency_key";
 
+/// The optimistic batch append: authenticate, number from the lane's memory (`$8`, one entry
+/// per row: the last sequence of its agent, or null to probe for it), insert. A retried id or a
+/// number already taken fails the whole statement on a unique index.
+const OPTIMISTIC_APPEND_SQL: &str = "\
+WITH authed AS ( \
+    SELECT i.* FROM unnest($1::uuid[], $2::bytea[], $3::uuid[], $4::text[], $5::text[], $6::int[], $8::bigint[]) \
+        AS i(agent_id, secret_hash, checkin_id, payload, metadata, ord, last_sequence) \
+     CROSS JOIN LATERAL (SELECT 1 FROM credentials c \
+                          WHERE c.secret_hash = i.secret_hash AND c.kind = 'agent' \
+                            AND c.subject_id = i.agent_id AND c.revoked_at IS NULL LIMIT 1) c \
+), numbered AS ( \
+    SELECT a.*, \
+           CASE WHEN a.last_sequence IS NOT NULL THEN a.last_sequence \
+                ELSE COALESCE((SELECT max(e.sequence) FROM events e \
+                                WHERE e.aggregate_type = $7 AND e.aggregate_id = a.agent_id::text), 0) END \
+           + row_number() OVER (PARTITION BY a.agent_id ORDER BY a.ord) AS seq \
+      FROM authed a \
+) \
+INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, idempotency_key) \
+SELECT $7, agent_id::text, seq, 'AgentCheckedIn', '1', payload::jsonb, metadata::jsonb, checkin_id \
+  FROM numbered ORDER BY agent_id, ord \
+RETURNING aggregate_id, sequence, idempotency_key";
+
 /// Why rows were left out of the append.
 const CLASSIFY_SQL: &str = "\
 SELECT i.ord, e.sequence AS existing, (e.metadata->>'recorded_at')::timestamptz AS first_recorded_at, \
@@ -353,10 +442,13 @@ SELECT i.ord, e.sequence AS existing, (e.metadata->>'recorded_at')::timestamptz 
   LEFT JOIN events e ON e.aggregate_type = $5 AND e.aggregate_id = i.agent_id::text \
                     AND e.idempotency_key = i.checkin_id";
 
+/// Appends `batch` with the optimistic statement when given the lane's memory, else with the
+/// careful one, and says what became of each check-in.
 async fn append(
     pool: &PgPool,
     batch: &[Pending],
     recorded_at: DateTime<Utc>,
+    sequences: Option<&Sequences>,
 ) -> Result<Vec<Outcome>, sqlx::Error> {
     let n = batch.len();
     let mut agents = Vec::with_capacity(n);
@@ -382,16 +474,27 @@ async fn append(
         );
         ords.push(i as i32);
     }
-    let rows = sqlx::query(APPEND_SQL)
-        .bind(&agents)
-        .bind(&hashes)
-        .bind(&checkins)
-        .bind(&payloads)
-        .bind(&metadata)
-        .bind(&ords)
-        .bind(CHECKIN_STREAM)
-        .fetch_all(pool)
-        .await?;
+    let query = match sequences {
+        Some(_) => sqlx::query(OPTIMISTIC_APPEND_SQL),
+        None => sqlx::query(APPEND_SQL),
+    }
+    .bind(&agents)
+    .bind(&hashes)
+    .bind(&checkins)
+    .bind(&payloads)
+    .bind(&metadata)
+    .bind(&ords)
+    .bind(CHECKIN_STREAM);
+    let query = match sequences {
+        Some(sequences) => query.bind(
+            agents
+                .iter()
+                .map(|a| sequences.last(*a))
+                .collect::<Vec<_>>(),
+        ),
+        None => query,
+    };
+    let rows = query.fetch_all(pool).await?;
 
     let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
     let position: HashMap<(Uuid, Uuid), usize> = agents

@@ -178,9 +178,13 @@ async fn apply_agent_event(
 /// newest server time, and the report collected last (a report collected before the one already
 /// shown, sent late after an outage, counts as a check-in but does not replace the newer facts).
 /// Only the chosen check-in's report is read, by its row address, and it never travels to this
-/// process; the row keeps the report's sequence, not a copy of it (queries read it from the log). (The window is materialized narrow first: sorting it with the whole rows spilled to
-/// disk during rebuilds.)
+/// process; the row keeps the report's sequence, not a copy of it (queries read it from the log).
+/// (The window is materialized narrow first: sorting it with the whole rows spilled to disk
+/// during rebuilds.)
 async fn fold_checkins(conn: &mut PgConnection, window: LogWindow) -> Result<(), sqlx::Error> {
+    // Whether the folded report replaces the one shown: written out in each assignment rather
+    // than computed in `u`, which would need a second lookup of the agent's row.
+    let newer = "(a.last_collected_at IS NULL OR u.collected_at >= a.last_collected_at)";
     let fold = format!(
         "WITH c AS MATERIALIZED ( \
             SELECT aggregate_id, sequence, tid, (metadata->>'recorded_at')::timestamptz AS recorded_at, \
@@ -193,27 +197,24 @@ async fn fold_checkins(conn: &mut PgConnection, window: LogWindow) -> Result<(),
                    (array_agg(sequence ORDER BY collected_at DESC, sequence DESC))[1] AS sequence \
               FROM c GROUP BY aggregate_id \
          ), u AS ( \
-            SELECT v.agent_id, f.n, f.recorded_at, f.sequence, r.report, \
-                   (r.report->>'collected_at')::timestamptz AS collected_at, \
-                   (v.last_collected_at IS NULL \
-                    OR (r.report->>'collected_at')::timestamptz >= v.last_collected_at) AS newer \
+            SELECT f.aggregate_id::uuid AS agent_id, f.n, f.recorded_at, f.sequence, r.report, \
+                   (r.report->>'collected_at')::timestamptz AS collected_at \
               FROM folded f \
-              JOIN agents_view v ON v.agent_id = f.aggregate_id::uuid \
              CROSS JOIN LATERAL (SELECT e.payload->'AgentCheckedIn'->'report' AS report FROM events e \
                                   WHERE e.ctid = f.tid) r \
          ) \
          UPDATE agents_view a SET \
             checkins = a.checkins + u.n, \
             last_checkin_at = GREATEST(a.last_checkin_at, u.recorded_at), \
-            hostname = CASE WHEN u.newer THEN u.report->>'hostname' ELSE a.hostname END, \
-            os_family = CASE WHEN u.newer THEN u.report->'os'->>'family' ELSE a.os_family END, \
-            os_name = CASE WHEN u.newer THEN u.report->'os'->>'name' ELSE a.os_name END, \
-            os_version = CASE WHEN u.newer THEN u.report->'os'->>'version' ELSE a.os_version END, \
-            kernel_version = CASE WHEN u.newer THEN u.report->'os'->>'kernel_version' ELSE a.kernel_version END, \
-            arch = CASE WHEN u.newer THEN u.report->'os'->>'arch' ELSE a.arch END, \
-            agent_version = CASE WHEN u.newer THEN u.report->>'agent_version' ELSE a.agent_version END, \
-            last_collected_at = CASE WHEN u.newer THEN u.collected_at ELSE a.last_collected_at END, \
-            latest_report_sequence = CASE WHEN u.newer THEN u.sequence ELSE a.latest_report_sequence END \
+            hostname = CASE WHEN {newer} THEN u.report->>'hostname' ELSE a.hostname END, \
+            os_family = CASE WHEN {newer} THEN u.report->'os'->>'family' ELSE a.os_family END, \
+            os_name = CASE WHEN {newer} THEN u.report->'os'->>'name' ELSE a.os_name END, \
+            os_version = CASE WHEN {newer} THEN u.report->'os'->>'version' ELSE a.os_version END, \
+            kernel_version = CASE WHEN {newer} THEN u.report->'os'->>'kernel_version' ELSE a.kernel_version END, \
+            arch = CASE WHEN {newer} THEN u.report->'os'->>'arch' ELSE a.arch END, \
+            agent_version = CASE WHEN {newer} THEN u.report->>'agent_version' ELSE a.agent_version END, \
+            last_collected_at = CASE WHEN {newer} THEN u.collected_at ELSE a.last_collected_at END, \
+            latest_report_sequence = CASE WHEN {newer} THEN u.sequence ELSE a.latest_report_sequence END \
            FROM u \
           WHERE a.agent_id = u.agent_id"
     );

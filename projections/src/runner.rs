@@ -6,7 +6,8 @@
 //! event takes effect exactly once whatever crashes in between.
 //!
 //! Several gateway processes may run the same projection. A session advisory lock elects one
-//! leader per projection so that the others do not contend; correctness does not depend on it,
+//! leader per projection (its batches run on the connection that holds the lock) so that the
+//! others do not contend; correctness does not depend on it,
 //! because the checkpoint row lock already serialises batches (a process that lost leadership
 //! without noticing re-reads the checkpoint under the lock and applies nothing twice).
 //!
@@ -240,13 +241,13 @@ pub(crate) async fn apply_events<P: Projection>(
     })
 }
 
-/// Runs one batch for the live projection in its own transaction.
+/// Runs one batch for the live projection in its own transaction on `conn`.
 pub async fn run_batch<P: Projection>(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     projection: &P,
     limit: i64,
 ) -> Result<BatchOutcome, RunError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = conn.begin().await?;
     let cursor = lock_checkpoint(&mut tx, projection.name()).await?;
     let outcome = apply_batch(&mut tx, projection, projection.name(), cursor, limit).await?;
     if outcome.applied > 0 {
@@ -267,19 +268,28 @@ pub struct CatchUp {
     pub held_back: bool,
 }
 
-/// Applies everything currently below the horizon.
+/// Applies everything currently below the horizon, on a connection from `pool`.
 pub async fn catch_up<P: Projection>(
     pool: &PgPool,
     projection: &P,
     config: &RunnerConfig,
 ) -> Result<CatchUp, RunError> {
+    let mut conn = pool.acquire().await?;
+    catch_up_on(&mut conn, projection, config).await
+}
+
+/// Applies everything currently below the horizon, on `conn`.
+pub async fn catch_up_on<P: Projection>(
+    conn: &mut PgConnection,
+    projection: &P,
+    config: &RunnerConfig,
+) -> Result<CatchUp, RunError> {
     let mut applied = 0;
     loop {
-        let outcome = run_batch(pool, projection, config.batch_size).await?;
+        let outcome = run_batch(&mut *conn, projection, config.batch_size).await?;
         applied += outcome.applied;
         if (outcome.applied as i64) < config.batch_size {
-            let mut conn = pool.acquire().await?;
-            let held_back = log::has_events_beyond_horizon(&mut conn, outcome.cursor).await?;
+            let held_back = log::has_events_beyond_horizon(&mut *conn, outcome.cursor).await?;
             return Ok(CatchUp { applied, held_back });
         }
     }
@@ -447,7 +457,9 @@ async fn lead<P: Projection>(
     metrics::gauge!("logbook_projection_leader", "projection" => name).set(1.0);
     let result = async {
         loop {
-            let caught = catch_up(pool, projection, config).await?;
+            // On the leadership connection: no pool round trip per batch, and a leader that
+            // lost its connection (and so its leadership) finds out at its next batch.
+            let caught = catch_up_on(&mut lock_conn, projection, config).await?;
             let wait = if caught.held_back {
                 HELD_BACK_RETRY
             } else {
@@ -458,9 +470,6 @@ async fn lead<P: Projection>(
                 _ = waker.wait(wait) => {}
             }
             tokio::time::sleep(config.linger).await;
-            // Losing the lock connection means losing leadership; find out now rather than
-            // keep working as a leader that is not one.
-            sqlx::query("SELECT 1").execute(&mut lock_conn).await?;
         }
     }
     .await;
