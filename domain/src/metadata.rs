@@ -100,6 +100,36 @@ impl EventMetadata {
         ])
     }
 
+    /// The same map as a JSON object, written directly (one allocation rather than a map of
+    /// eight strings): what the check-in ingest stores with every check-in.
+    pub fn to_json(&self) -> String {
+        /// Serializes a value as its `Display` form.
+        struct Shown<T>(T);
+        impl<T: fmt::Display> serde::Serialize for Shown<T> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(&self.0)
+            }
+        }
+        struct Map<'a>(&'a EventMetadata);
+        impl serde::Serialize for Map<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeMap;
+                let meta = self.0;
+                let mut map = s.serialize_map(Some(4))?;
+                map.serialize_entry(ACTOR, &Shown(&meta.actor))?;
+                map.serialize_entry(CORRELATION_ID, &Shown(&meta.correlation_id))?;
+                map.serialize_entry(REQUEST_ID, &meta.request_id)?;
+                map.serialize_entry(
+                    RECORDED_AT,
+                    &Shown(meta.recorded_at.format("%Y-%m-%dT%H:%M:%S%.6fZ")),
+                )?;
+                map.end()
+            }
+        }
+        // Writing strings into a `Vec` cannot fail.
+        serde_json::to_string(&Map(self)).unwrap_or_default()
+    }
+
     /// Reads the map back.
     pub fn from_map(map: &HashMap<String, String>) -> Result<Self, MetadataError> {
         let get = |key: &'static str| map.get(key).ok_or(MetadataError { key, value: None });
@@ -140,6 +170,28 @@ mod tests {
                 .with_timezone(&Utc),
         };
         assert_eq!(EventMetadata::from_map(&meta.to_map()), Ok(meta));
+    }
+
+    #[test]
+    fn the_json_form_is_the_string_map() {
+        for actor in [
+            Actor::Agent(AgentId::from(Uuid::from_u128(7))),
+            Actor::System("a \"quoted\" name".into()),
+        ] {
+            for recorded_at in ["2026-01-02T03:04:05.123456Z", "2026-01-02T03:04:05Z"] {
+                let meta = EventMetadata {
+                    actor: actor.clone(),
+                    correlation_id: CorrelationId::from(Uuid::from_u128(9)),
+                    request_id: "req-\u{1}-1".into(),
+                    recorded_at: DateTime::parse_from_rfc3339(recorded_at)
+                        .expect("valid")
+                        .with_timezone(&Utc),
+                };
+                let map: HashMap<String, String> =
+                    serde_json::from_str(&meta.to_json()).expect("a JSON object of strings");
+                assert_eq!(map, meta.to_map());
+            }
+        }
     }
 
     #[test]

@@ -469,9 +469,7 @@ async fn append(
             request_id: s.request_id.clone(),
             recorded_at,
         };
-        metadata.push(
-            serde_json::to_string(&meta.to_map()).map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
-        );
+        metadata.push(meta.to_json());
         ords.push(i as i32);
     }
     let query = match sequences {
