@@ -453,6 +453,13 @@ async fn lead<P: Projection>(
     else {
         return Ok(());
     };
+    // A read model can always be derived again from the log, and its checkpoint commits with
+    // it: a crash that loses its last batches (commits not yet flushed) rolls both back
+    // together, and the batches are applied again. So the leader does not wait for its commits
+    // to reach the disk, which leaves the WAL flushes to the appends that need them.
+    sqlx::query("SET synchronous_commit = off")
+        .execute(&mut lock_conn)
+        .await?;
     tracing::info!(projection = name, "leading projection");
     metrics::gauge!("logbook_projection_leader", "projection" => name).set(1.0);
     let result = async {
