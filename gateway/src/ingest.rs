@@ -32,7 +32,6 @@
 //! makes the whole statement fail on a unique index; nothing of it is written and the batch is
 //! retried, when the probes see the other gateway's rows.
 //!
-//!
 //! Check-ins are spread over `concurrent_flushes` lanes by agent id. A lane appends one batch at
 //! a time: it takes everything already queued (up to `max_batch`), appends it, answers, and
 //! takes the next; while a lane's append runs its queue grows and the next batch is bigger, so
