@@ -127,6 +127,80 @@ pub(crate) fn memory_mib(pid: u32) -> (f64, f64) {
     (field("VmHWM:"), field("VmRSS:"))
 }
 
+/// CPU time (user and system) consumed so far by the processes that serve a check-in: the
+/// gateway, the Postgres backends connected to the benchmark's database, and this process (the
+/// load generator), from /proc.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CpuTimes {
+    gateway: f64,
+    /// Per backend process id: seconds.
+    postgres: std::collections::HashMap<u32, f64>,
+    generator: f64,
+}
+
+/// Seconds of CPU per process, split as [`CpuTimes`] is.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub(crate) struct CpuSplit {
+    pub(crate) gateway: f64,
+    pub(crate) postgres: f64,
+    pub(crate) load_generator: f64,
+}
+
+/// User plus system time of a process in seconds, from `/proc/<pid>/stat` (clock ticks of
+/// `USER_HZ`, which is 100 on Linux).
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; the fields after it are plain numbers.
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+impl CpuTimes {
+    /// Reads the times now. Backends are recognised by their process title
+    /// (`postgres: ... <user> <database> <client> <state>`).
+    pub(crate) fn now(gateway: u32, database: &str) -> Self {
+        let mut postgres = std::collections::HashMap::new();
+        let needle = format!(" {database} ");
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            let title = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let title = String::from_utf8_lossy(&title);
+            if title.starts_with("postgres:")
+                && title.contains(&needle)
+                && let (Ok(id), Some(seconds)) = (pid.parse(), cpu_seconds(pid))
+            {
+                postgres.insert(id, seconds);
+            }
+        }
+        Self {
+            gateway: cpu_seconds(&gateway.to_string()).unwrap_or_default(),
+            postgres,
+            generator: cpu_seconds("self").unwrap_or_default(),
+        }
+    }
+
+    /// CPU spent since `earlier` (a backend that started in between counts from its start; one
+    /// that ended in between is missed).
+    pub(crate) fn since(&self, earlier: &CpuTimes) -> CpuSplit {
+        CpuSplit {
+            gateway: self.gateway - earlier.gateway,
+            postgres: self
+                .postgres
+                .iter()
+                .map(|(pid, now)| now - earlier.postgres.get(pid).copied().unwrap_or_default())
+                .sum(),
+            load_generator: self.generator - earlier.generator,
+        }
+    }
+}
+
 /// A running `logbook serve`.
 pub(crate) struct Gateway {
     child: Child,

@@ -284,6 +284,17 @@ fn print_table(report: &Report) {
             None,
         );
         row(
+            "CPU µs per check-in: gateway / Postgres / load gen.",
+            format!(
+                "{:.0} / {:.0} / {:.0}",
+                c.cpu_us_per_checkin.gateway,
+                c.cpu_us_per_checkin.postgres,
+                c.cpu_us_per_checkin.load_generator
+            ),
+            "",
+            None,
+        );
+        row(
             "failed requests",
             c.errors.to_string(),
             "0",

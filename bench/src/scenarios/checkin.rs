@@ -22,7 +22,7 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
-use crate::env::{self, BenchDb, Gateway, RealAgent, SimAgent, Targets};
+use crate::env::{self, BenchDb, CpuSplit, CpuTimes, Gateway, RealAgent, SimAgent, Targets};
 use crate::stats::{Latencies, Summary, median};
 use crate::ui;
 
@@ -60,6 +60,10 @@ pub(crate) struct Results {
     pub(crate) gateway_peak_rss_mib: f64,
     pub(crate) agent_rss_mib: f64,
     pub(crate) agent_peak_rss_mib: f64,
+    /// Microseconds of CPU per recorded check-in while saturated (median over the runs): what
+    /// limits the rate, measured with less noise than the rate itself.
+    pub(crate) cpu_us_per_checkin: CpuSplit,
+    pub(crate) cpu_us_per_checkin_runs: Vec<CpuSplit>,
 }
 
 /// A realistic report: three disks, two users, three addresses (~600 bytes as JSON).
@@ -582,14 +586,23 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
     let mut saturated_runs = Vec::new();
     let mut saturated = Latencies::default();
     let mut errors_a = 0;
+    let mut cpu_runs = Vec::new();
     for run in 1..=options.runs {
         ui::step(&format!(
             "check-ins at saturation for {} (run {run} of {})",
             humantime::format_duration(options.duration),
             options.runs
         ));
+        let before = CpuTimes::now(gateway.pid(), &db.name);
         let (rate, latencies, errors) =
             saturate(&client, agents.len(), options.concurrency, options.duration).await;
+        let cpu = CpuTimes::now(gateway.pid(), &db.name).since(&before);
+        let per_checkin = |seconds: f64| seconds * 1e6 / latencies.len().max(1) as f64;
+        cpu_runs.push(CpuSplit {
+            gateway: per_checkin(cpu.gateway),
+            postgres: per_checkin(cpu.postgres),
+            load_generator: per_checkin(cpu.load_generator),
+        });
         ui::step(&format!("{rate:.0} check-ins/s"));
         saturated_runs.push(rate);
         saturated.extend(latencies);
@@ -645,6 +658,13 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
     let saturated_per_sec = median(&mut saturated_runs.clone());
     let cqrs_execute_per_sec = median(&mut cqrs_execute_runs.clone());
     let raw_insert_rows_per_sec = median(&mut raw_insert_runs.clone());
+    let cpu_median =
+        |part: fn(&CpuSplit) -> f64| median(&mut cpu_runs.iter().map(part).collect::<Vec<_>>());
+    let cpu_us_per_checkin = CpuSplit {
+        gateway: cpu_median(|c| c.gateway),
+        postgres: cpu_median(|c| c.postgres),
+        load_generator: cpu_median(|c| c.load_generator),
+    };
 
     Ok(Results {
         agents: options.agents,
@@ -667,6 +687,8 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
         gateway_peak_rss_mib,
         agent_rss_mib,
         agent_peak_rss_mib,
+        cpu_us_per_checkin,
+        cpu_us_per_checkin_runs: cpu_runs,
     })
 }
 
