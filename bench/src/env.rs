@@ -136,14 +136,17 @@ pub(crate) struct CpuTimes {
     /// Per backend process id: seconds.
     postgres: std::collections::HashMap<u32, f64>,
     generator: f64,
+    machine: f64,
 }
 
-/// Seconds of CPU per process, split as [`CpuTimes`] is.
+/// Seconds of CPU per process, split as [`CpuTimes`] is, and of the whole machine (everything
+/// that ran, these processes included).
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub(crate) struct CpuSplit {
     pub(crate) gateway: f64,
     pub(crate) postgres: f64,
     pub(crate) load_generator: f64,
+    pub(crate) machine: f64,
 }
 
 /// User plus system time of a process in seconds, from `/proc/<pid>/stat` (clock ticks of
@@ -157,8 +160,9 @@ fn cpu_seconds(pid: &str) -> Option<f64> {
 }
 
 impl CpuTimes {
-    /// Reads the times now. Backends are recognised by their process title
-    /// (`postgres: ... <user> <database> <client> <state>`).
+    /// Reads the times now. Postgres processes are recognised by their titles: client backends
+    /// (`postgres: ... <user> <database> <client> <state>`) count when they serve `database`,
+    /// the server's own processes (WAL writer, checkpointer, autovacuum...) always.
     pub(crate) fn now(gateway: u32, database: &str) -> Self {
         let mut postgres = std::collections::HashMap::new();
         let needle = format!(" {database} ");
@@ -172,8 +176,10 @@ impl CpuTimes {
             };
             let title = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let title = String::from_utf8_lossy(&title);
+            // A client backend's title names its client's address, `host(port)` or `[local]`.
+            let client_backend = title.contains(")") || title.contains("[local]");
             if title.starts_with("postgres:")
-                && title.contains(&needle)
+                && (!client_backend || title.contains(&needle))
                 && let (Ok(id), Some(seconds)) = (pid.parse(), cpu_seconds(pid))
             {
                 postgres.insert(id, seconds);
@@ -183,6 +189,7 @@ impl CpuTimes {
             gateway: cpu_seconds(&gateway.to_string()).unwrap_or_default(),
             postgres,
             generator: cpu_seconds("self").unwrap_or_default(),
+            machine: machine_busy_seconds().unwrap_or_default(),
         }
     }
 
@@ -197,8 +204,26 @@ impl CpuTimes {
                 .map(|(pid, now)| now - earlier.postgres.get(pid).copied().unwrap_or_default())
                 .sum(),
             load_generator: self.generator - earlier.generator,
+            machine: self.machine - earlier.machine,
         }
     }
+}
+
+/// Seconds the machine's CPUs have spent on anything but idling and waiting for I/O, summed
+/// over the CPUs, from the first line of `/proc/stat` (in `USER_HZ` ticks).
+fn machine_busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let total: u64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3)? + ticks.get(4)?;
+    Some((total - idle) as f64 / 100.0)
 }
 
 /// A running `logbook serve`.

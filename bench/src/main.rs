@@ -295,6 +295,12 @@ fn print_table(report: &Report) {
             None,
         );
         row(
+            "  the whole machine (µs per check-in)",
+            format!("{:.0}", c.cpu_us_per_checkin.machine),
+            "",
+            None,
+        );
+        row(
             "failed requests",
             c.errors.to_string(),
             "0",

@@ -14,16 +14,20 @@
 //! Rows the statement did not insert are then classified (duplicate or unauthorised). Every
 //! caller is answered only after its batch committed; synchronous commit stays on.
 //!
-//! Two statements do this. The *careful* one finds each agent's maximum and each known id with
-//! index probes (an agent with 100,000 check-ins costs the same as a new one). The *optimistic*
-//! one, used first, skips both probes: each lane remembers the last sequence it recorded for
-//! every agent it has seen, and a retried id is caught by the unique indexes instead. It is
-//! right whenever this lane's memory is: an agent's sequences are dense, so if another writer
-//! has appended since, the number the lane picks is taken and the statement fails on the
-//! primary key; a retried id fails it on `events_idempotency`. Either failure writes nothing,
-//! and the batch runs again at once through the careful statement, which also refreshes the
-//! memory. In the steady state (one gateway per agent, few retries) the two probes per row are
-//! saved: about a fifth of the statement (BENCHMARKS.md).
+//! The two per-row probes of the log (each agent's maximum, each known id) are needed only
+//! when this lane cannot vouch for an agent. Each lane remembers the last sequence it recorded
+//! for every agent it has seen, and numbers that agent's next check-ins from it without a probe;
+//! a retried id is then caught by the unique index `events_idempotency` instead of a lookup.
+//! This is right whenever the lane's memory is: an agent's sequences are dense, so if another
+//! writer has appended since (another gateway), the number the lane picks is taken and the
+//! statement fails on the primary key; a retried id fails it on `events_idempotency`. Either
+//! failure writes nothing, and the batch runs again at once with both probes for every row.
+//! The agents of a batch that failed so are then probed for a while ([`SUSPECT_FOR`]): an agent
+//! whose check-ins alternate between gateways, or whose ids are replayed, costs the probes it
+//! always cost, not a failed statement per batch. The memory is dropped whenever the database
+//! connection fails (a failover or a restore could have lost commits it remembers). In the
+//! steady state (one gateway per agent, few retries) the two probes per row are saved: about a
+//! fifth of the statement (BENCHMARKS.md).
 //!
 //! The insert has no `ON CONFLICT` clause: that would make Postgres probe every unique index
 //! before each row and write a confirmation record after it (speculative insertion), for a
@@ -218,32 +222,55 @@ async fn lane(
     }
 }
 
-/// The last sequence a lane recorded for each agent it has seen: where the optimistic append
-/// numbers that agent's next check-ins from. Never ahead of the log (it is set from committed
-/// rows only); when it falls behind, the append fails on the primary key and is done again
-/// carefully.
+/// How long the agents of a batch that failed on a unique index are appended with both probes.
+pub const SUSPECT_FOR: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// What a lane knows of the agents it appends for: the last sequence it recorded for each, and
+/// which to probe for (see the module documentation). The memory is never ahead of the log
+/// while commits are durable: it is set from committed rows only.
 #[derive(Debug, Default)]
-struct Sequences(HashMap<Uuid, i64>);
+struct Sequences {
+    last: HashMap<Uuid, i64>,
+    suspects: HashMap<Uuid, Instant>,
+}
 
 impl Sequences {
-    /// Agents remembered at most; past this the memory starts again (costing one careful batch
+    /// Agents remembered at most; past this the memory starts again (costing the probes once
     /// per agent), so that a gateway that has seen agents come and go for years stays small.
     const CAPACITY: usize = 1_000_000;
 
-    fn last(&self, agent: Uuid) -> Option<i64> {
-        self.0.get(&agent).copied()
+    /// The sequence to number `agent`'s next check-ins from, if the lane can vouch for it.
+    fn vouch(&self, agent: Uuid) -> Option<i64> {
+        if self
+            .suspects
+            .get(&agent)
+            .is_some_and(|since| since.elapsed() < SUSPECT_FOR)
+        {
+            return None;
+        }
+        self.last.get(&agent).copied()
     }
 
     fn recorded(&mut self, agent: Uuid, sequence: i64) {
-        if self.0.len() >= Self::CAPACITY && !self.0.contains_key(&agent) {
-            self.0.clear();
+        if self.last.len() >= Self::CAPACITY && !self.last.contains_key(&agent) {
+            self.last.clear();
         }
-        let last = self.0.entry(agent).or_insert(sequence);
+        let last = self.last.entry(agent).or_insert(sequence);
         *last = (*last).max(sequence);
     }
 
-    fn forget(&mut self, agent: Uuid) {
-        self.0.remove(&agent);
+    /// `agent` was in a batch that a unique index refused: probe for it for a while.
+    fn suspect(&mut self, agent: Uuid) {
+        self.last.remove(&agent);
+        if self.suspects.len() >= Self::CAPACITY {
+            self.suspects
+                .retain(|_, since| since.elapsed() < SUSPECT_FOR);
+        }
+        self.suspects.insert(agent, Instant::now());
+    }
+
+    fn forget_all(&mut self) {
+        self.last.clear();
     }
 }
 
@@ -275,14 +302,16 @@ async fn flush(
     }
 
     let recorded_at = Utc::now();
-    let optimistic = append(pool, &unique, recorded_at, Some(&*sequences)).await;
-    let attempt = match optimistic {
-        Err(e) if db::is_unique_violation(&e) => {
+    let vouched = unique
+        .iter()
+        .any(|p| sequences.vouch(p.submission.agent_id.as_uuid()).is_some());
+    let attempt = match append(pool, &unique, recorded_at, Some(&*sequences)).await {
+        Err(e) if vouched && db::is_unique_violation(&e) => {
             // A retried id, or another writer appended for one of these agents: nothing was
-            // written; do it again with the probes.
-            metrics::counter!("logbook_ingest_careful_batches_total").increment(1);
+            // written; do it again with the probes, and keep probing for these agents.
+            metrics::counter!("logbook_ingest_probed_again_batches_total").increment(1);
             for pending in &unique {
-                sequences.forget(pending.submission.agent_id.as_uuid());
+                sequences.suspect(pending.submission.agent_id.as_uuid());
             }
             append(pool, &unique, recorded_at, None).await
         }
@@ -306,12 +335,17 @@ async fn flush(
         }
         Err(e) if db::is_transient_conflict(&e) || db::is_unique_violation(&e) => {
             for pending in &unique {
-                sequences.forget(pending.submission.agent_id.as_uuid());
+                sequences.suspect(pending.submission.agent_id.as_uuid());
             }
             tracing::debug!(error = %e, batch = unique.len(), "check-in batch lost a race; retrying it");
             vec![Outcome::Retry; unique.len()]
         }
         Err(e) => {
+            if db::is_unavailable(&e) {
+                // What this lane remembers may have been lost with the server (a failover, a
+                // restore): rely on the log again.
+                sequences.forget_all();
+            }
             let error = if db::is_unavailable(&e) {
                 tracing::warn!(error = %e, batch = unique.len(), "check-in batch not recorded: database unavailable");
                 IngestError::Unavailable
@@ -378,53 +412,32 @@ enum Outcome {
     Retry,
 }
 
-/// The careful batch append: authenticate, skip known ids, number, insert, in one statement.
-/// Every per-row step is an index probe (the `LATERAL ... LIMIT 1` keeps the planner from
-/// hashing the whole credentials table for a small batch), so its cost follows the batch, not
-/// the fleet.
+/// The batch append: authenticate, skip known ids, number, insert, in one statement. Per row,
+/// `$8` is the last sequence of its agent when the lane can vouch for it (else null), and `$9`
+/// says whether to look its id up first; the lookups left out are exactly the ones that
+/// can be (see the module documentation). Every per-row step is an index probe (the
+/// `LATERAL ... LIMIT 1` keeps the planner from hashing the whole credentials table for a small
+/// batch), so its cost follows the batch, not the fleet.
 const APPEND_SQL: &str = "\
-WITH input AS ( \
-    SELECT * FROM unnest($1::uuid[], $2::bytea[], $3::uuid[], $4::text[], $5::text[], $6::int[]) \
-        AS i(agent_id, secret_hash, checkin_id, payload, metadata, ord) \
-), authed AS ( \
-    SELECT i.* FROM input i \
+WITH authed AS ( \
+    SELECT i.* FROM unnest($1::uuid[], $2::bytea[], $3::uuid[], $4::text[], $5::text[], $6::int[], $8::bigint[], $9::bool[]) \
+        AS i(agent_id, secret_hash, checkin_id, payload, metadata, ord, last_sequence, check_id) \
      CROSS JOIN LATERAL (SELECT 1 FROM credentials c \
                           WHERE c.secret_hash = i.secret_hash AND c.kind = 'agent' \
                             AND c.subject_id = i.agent_id AND c.revoked_at IS NULL LIMIT 1) c \
 ), fresh AS ( \
     SELECT a.* FROM authed a \
-     WHERE NOT EXISTS (SELECT 1 FROM events e \
+     WHERE NOT a.check_id \
+        OR NOT EXISTS (SELECT 1 FROM events e \
                         WHERE e.aggregate_type = $7 AND e.aggregate_id = a.agent_id::text \
                           AND e.idempotency_key = a.checkin_id) \
 ), numbered AS ( \
     SELECT f.*, \
-           COALESCE((SELECT max(e.sequence) FROM events e \
-                      WHERE e.aggregate_type = $7 AND e.aggregate_id = f.agent_id::text), 0) \
+           CASE WHEN f.last_sequence IS NOT NULL THEN f.last_sequence \
+                ELSE COALESCE((SELECT max(e.sequence) FROM events e \
+                                WHERE e.aggregate_type = $7 AND e.aggregate_id = f.agent_id::text), 0) END \
            + row_number() OVER (PARTITION BY f.agent_id ORDER BY f.ord) AS seq \
       FROM fresh f \
-) \
-INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, idempotency_key) \
-SELECT $7, agent_id::text, seq, 'AgentCheckedIn', '1', payload::jsonb, metadata::jsonb, checkin_id \
-  FROM numbered ORDER BY agent_id, ord \
-RETURNING aggregate_id, sequence, idempotency_key";
-
-/// The optimistic batch append: authenticate, number from the lane's memory (`$8`, one entry
-/// per row: the last sequence of its agent, or null to probe for it), insert. A retried id or a
-/// number already taken fails the whole statement on a unique index.
-const OPTIMISTIC_APPEND_SQL: &str = "\
-WITH authed AS ( \
-    SELECT i.* FROM unnest($1::uuid[], $2::bytea[], $3::uuid[], $4::text[], $5::text[], $6::int[], $8::bigint[]) \
-        AS i(agent_id, secret_hash, checkin_id, payload, metadata, ord, last_sequence) \
-     CROSS JOIN LATERAL (SELECT 1 FROM credentials c \
-                          WHERE c.secret_hash = i.secret_hash AND c.kind = 'agent' \
-                            AND c.subject_id = i.agent_id AND c.revoked_at IS NULL LIMIT 1) c \
-), numbered AS ( \
-    SELECT a.*, \
-           CASE WHEN a.last_sequence IS NOT NULL THEN a.last_sequence \
-                ELSE COALESCE((SELECT max(e.sequence) FROM events e \
-                                WHERE e.aggregate_type = $7 AND e.aggregate_id = a.agent_id::text), 0) END \
-           + row_number() OVER (PARTITION BY a.agent_id ORDER BY a.ord) AS seq \
-      FROM authed a \
 ) \
 INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, idempotency_key) \
 SELECT $7, agent_id::text, seq, 'AgentCheckedIn', '1', payload::jsonb, metadata::jsonb, checkin_id \
@@ -441,8 +454,8 @@ SELECT i.ord, e.sequence AS existing, (e.metadata->>'recorded_at')::timestamptz 
   LEFT JOIN events e ON e.aggregate_type = $5 AND e.aggregate_id = i.agent_id::text \
                     AND e.idempotency_key = i.checkin_id";
 
-/// Appends `batch` with the optimistic statement when given the lane's memory, else with the
-/// careful one, and says what became of each check-in.
+/// Appends `batch`, probing only for the agents the lane's memory cannot vouch for (for all
+/// of them without it), and says what became of each check-in.
 async fn append(
     pool: &PgPool,
     batch: &[Pending],
@@ -471,27 +484,23 @@ async fn append(
         metadata.push(meta.to_json());
         ords.push(i as i32);
     }
-    let query = match sequences {
-        Some(_) => sqlx::query(OPTIMISTIC_APPEND_SQL),
-        None => sqlx::query(APPEND_SQL),
-    }
-    .bind(&agents)
-    .bind(&hashes)
-    .bind(&checkins)
-    .bind(&payloads)
-    .bind(&metadata)
-    .bind(&ords)
-    .bind(CHECKIN_STREAM);
-    let query = match sequences {
-        Some(sequences) => query.bind(
-            agents
-                .iter()
-                .map(|a| sequences.last(*a))
-                .collect::<Vec<_>>(),
-        ),
-        None => query,
-    };
-    let rows = query.fetch_all(pool).await?;
+    let last: Vec<Option<i64>> = agents
+        .iter()
+        .map(|a| sequences.and_then(|s| s.vouch(*a)))
+        .collect();
+    let check_ids: Vec<bool> = last.iter().map(Option::is_none).collect();
+    let rows = sqlx::query(APPEND_SQL)
+        .bind(&agents)
+        .bind(&hashes)
+        .bind(&checkins)
+        .bind(&payloads)
+        .bind(&metadata)
+        .bind(&ords)
+        .bind(CHECKIN_STREAM)
+        .bind(&last)
+        .bind(&check_ids)
+        .fetch_all(pool)
+        .await?;
 
     let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
     let position: HashMap<(Uuid, Uuid), usize> = agents

@@ -53,6 +53,44 @@ async fn an_enrolled_agent_checks_in_once_per_checkin_id() {
 }
 
 #[tokio::test]
+async fn a_replayed_checkin_id_fails_one_batch_then_the_agents_ids_are_looked_up_first() {
+    let app = TestApp::new().await;
+    let agent = app.agent("web-01").await;
+    let id = new_id();
+    let (status, first) = app.checkin(&agent, checkin_body(&id, "web-01")).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+
+    // The gateway now numbers this agent's check-ins from memory, without looking ids up; the
+    // first replay is refused by the unique index and appended again with the lookups, and
+    // from then on the agent's ids are looked up first, however its new check-ins and
+    // replays alternate.
+    for n in 0..4 {
+        let (status, again) = app.checkin(&agent, checkin_body(&id, "web-01")).await;
+        assert_eq!(status, StatusCode::OK, "{again}");
+        assert_eq!(again["sequence"], 1);
+        assert_eq!(again["duplicate"], true);
+        let (status, next) = app.checkin(&agent, checkin_body(&new_id(), "web-01")).await;
+        assert_eq!(status, StatusCode::CREATED, "{next}");
+        assert_eq!(next["sequence"], n + 2);
+    }
+
+    let (status, _, body) = app
+        .send(
+            Request::get("/metrics")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let metrics = String::from_utf8_lossy(&body);
+    let probed_again = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("logbook_ingest_probed_again_batches_total "))
+        .and_then(|value| value.trim().parse::<f64>().ok());
+    assert_eq!(probed_again, Some(1.0), "{metrics}");
+}
+
+#[tokio::test]
 async fn check_ins_are_accepted_and_answered_as_protobuf() {
     let app = TestApp::new().await;
     let agent = app.agent("web-01").await;

@@ -241,14 +241,22 @@ fn checkin_body(checkin_id: uuid::Uuid, collected_at_ms: i64, report: &[u8]) -> 
     use prost::encoding::{WireType, encode_key, encode_varint, int64};
     let mut id = uuid::Uuid::encode_buffer();
     let id = checkin_id.hyphenated().encode_lower(&mut id).as_bytes();
-    let report_len = int64::encoded_len(1, &collected_at_ms) + report.len();
+    // As protobuf does, a zero time is left out.
+    let time_len = if collected_at_ms == 0 {
+        0
+    } else {
+        int64::encoded_len(1, &collected_at_ms)
+    };
+    let report_len = time_len + report.len();
     let mut body = Vec::with_capacity(8 + id.len() + report_len);
     encode_key(1, WireType::LengthDelimited, &mut body);
     encode_varint(id.len() as u64, &mut body);
     body.put_slice(id);
     encode_key(2, WireType::LengthDelimited, &mut body);
     encode_varint(report_len as u64, &mut body);
-    int64::encode(1, &collected_at_ms, &mut body);
+    if collected_at_ms != 0 {
+        int64::encode(1, &collected_at_ms, &mut body);
+    }
     body.put_slice(report);
     Bytes::from(body)
 }
@@ -602,6 +610,7 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
             gateway: per_checkin(cpu.gateway),
             postgres: per_checkin(cpu.postgres),
             load_generator: per_checkin(cpu.load_generator),
+            machine: per_checkin(cpu.machine),
         });
         ui::step(&format!("{rate:.0} check-ins/s"));
         saturated_runs.push(rate);
@@ -664,6 +673,7 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
         gateway: cpu_median(|c| c.gateway),
         postgres: cpu_median(|c| c.postgres),
         load_generator: cpu_median(|c| c.load_generator),
+        machine: cpu_median(|c| c.machine),
     };
 
     Ok(Results {
@@ -712,7 +722,7 @@ mod tests {
     #[test]
     fn a_prepared_checkin_body_is_the_encoded_request() {
         let id = uuid::Uuid::now_v7();
-        for collected_at in [1_764_000_000_000, 1, -5] {
+        for collected_at in [1_764_000_000_000, 1, 0, -5] {
             let report = sample_report("sim-000042", 0).encode_to_vec();
             let expected = pb::CheckinRequest {
                 checkin_id: id.to_string(),
