@@ -20,6 +20,7 @@ use logbook_domain::checkin::CHECKIN_STREAM;
 use logbook_domain::event_log::LogbookEvent;
 use logbook_domain::ids::{AgentId, JobId};
 use logbook_domain::job::{JobEvent, JobSpec};
+use logbook_projections::jobs::JobsProjection;
 use logbook_projections::log::{self, LogCursor, ReadFilter, StoredEvent};
 use logbook_projections::runner::{self, LogWaker};
 use logbook_proto::agent::v1 as pb;
@@ -66,12 +67,28 @@ pub async fn run(
             };
             tracing::info!("leading job dispatch");
             let connects = transport.client().statistics();
-            // The number of connections last checked for lost jobs (none yet).
+            // The number of connections last checked for lost jobs (none yet), and the end of
+            // the log when the pending check began.
             let mut checked = None;
+            let mut pending: Option<(u64, LogCursor)> = None;
             loop {
                 let now = connects.connects.load(std::sync::atomic::Ordering::Relaxed);
                 if checked != Some(now) {
-                    match republish_lost(&pool, &transport).await {
+                    let goal = match pending {
+                        Some((connection, goal)) if connection == now => goal,
+                        _ => {
+                            let goal = log_end(&pool).await?;
+                            pending = Some((now, goal));
+                            goal
+                        }
+                    };
+                    // The jobs read model says which jobs were dispatched; after a crash it may
+                    // still be catching up with the log (or have lost its last batches, which
+                    // it applies again), so the check waits until it has read the log as it was.
+                    let read = runner::checkpoint(&pool, JobsProjection::NAME).await?;
+                    if read.is_none_or(|read| read < goal) {
+                        tracing::debug!("waiting for the jobs read model before checking for lost jobs");
+                    } else { match republish_lost(&pool, &transport).await {
                         Ok(0) => checked = Some(now),
                         Ok(n) => {
                             tracing::warn!(jobs = n, "published again jobs that nats-server no longer held");
@@ -79,7 +96,7 @@ pub async fn run(
                         }
                         // The streams may still be recovering; the next round tries again.
                         Err(e) => tracing::debug!(error = %format!("{e:#}"), "cannot check for lost jobs yet"),
-                    }
+                    } }
                 }
                 loop {
                     let (handled, held_back) =
@@ -254,6 +271,21 @@ async fn round(
 /// journal; the claim decides in every case, so a job never runs twice. A republished job may
 /// arrive after later jobs of its agent: after nats-server lost messages, order is kept only
 /// among those it kept.
+/// The newest committed event of the log (the start when it is empty).
+async fn log_end(pool: &PgPool) -> Result<LogCursor, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT tx_id::text::bigint AS tx, position FROM events ORDER BY tx_id DESC, position DESC LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await?;
+    row.map_or(Ok(LogCursor::START), |row| {
+        Ok(LogCursor {
+            tx_id: row.try_get("tx")?,
+            position: row.try_get("position")?,
+        })
+    })
+}
+
 async fn republish_lost(pool: &PgPool, transport: &Transport) -> anyhow::Result<usize> {
     let rows = sqlx::query(
         "SELECT j.job_id, j.agent_id, (d.payload->'JobDispatched'->>'stream_seq')::bigint AS stream_seq, \
