@@ -284,7 +284,7 @@ fn print_table(report: &Report) {
             None,
         );
         row(
-            "CPU µs per check-in: gateway / Postgres / load gen.",
+            "CPU µs per check-in: gateway / Postgres / load gen",
             format!(
                 "{:.0} / {:.0} / {:.0}",
                 c.cpu_us_per_checkin.gateway,
