@@ -128,8 +128,8 @@ pub(crate) fn memory_mib(pid: u32) -> (f64, f64) {
 }
 
 /// CPU time (user and system) consumed so far by the processes that serve a check-in: the
-/// gateway, the Postgres backends connected to the benchmark's database, and this process (the
-/// load generator), from /proc.
+/// gateway, Postgres (the backends connected to the benchmark's database and the server's own
+/// processes), and this process (the load generator); and by the whole machine. From /proc.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct CpuTimes {
     gateway: f64,
@@ -147,6 +147,18 @@ pub(crate) struct CpuSplit {
     pub(crate) postgres: f64,
     pub(crate) load_generator: f64,
     pub(crate) machine: f64,
+}
+
+impl CpuSplit {
+    /// Every figure multiplied by `factor` (seconds to microseconds per check-in, say).
+    pub(crate) fn scaled(self, factor: f64) -> Self {
+        Self {
+            gateway: self.gateway * factor,
+            postgres: self.postgres * factor,
+            load_generator: self.load_generator * factor,
+            machine: self.machine * factor,
+        }
+    }
 }
 
 /// User plus system time of a process in seconds, from `/proc/<pid>/stat` (clock ticks of

@@ -92,16 +92,18 @@ impl EventMetadata {
             (ACTOR.to_string(), self.actor.to_string()),
             (CORRELATION_ID.to_string(), self.correlation_id.to_string()),
             (REQUEST_ID.to_string(), self.request_id.clone()),
-            (
-                RECORDED_AT.to_string(),
-                self.recorded_at
-                    .to_rfc3339_opts(SecondsFormat::Micros, true),
-            ),
+            (RECORDED_AT.to_string(), self.recorded_at_text()),
         ])
     }
 
-    /// The same map as a JSON object, written directly (one allocation rather than a map of
-    /// eight strings): what the check-in ingest stores with every check-in.
+    /// How `recorded_at` is written: RFC 3339, UTC, microseconds.
+    fn recorded_at_text(&self) -> String {
+        self.recorded_at
+            .to_rfc3339_opts(SecondsFormat::Micros, true)
+    }
+
+    /// The same map as a JSON object, written directly rather than through a map of eight
+    /// strings: what the check-in ingest stores with every check-in.
     pub fn to_json(&self) -> String {
         /// Serializes a value as its `Display` form.
         struct Shown<T>(T);
@@ -119,10 +121,7 @@ impl EventMetadata {
                 map.serialize_entry(ACTOR, &Shown(&meta.actor))?;
                 map.serialize_entry(CORRELATION_ID, &Shown(&meta.correlation_id))?;
                 map.serialize_entry(REQUEST_ID, &meta.request_id)?;
-                map.serialize_entry(
-                    RECORDED_AT,
-                    &Shown(meta.recorded_at.format("%Y-%m-%dT%H:%M:%S%.6fZ")),
-                )?;
+                map.serialize_entry(RECORDED_AT, &meta.recorded_at_text())?;
                 map.end()
             }
         }

@@ -22,7 +22,7 @@
 //! writer has appended since (another gateway), the number the lane picks is taken and the
 //! statement fails on the primary key; a retried id fails it on `events_idempotency`. Either
 //! failure writes nothing, and the batch runs again at once with both probes for every row.
-//! The agents of a batch that failed so are then probed for a while ([`SUSPECT_FOR`]): an agent
+//! The agents of a batch that failed so are then probed for ten minutes: an agent
 //! whose check-ins alternate between gateways, or whose ids are replayed, costs the probes it
 //! always cost, not a failed statement per batch. The memory is dropped whenever the database
 //! connection fails (a failover or a restore could have lost commits it remembers). In the
@@ -223,7 +223,7 @@ async fn lane(
 }
 
 /// How long the agents of a batch that failed on a unique index are appended with both probes.
-pub const SUSPECT_FOR: std::time::Duration = std::time::Duration::from_secs(600);
+const SUSPECT_FOR: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// What a lane knows of the agents it appends for: the last sequence it recorded for each, and
 /// which to probe for (see the module documentation). The memory is never ahead of the log
@@ -302,10 +302,12 @@ async fn flush(
     }
 
     let recorded_at = Utc::now();
-    let vouched = unique
+    let last: Vec<Option<i64>> = unique
         .iter()
-        .any(|p| sequences.vouch(p.submission.agent_id.as_uuid()).is_some());
-    let attempt = match append(pool, &unique, recorded_at, Some(&*sequences)).await {
+        .map(|p| sequences.vouch(p.submission.agent_id.as_uuid()))
+        .collect();
+    let vouched = last.iter().any(Option::is_some);
+    let attempt = match append(pool, &unique, recorded_at, &last).await {
         Err(e) if vouched && db::is_unique_violation(&e) => {
             // A retried id, or another writer appended for one of these agents: nothing was
             // written; do it again with the probes, and keep probing for these agents.
@@ -313,7 +315,7 @@ async fn flush(
             for pending in &unique {
                 sequences.suspect(pending.submission.agent_id.as_uuid());
             }
-            append(pool, &unique, recorded_at, None).await
+            append(pool, &unique, recorded_at, &vec![None; unique.len()]).await
         }
         other => other,
     };
@@ -341,12 +343,10 @@ async fn flush(
             vec![Outcome::Retry; unique.len()]
         }
         Err(e) => {
-            if db::is_unavailable(&e) {
+            let error = if db::is_unavailable(&e) {
                 // What this lane remembers may have been lost with the server (a failover, a
                 // restore): rely on the log again.
                 sequences.forget_all();
-            }
-            let error = if db::is_unavailable(&e) {
                 tracing::warn!(error = %e, batch = unique.len(), "check-in batch not recorded: database unavailable");
                 IngestError::Unavailable
             } else {
@@ -454,13 +454,14 @@ SELECT i.ord, e.sequence AS existing, (e.metadata->>'recorded_at')::timestamptz 
   LEFT JOIN events e ON e.aggregate_type = $5 AND e.aggregate_id = i.agent_id::text \
                     AND e.idempotency_key = i.checkin_id";
 
-/// Appends `batch`, probing only for the agents the lane's memory cannot vouch for (for all
-/// of them without it), and says what became of each check-in.
+/// Appends `batch`, numbering each check-in from `last` (per check-in, its agent's last
+/// sequence when the lane vouches for it) and probing the log where it is `None`, and says what
+/// became of each check-in.
 async fn append(
     pool: &PgPool,
     batch: &[Pending],
     recorded_at: DateTime<Utc>,
-    sequences: Option<&Sequences>,
+    last: &[Option<i64>],
 ) -> Result<Vec<Outcome>, sqlx::Error> {
     let n = batch.len();
     let mut agents = Vec::with_capacity(n);
@@ -484,10 +485,6 @@ async fn append(
         metadata.push(meta.to_json());
         ords.push(i as i32);
     }
-    let last: Vec<Option<i64>> = agents
-        .iter()
-        .map(|a| sequences.and_then(|s| s.vouch(*a)))
-        .collect();
     let check_ids: Vec<bool> = last.iter().map(Option::is_none).collect();
     let rows = sqlx::query(APPEND_SQL)
         .bind(&agents)
@@ -497,7 +494,7 @@ async fn append(
         .bind(&metadata)
         .bind(&ords)
         .bind(CHECKIN_STREAM)
-        .bind(&last)
+        .bind(last)
         .bind(&check_ids)
         .fetch_all(pool)
         .await?;

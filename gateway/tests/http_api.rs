@@ -74,15 +74,7 @@ async fn a_replayed_checkin_id_fails_one_batch_then_the_agents_ids_are_looked_up
         assert_eq!(next["sequence"], n + 2);
     }
 
-    let (status, _, body) = app
-        .send(
-            Request::get("/metrics")
-                .body(Body::empty())
-                .expect("request"),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
-    let metrics = String::from_utf8_lossy(&body);
+    let metrics = app.metrics().await;
     let probed_again = metrics
         .lines()
         .find_map(|line| line.strip_prefix("logbook_ingest_probed_again_batches_total "))
@@ -844,13 +836,5 @@ async fn unknown_routes_and_metrics() {
     let (status, body) = app.json(Method::GET, "/nope", None, None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"]["code"], "not_found");
-    let (status, _, body) = app
-        .send(
-            Request::get("/metrics")
-                .body(Body::empty())
-                .expect("request"),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
-    assert!(String::from_utf8_lossy(&body).contains("logbook_http_requests_total"));
+    assert!(app.metrics().await.contains("logbook_http_requests_total"));
 }

@@ -326,6 +326,22 @@ pub async fn has_events_beyond_horizon(
     Ok(next.is_some())
 }
 
+/// The newest committed event of the log (the start when it is empty).
+pub async fn end(conn: &mut PgConnection) -> Result<LogCursor, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT tx_id::text::bigint AS tx, position FROM events \
+          ORDER BY tx_id DESC, position DESC LIMIT 1",
+    )
+    .fetch_optional(conn)
+    .await?;
+    row.map_or(Ok(LogCursor::START), |row| {
+        Ok(LogCursor {
+            tx_id: row.try_get("tx")?,
+            position: row.try_get("position")?,
+        })
+    })
+}
+
 /// How far behind `after` is: the number of committed events after it (counting at most
 /// `cap`), and the recorded time of the first of them.
 pub async fn backlog(

@@ -7,9 +7,9 @@
 //!
 //! Several gateway processes may run the same projection. A session advisory lock elects one
 //! leader per projection (its batches run on the connection that holds the lock) so that the
-//! others do not contend; correctness does not depend on it,
-//! because the checkpoint row lock already serialises batches (a process that lost leadership
-//! without noticing re-reads the checkpoint under the lock and applies nothing twice).
+//! others do not contend; correctness does not depend on it, because the checkpoint row lock
+//! already serialises batches (a process that lost leadership without noticing re-reads the
+//! checkpoint under the lock and applies nothing twice).
 //!
 //! The leader sleeps until it is woken (by writers in its own process, or by a
 //! `NOTIFY logbook_events` that writers send after committing) or the poll interval passes,

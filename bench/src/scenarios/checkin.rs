@@ -234,8 +234,8 @@ impl CheckinClient {
 
 /// A `CheckinRequest` as protobuf, byte for byte what encoding the message would give, from
 /// its id, its collection time and the rest of its report already encoded (`report` without
-/// `collected_at_unix_ms`, field 1, which protobuf writes first). Building and encoding a whole
-/// report per request was a third of the load generator's work.
+/// `collected_at_unix_ms`, field 1, which protobuf writes first), so that a request costs no
+/// report to build and encode.
 fn checkin_body(checkin_id: uuid::Uuid, collected_at_ms: i64, report: &[u8]) -> Bytes {
     use prost::bytes::BufMut;
     use prost::encoding::{WireType, encode_key, encode_varint, int64};
@@ -605,13 +605,7 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
         let (rate, latencies, errors) =
             saturate(&client, agents.len(), options.concurrency, options.duration).await;
         let cpu = CpuTimes::now(gateway.pid(), &db.name).since(&before);
-        let per_checkin = |seconds: f64| seconds * 1e6 / latencies.len().max(1) as f64;
-        cpu_runs.push(CpuSplit {
-            gateway: per_checkin(cpu.gateway),
-            postgres: per_checkin(cpu.postgres),
-            load_generator: per_checkin(cpu.load_generator),
-            machine: per_checkin(cpu.machine),
-        });
+        cpu_runs.push(cpu.scaled(1e6 / latencies.len().max(1) as f64));
         ui::step(&format!("{rate:.0} check-ins/s"));
         saturated_runs.push(rate);
         saturated.extend(latencies);

@@ -77,26 +77,14 @@ pub async fn run(
                     let goal = match pending {
                         Some((connection, goal)) if connection == now => goal,
                         _ => {
-                            let goal = log_end(&pool).await?;
+                            let goal = log::end(&mut *pool.acquire().await?).await?;
                             pending = Some((now, goal));
                             goal
                         }
                     };
-                    // The jobs read model says which jobs were dispatched; after a crash it may
-                    // still be catching up with the log (or have lost its last batches, which
-                    // it applies again), so the check waits until it has read the log as it was.
-                    let read = runner::checkpoint(&pool, JobsProjection::NAME).await?;
-                    if read.is_none_or(|read| read < goal) {
-                        tracing::debug!("waiting for the jobs read model before checking for lost jobs");
-                    } else { match republish_lost(&pool, &transport).await {
-                        Ok(0) => checked = Some(now),
-                        Ok(n) => {
-                            tracing::warn!(jobs = n, "published again jobs that nats-server no longer held");
-                            checked = Some(now);
-                        }
-                        // The streams may still be recovering; the next round tries again.
-                        Err(e) => tracing::debug!(error = %format!("{e:#}"), "cannot check for lost jobs yet"),
-                    } }
+                    if check_for_lost_jobs(&pool, &transport, goal).await? {
+                        checked = Some(now);
+                    }
                 }
                 loop {
                     let (handled, held_back) =
@@ -265,27 +253,43 @@ async fn round(
     Ok((batch.scanned, false))
 }
 
+/// Looks for jobs that nats-server lost, once the jobs read model has read the log up to `goal`
+/// (the log's end when the check began): the read model says which jobs were dispatched, and
+/// after a crash it may still be catching up, or applying again batches whose commits did not
+/// reach the disk. Says whether the check was made.
+async fn check_for_lost_jobs(
+    pool: &PgPool,
+    transport: &Transport,
+    goal: LogCursor,
+) -> Result<bool, sqlx::Error> {
+    let read = runner::checkpoint(pool, JobsProjection::NAME).await?;
+    if read.is_none_or(|read| read < goal) {
+        tracing::debug!("waiting for the jobs read model before checking for lost jobs");
+        return Ok(false);
+    }
+    match republish_lost(pool, transport).await {
+        Ok(0) => Ok(true),
+        Ok(n) => {
+            tracing::warn!(
+                jobs = n,
+                "published again jobs that nats-server no longer held"
+            );
+            Ok(true)
+        }
+        // The streams may still be recovering; the next round tries again.
+        Err(e) => {
+            tracing::debug!(error = %format!("{e:#}"), "cannot check for lost jobs yet");
+            Ok(false)
+        }
+    }
+}
+
 /// Publishes again every job that was dispatched, has not started and is no longer in its
 /// agent's stream; returns how many. A job that is gone because its agent already ran it (its
 /// start not yet recorded) reaches the agent a second time and is dropped by the agent's
 /// journal; the claim decides in every case, so a job never runs twice. A republished job may
 /// arrive after later jobs of its agent: after nats-server lost messages, order is kept only
 /// among those it kept.
-/// The newest committed event of the log (the start when it is empty).
-async fn log_end(pool: &PgPool) -> Result<LogCursor, sqlx::Error> {
-    let row = sqlx::query(
-        "SELECT tx_id::text::bigint AS tx, position FROM events ORDER BY tx_id DESC, position DESC LIMIT 1",
-    )
-    .fetch_optional(pool)
-    .await?;
-    row.map_or(Ok(LogCursor::START), |row| {
-        Ok(LogCursor {
-            tx_id: row.try_get("tx")?,
-            position: row.try_get("position")?,
-        })
-    })
-}
-
 async fn republish_lost(pool: &PgPool, transport: &Transport) -> anyhow::Result<usize> {
     let rows = sqlx::query(
         "SELECT j.job_id, j.agent_id, (d.payload->'JobDispatched'->>'stream_seq')::bigint AS stream_seq, \

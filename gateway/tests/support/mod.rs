@@ -120,6 +120,19 @@ impl TestApp {
         (status, headers, body)
     }
 
+    /// The Prometheus metrics page.
+    pub async fn metrics(&self) -> String {
+        let (status, _, body) = self
+            .send(
+                Request::get("/metrics")
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
     /// A JSON request; returns the status and the JSON answer (Null when empty).
     pub async fn json(
         &self,
