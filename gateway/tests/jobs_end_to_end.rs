@@ -266,6 +266,55 @@ async fn agents_ride_out_a_nats_server_restart_and_nothing_is_lost() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_claim_was_granted_but_never_answered_runs_once_when_its_agent_asks_again() {
+    use logbook_proto::agent::v1 as pb;
+    use prost::Message;
+
+    let nats = NatsServer::start();
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let setup = GatewaySetup::new(&db.url, &nats.url(), dir.path());
+    let _gateway = setup.start_ready().await;
+    let api = Api::new(&setup.base(), dir.path());
+    let token = api.enrollment_token(1).await;
+    let mut agent = Agent::enroll(&setup.base(), &token, dir.path(), "agent");
+    let out = dir.path().join("out.txt");
+    let job = api.queue(&agent.id, append(&out, "ran")).await;
+    api.wait_job(&job, Duration::from_secs(30), |j| {
+        j["status"] == "dispatched"
+    })
+    .await;
+    // The agent's claim is granted and recorded, and the answer is lost on its way (as in a
+    // NATS reconnect): here the claim is made on the agent's subject and its answer dropped.
+    let client = async_nats::connect(nats.url()).await.expect("nats");
+    let names = logbook_proto::subjects::Names::new(&setup.namespace);
+    let request = pb::ClaimRequest {
+        job_id: job.clone(),
+    };
+    let answer = client
+        .request(names.claims(&agent.id), request.encode_to_vec().into())
+        .await
+        .expect("the claim is answered");
+    let answer = pb::ClaimResponse::decode(answer.payload).expect("claim response");
+    assert_eq!(answer.verdict, pb::ClaimVerdict::Run as i32);
+    assert_eq!(count_events(&db, &job, "JobStarted").await, 1);
+
+    agent.start(&[]);
+    let done = api
+        .wait_job(&job, Duration::from_secs(30), |j| {
+            j["status"] != "dispatched" && j["status"] != "running"
+        })
+        .await;
+    assert_eq!(
+        done["status"], "succeeded",
+        "the job did not run after its claim's answer was lost: {done}"
+    );
+    assert_eq!(lines(&out), ["ran"], "the job did not run exactly once");
+    assert_eq!(count_events(&db, &job, "JobStarted").await, 1);
+    assert_eq!(count_events(&db, &job, "JobSucceeded").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_that_nats_server_lost_after_acknowledging_it_is_published_again_and_runs_once() {
     let mut nats = NatsServer::start();
     let db = TestDb::new().await;

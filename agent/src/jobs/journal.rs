@@ -1,9 +1,10 @@
 //! The job journal: what this agent did with each job, on disk. It is what makes a job run at
-//! most once whatever crashes when (the server's claim answer is final, so a job that was
-//! claimed is never run again; the journal says what happened to it here):
+//! most once whatever crashes when (the server grants a job's claim to its own agent only, and
+//! only once; the journal says what happened to it here):
 //!
-//! - no entry: the job never started here. It is claimed (again): a job claimed before a
-//!   restart is answered "already started" and reported as interrupted before it began.
+//! - no entry: the job never started here. It is claimed (again): a job whose claim was granted
+//!   but whose answer never arrived (a reconnect, a timeout, a restart before the journal write)
+//!   is answered "already started", and runs, since nothing of it ran here.
 //! - `Running`: written (fsynced) after the server said "run", before the process starts.
 //!   Found after a restart, the job may have run partly; it is never run again and is reported
 //!   as interrupted.

@@ -300,19 +300,19 @@ impl Worker {
             }
         };
         match verdict {
-            pb::ClaimVerdict::Run => {
+            // "Already started" answers a claim this agent made before: its answer was lost (a
+            // NATS reconnect, a timeout) or the agent stopped before journaling it. Only this
+            // agent can claim its jobs, and the journal has no entry, so the job never started
+            // here (`Running` is journaled before the process starts): it runs now, once.
+            pb::ClaimVerdict::Run | pb::ClaimVerdict::AlreadyStarted => {
+                if verdict == pb::ClaimVerdict::AlreadyStarted {
+                    tracing::info!(job = %id, "this agent's earlier claim was granted but never reached it; the job never started here");
+                }
                 self.journal.put(seq, &id, &Entry::Running)?;
                 tracing::info!(job = %id, agent_seq = seq, "running job");
                 let progress = self.keep_alive(&message);
                 let ran = exec::run(&job, &self.scratch, self.settings.output_cap).await;
                 progress.cancel();
-                self.finish(&message, &job, ran).await
-            }
-            pb::ClaimVerdict::AlreadyStarted => {
-                // Claimed before a restart, and never started here (that is journaled first).
-                let ran = Ran::failed_without_running(
-                    "interrupted: the agent restarted after claiming the job, before starting it",
-                );
                 self.finish(&message, &job, ran).await
             }
             other => {
