@@ -320,7 +320,9 @@ pub enum ClaimVerdict {
     Cancelled = 2,
     /// Its deadline passed: do not run it (the expiry is recorded).
     Expired = 3,
-    /// It was already claimed (by this agent, before a restart): do not run it again.
+    /// This agent's claim was already granted (the answer was lost, or the agent stopped before
+    /// it journaled the start): run it if it never started on this agent, otherwise do not run it
+    /// again.
     AlreadyStarted = 4,
     /// It already has a result: do not run it again.
     Finished = 5,
