@@ -20,7 +20,7 @@ use sqlx::types::Json;
 use sqlx::{FromRow, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-use crate::log::{LogWindow, StoredEvent, WINDOW_SQL};
+use crate::log::{LogWindow, ReadFilter, StoredEvent, WINDOW_SQL};
 use crate::runner::Projection;
 
 /// The fleet projection.
@@ -41,9 +41,12 @@ impl Projection for FleetProjection {
         &["clients_view", "sites_view", "agents_view"]
     }
 
-    fn ignores(&self) -> &'static [&'static str] {
+    fn reads(&self) -> ReadFilter<'static> {
         // Most of the log: folded into the agent list by one statement over the window.
-        &[CHECKIN_STREAM]
+        ReadFilter::PassOver {
+            ignored: &[CHECKIN_STREAM],
+            times: true,
+        }
     }
 
     async fn apply(

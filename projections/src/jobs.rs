@@ -17,7 +17,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{FromRow, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-use crate::log::{LogWindow, StoredEvent};
+use crate::log::{LogWindow, ReadFilter, StoredEvent};
 use crate::runner::Projection;
 
 /// The jobs projection.
@@ -85,9 +85,9 @@ impl Projection for JobsProjection {
         &["jobs_view", "bulk_jobs_view"]
     }
 
-    fn ignores(&self) -> &'static [&'static str] {
+    fn reads(&self) -> ReadFilter<'static> {
         // Check-ins are most of the log and say nothing about jobs.
-        &[logbook_domain::checkin::CHECKIN_STREAM]
+        ReadFilter::SkipCheckins
     }
 
     async fn apply(

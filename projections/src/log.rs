@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 
+use logbook_domain::checkin::CHECKIN_STREAM;
 use logbook_domain::event_log::{DecodeError, LogbookEvent};
 use logbook_domain::metadata::{EventMetadata, MetadataError};
 use sqlx::{PgConnection, Row};
@@ -116,16 +117,29 @@ pub async fn read_after(
 
 /// What a reader needs of the log.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ReadFilter<'a> {
-    /// Aggregate types whose events the reader never needs: they are passed over inside
-    /// Postgres (nothing is sent or decoded) and only move the batch's end.
-    pub ignored: &'a [&'a str],
-    /// Whether the batch also says when each passed-over event was recorded (for a reader that
-    /// reports its lag; [`LogBatch::passed_over_recorded_at`]).
-    pub passed_over_times: bool,
+pub enum ReadFilter<'a> {
+    /// Every event, with its payload.
+    #[default]
+    Everything,
+    /// Events of the `ignored` aggregate types are passed over inside Postgres (nothing is sent
+    /// or decoded) and only move the batch's end: for a reader that handles them with SQL over
+    /// the batch's [`LogWindow`].
+    PassOver {
+        /// The aggregate types passed over.
+        ignored: &'a [&'a str],
+        /// Whether the batch also says when each passed-over event was recorded (for a reader
+        /// that reports its lag; [`LogBatch::passed_over_recorded_at`]).
+        times: bool,
+    },
+    /// Check-ins are not read at all, not even as part of a window: the reader follows a
+    /// partial index that holds every other event (`events_log_order_beside_checkins`), so a
+    /// stream of check-ins costs it nothing. A batch that is not full ends at the newest event
+    /// below the horizon, whatever its kind, so that the reader's cursor still reaches the end
+    /// of the log. For readers that need nothing of check-ins.
+    SkipCheckins,
 }
 
-/// A stretch of the log: the `len` events after `after`, the last of them at `end`. A reader
+/// A stretch of the log: the events after `after` up to `end`, `len` of them. A reader
 /// that passes over a kind of event in Rust can still handle that kind with SQL over the
 /// window, inside Postgres: select it as [`WINDOW_SQL`] does, in log order with a limit, or
 /// the planner may prefer to read every event of that kind in the log.
@@ -135,12 +149,13 @@ pub struct LogWindow {
     pub after: LogCursor,
     /// Where it ends (inclusive).
     pub end: LogCursor,
-    /// How many events it holds.
-    pub len: i64,
+    /// How many events it holds; `None` when the reader skipped check-ins without counting
+    /// them ([`ReadFilter::SkipCheckins`]).
+    pub len: Option<i64>,
 }
 
 /// The events of a [`LogWindow`] bound as `$1`..`$5` (`after.tx_id`, `after.position`,
-/// `end.tx_id`, `end.position`, `len`), as a subquery to select from. Its `tid` column is each
+/// `end.tx_id`, `end.position`, `len`; a `NULL` limit is none), as a subquery to select from. Its `tid` column is each
 /// row's `ctid`: within the statement, `events.ctid = tid` fetches the row again without an
 /// index lookup (events are never updated, so it cannot move).
 pub const WINDOW_SQL: &str = "(SELECT ctid AS tid, * FROM events \
@@ -168,9 +183,13 @@ impl LogWindow {
 pub struct LogBatch {
     /// The events the reader needs, in log order.
     pub events: Vec<StoredEvent>,
-    /// How many events the batch passed over, needed or not (at most the limit asked for).
+    /// How many events the batch read or passed over, needed or not (at most the limit asked
+    /// for). Check-ins skipped by [`ReadFilter::SkipCheckins`] are not counted: the batch is
+    /// full when it holds the limit of other events.
     pub scanned: usize,
-    /// The last event passed over: where the reader's cursor moves, and when it was recorded.
+    /// Where the reader's cursor moves (the last event read or passed over, or with
+    /// [`ReadFilter::SkipCheckins`] the newest event below the horizon), and when that event
+    /// was recorded. `None` when there is nothing new.
     pub end: Option<(LogCursor, chrono::DateTime<chrono::Utc>)>,
     /// When each event passed over inside Postgres was recorded, if the filter asked for it.
     pub passed_over_recorded_at: Vec<chrono::DateTime<chrono::Utc>>,
@@ -184,7 +203,12 @@ pub async fn read_batch(
     limit: i64,
     filter: ReadFilter<'_>,
 ) -> Result<LogBatch, LogError> {
-    if filter.ignored.is_empty() {
+    let (ignored, times) = match filter {
+        ReadFilter::PassOver { ignored, times } if !ignored.is_empty() => (ignored, times),
+        ReadFilter::SkipCheckins => return read_beside_checkins(conn, after, limit).await,
+        _ => (&[][..], false),
+    };
+    if ignored.is_empty() {
         let rows = sqlx::query(
             "SELECT tx_id::text::bigint AS tx, position, aggregate_type, aggregate_id, sequence, \
                     event_type, event_version, metadata::text AS metadata, payload::text AS payload \
@@ -234,8 +258,8 @@ pub async fn read_batch(
     .bind(after.tx_id)
     .bind(after.position)
     .bind(limit)
-    .bind(filter.ignored)
-    .bind(filter.passed_over_times)
+    .bind(ignored)
+    .bind(times)
     .fetch_all(&mut *conn)
     .await?;
     let mut batch = LogBatch::default();
@@ -256,6 +280,74 @@ pub async fn read_batch(
             batch.events.push(event);
         }
     }
+    Ok(batch)
+}
+
+/// The statement behind [`ReadFilter::SkipCheckins`]: up to `$3` events other than check-ins
+/// after the cursor, through the partial index that leaves check-ins out, then the newest event
+/// below the horizon (`wanted` false, no payload), found by walking the log's order index back
+/// from the horizon. Both halves see the same horizon: it is the statement's snapshot. (The
+/// second half's columns are qualified: its `ORDER BY` must name the table's `tx_id`, which the
+/// index holds, not the output column of the same name.)
+static BESIDE_CHECKINS_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT * FROM ( \
+           (SELECT tx_id::text::bigint AS tx, position, aggregate_type, aggregate_id, sequence, \
+                   event_type, event_version, metadata::text AS metadata, payload::text AS payload, \
+                   true AS wanted \
+              FROM events \
+             WHERE aggregate_type <> '{checkins}' \
+               AND (tx_id, position) > ($1::bigint::text::xid8, $2) \
+               AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
+             ORDER BY tx_id, position \
+             LIMIT $3) \
+           UNION ALL \
+           (SELECT e.tx_id::text::bigint, e.position, e.aggregate_type, e.aggregate_id, \
+                   e.sequence, e.event_type, e.event_version, e.metadata::text, NULL, false \
+              FROM events e \
+             WHERE (e.tx_id, e.position) > ($1::bigint::text::xid8, $2) \
+               AND e.tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
+             ORDER BY e.tx_id DESC, e.position DESC \
+             LIMIT 1)) batch \
+         ORDER BY tx, position, wanted DESC",
+        checkins = CHECKIN_STREAM
+    )
+});
+
+async fn read_beside_checkins(
+    conn: &mut PgConnection,
+    after: LogCursor,
+    limit: i64,
+) -> Result<LogBatch, LogError> {
+    let rows = sqlx::query(&BESIDE_CHECKINS_SQL)
+        .bind(after.tx_id)
+        .bind(after.position)
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut batch = LogBatch::default();
+    let mut newest = None;
+    for row in &rows {
+        let event = decode_row(row)?;
+        if row.try_get::<bool, _>("wanted")? {
+            batch.events.push(event);
+        } else {
+            newest = Some((event.cursor, event.metadata.recorded_at));
+        }
+    }
+    batch.scanned = batch.events.len();
+    let last_read = batch
+        .events
+        .last()
+        .map(|e| (e.cursor, e.metadata.recorded_at));
+    batch.end = if batch.scanned as i64 >= limit {
+        // Full: more events may follow the last one read; the next batch starts there.
+        last_read
+    } else {
+        // Everything below the horizon other than check-ins was read: the end is the newest
+        // event there (never before the last one read).
+        newest.max(last_read)
+    };
     Ok(batch)
 }
 

@@ -10,7 +10,9 @@
 
 use sqlx::{Executor, PgPool, Row};
 
-use crate::log::{self, LogCursor};
+use logbook_domain::checkin::CHECKIN_STREAM;
+
+use crate::log::{self, LogCursor, ReadFilter};
 use crate::runner::{self, Projection, RunError, ensure_checkpoint, lock_checkpoint};
 
 const REBUILD_SCHEMA: &str = "logbook_rebuild";
@@ -21,7 +23,8 @@ const RETIRED_SCHEMA: &str = "logbook_retired";
 pub struct Progress {
     /// Events applied so far.
     pub applied: u64,
-    /// Events in the log when the rebuild started (an estimate of the total).
+    /// Events of the log the projection reads, when the rebuild started (an estimate of the
+    /// total: check-ins do not count for a projection that skips them).
     pub total: u64,
 }
 
@@ -54,9 +57,13 @@ pub async fn rebuild<P: Projection>(
     let checkpoint = rebuild_checkpoint(name);
     ensure_checkpoint(pool, name).await?;
 
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(pool)
-        .await?;
+    let count = match projection.reads() {
+        ReadFilter::SkipCheckins => {
+            format!("SELECT count(*) FROM events WHERE aggregate_type <> '{CHECKIN_STREAM}'")
+        }
+        _ => "SELECT count(*) FROM events".to_string(),
+    };
+    let total: i64 = sqlx::query_scalar(&count).fetch_one(pool).await?;
     let total = total as u64;
 
     let mut setup = pool.begin().await?;
@@ -88,7 +95,7 @@ pub async fn rebuild<P: Projection>(
     // Bulk phase: the live projection is untouched. The next batch is read on a second
     // connection while the current one is applied, so that reading and writing overlap.
     let mut reader = pool.acquire().await?;
-    let filter = runner::read_filter(projection);
+    let filter = projection.reads();
     let mut cursor = LogCursor::START;
     let mut batch = log::read_batch(&mut reader, cursor, batch_size, filter).await?;
     while let Some((next_cursor, _)) = batch.end {

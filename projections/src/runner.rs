@@ -33,15 +33,15 @@ pub trait Projection: Send + Sync + 'static {
     /// The tables this projection owns and writes (and a rebuild recreates).
     fn tables(&self) -> &'static [&'static str];
 
-    /// Aggregate types whose events never reach [`Projection::apply`] as [`StoredEvent`]s: they
-    /// are passed over inside Postgres. A projection that needs them handles them with SQL over
-    /// the batch's window.
-    fn ignores(&self) -> &'static [&'static str] {
-        &[]
+    /// What it reads of the log ([`ReadFilter`]): every event unless it says otherwise. Events
+    /// it passes over never reach [`Projection::apply`] as [`StoredEvent`]s; a projection that
+    /// needs them handles them with SQL over the batch's window.
+    fn reads(&self) -> ReadFilter<'static> {
+        ReadFilter::Everything
     }
 
-    /// Applies the events of `window`, inside the caller's transaction: `events` are those not
-    /// [ignored](Projection::ignores), in log order (possibly none). Must be idempotent per
+    /// Applies the events of `window`, inside the caller's transaction: `events` are those it
+    /// [reads](Projection::reads), in log order (possibly none). Must be idempotent per
     /// event only in the sense that it never sees an event twice; it may assume that.
     fn apply(
         &self,
@@ -166,14 +166,6 @@ pub(crate) async fn lock_checkpoint(
     })
 }
 
-/// What `projection` reads of the log.
-pub(crate) fn read_filter<P: Projection>(projection: &P) -> ReadFilter<'static> {
-    ReadFilter {
-        ignored: projection.ignores(),
-        passed_over_times: true,
-    }
-}
-
 /// Applies events after `cursor` to `projection` inside `conn`'s open transaction and moves the
 /// checkpoint named `checkpoint` past them. Does not commit.
 pub(crate) async fn apply_batch<P: Projection>(
@@ -183,7 +175,7 @@ pub(crate) async fn apply_batch<P: Projection>(
     cursor: LogCursor,
     limit: i64,
 ) -> Result<BatchOutcome, RunError> {
-    let batch = log::read_batch(conn, cursor, limit, read_filter(projection)).await?;
+    let batch = log::read_batch(conn, cursor, limit, projection.reads()).await?;
     apply_events(conn, projection, checkpoint, cursor, &batch).await
 }
 
@@ -206,7 +198,10 @@ pub(crate) async fn apply_events<P: Projection>(
     let window = LogWindow {
         after: cursor,
         end: new_cursor,
-        len: batch.scanned as i64,
+        len: match projection.reads() {
+            ReadFilter::SkipCheckins => None,
+            _ => Some(batch.scanned as i64),
+        },
     };
     projection
         .apply(conn, &batch.events, window)
@@ -250,7 +245,8 @@ pub async fn run_batch<P: Projection>(
     let mut tx = conn.begin().await?;
     let cursor = lock_checkpoint(&mut tx, projection.name()).await?;
     let outcome = apply_batch(&mut tx, projection, projection.name(), cursor, limit).await?;
-    if outcome.applied > 0 {
+    // A batch may move the checkpoint past skipped check-ins without applying anything.
+    if outcome.cursor != cursor {
         tx.commit().await?;
         metrics::counter!("logbook_projection_events_applied_total", "projection" => projection.name())
             .increment(outcome.applied as u64);

@@ -16,7 +16,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-use crate::log::{LogCursor, LogWindow, StoredEvent};
+use crate::log::{LogCursor, LogWindow, ReadFilter, StoredEvent};
 use crate::runner::Projection;
 
 /// The timeline projection.
@@ -65,9 +65,9 @@ impl Projection for TimelineProjection {
         &["agent_timeline_view"]
     }
 
-    fn ignores(&self) -> &'static [&'static str] {
+    fn reads(&self) -> ReadFilter<'static> {
         // Most of the log, and read from the log's primary key by the query instead.
-        &[CHECKIN_STREAM]
+        ReadFilter::SkipCheckins
     }
 
     async fn apply(

@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use logbook_domain::checkin::CHECKIN_STREAM;
 use logbook_projections::log::{self, LogCursor};
 use logbook_testkit::TestDb;
 use rand::Rng;
@@ -25,12 +26,30 @@ impl logbook_domain::cqrs_es::DomainEvent for Ping {
     }
 }
 
+/// Appends a ping, or a check-in when `aggregate_type` is the check-ins'.
+async fn append(conn: &mut sqlx::PgConnection, aggregate_type: &str, id: &str, seq: i64) {
+    let now = chrono::Utc::now();
+    if aggregate_type == CHECKIN_STREAM {
+        common::append_checkin(conn, id, seq, now).await;
+    } else {
+        common::append(conn, aggregate_type, id, seq, &Ping(seq as u32), now).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writers_with_delays_and_rollbacks_lose_nothing() {
     let db = TestDb::new().await;
     const WRITERS: usize = 12;
     const TXS_PER_WRITER: usize = 40;
 
+    // A third of the writers append check-ins, which the second reader skips.
+    let stream_type = |w: usize| {
+        if w % 3 == 0 {
+            CHECKIN_STREAM
+        } else {
+            "test_stream"
+        }
+    };
     let committed: Arc<Mutex<HashSet<(String, i64)>>> = Arc::default();
     let mut writers = Vec::new();
     for w in 0..WRITERS {
@@ -52,15 +71,7 @@ async fn concurrent_writers_with_delays_and_rollbacks_lose_nothing() {
                 let mut written = Vec::new();
                 for i in 0..events {
                     let seq = next_seq + i;
-                    common::append(
-                        &mut tx,
-                        "test_stream",
-                        &stream,
-                        seq,
-                        &Ping(seq as u32),
-                        chrono::Utc::now(),
-                    )
-                    .await;
+                    append(&mut tx, stream_type(w), &stream, seq).await;
                     written.push((stream.clone(), seq));
                     // Hold the transaction open between and after writes so that other writers
                     // take later positions and commit first.
@@ -78,44 +89,65 @@ async fn concurrent_writers_with_delays_and_rollbacks_lose_nothing() {
     }
 
     let writers_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let reader_pool = db.pool.clone();
-    let done = writers_done.clone();
-    let reader = tokio::spawn(async move {
-        let mut conn = reader_pool.acquire().await.expect("reader connection");
-        let mut cursor = LogCursor::START;
-        let mut seen = Vec::new();
-        // Read until the writers are done and nothing committed is left after the cursor. The
-        // horizon can hold events back for a while (transaction ids are server-wide, so other
-        // tests' transactions count too); that only delays them.
-        loop {
-            let batch = log::read_after(&mut conn, cursor, 7).await.expect("read");
-            if batch.is_empty() {
-                let finished = done.load(std::sync::atomic::Ordering::SeqCst);
-                if finished
-                    && !log::has_events_beyond_horizon(&mut conn, cursor)
-                        .await
-                        .expect("check")
-                {
-                    return seen;
+    let reader = |filter: log::ReadFilter<'static>| {
+        let pool = db.pool.clone();
+        let done = writers_done.clone();
+        tokio::spawn(async move {
+            let mut conn = pool.acquire().await.expect("reader connection");
+            let mut cursor = LogCursor::START;
+            let mut seen = Vec::new();
+            // Read until the writers are done and nothing committed is left after the cursor.
+            // The horizon can hold events back for a while (transaction ids are server-wide, so
+            // other tests' transactions count too); that only delays them.
+            loop {
+                let batch = log::read_batch(&mut conn, cursor, 7, filter)
+                    .await
+                    .expect("read");
+                for event in &batch.events {
+                    assert!(event.cursor > cursor, "cursor went backwards");
+                    seen.push((event.aggregate_id.clone(), event.sequence));
                 }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                continue;
+                match batch.end {
+                    Some((end, _)) => {
+                        assert!(end > cursor, "the batch's end is not after its start");
+                        cursor = end;
+                    }
+                    None => {
+                        let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                        if finished
+                            && !log::has_events_beyond_horizon(&mut conn, cursor)
+                                .await
+                                .expect("check")
+                        {
+                            return seen;
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
             }
-            for event in batch {
-                assert!(event.cursor > cursor, "cursor went backwards");
-                cursor = event.cursor;
-                seen.push((event.aggregate_id.clone(), event.sequence));
-            }
-        }
-    });
+        })
+    };
+    let everything = reader(log::ReadFilter::Everything);
+    let beside_checkins = reader(log::ReadFilter::SkipCheckins);
 
     for w in writers {
         w.await.expect("writer");
     }
     writers_done.store(true, std::sync::atomic::Ordering::SeqCst);
-    let seen = reader.await.expect("reader");
+    let seen = everything.await.expect("reader");
+    let seen_beside_checkins = beside_checkins.await.expect("reader skipping check-ins");
     let committed = committed.lock().await.clone();
+    check_read(&seen, &committed);
+    let without_checkins: HashSet<_> = committed
+        .iter()
+        .filter(|(stream, _)| stream_type(stream[7..].parse().expect("writer")) != CHECKIN_STREAM)
+        .cloned()
+        .collect();
+    check_read(&seen_beside_checkins, &without_checkins);
+}
 
+/// `seen` holds each of `committed` once, nothing else, and each stream in its own order.
+fn check_read(seen: &[(String, i64)], committed: &HashSet<(String, i64)>) {
     let unique: HashSet<_> = seen.iter().cloned().collect();
     assert_eq!(unique.len(), seen.len(), "the reader saw an event twice");
     let skipped: Vec<_> = committed.difference(&unique).collect();
@@ -125,7 +157,7 @@ async fn concurrent_writers_with_delays_and_rollbacks_lose_nothing() {
         skipped.len(),
         &skipped[..skipped.len().min(5)]
     );
-    let phantom: Vec<_> = unique.difference(&committed).collect();
+    let phantom: Vec<_> = unique.difference(committed).collect();
     assert!(
         phantom.is_empty(),
         "the reader saw rolled-back events: {phantom:?}"
@@ -137,7 +169,7 @@ async fn concurrent_writers_with_delays_and_rollbacks_lose_nothing() {
 
     // Within each stream, the global order agrees with the stream's own order.
     let mut last: std::collections::HashMap<String, i64> = Default::default();
-    for (stream, seq) in &seen {
+    for (stream, seq) in seen {
         let prev = last.insert(stream.clone(), *seq).unwrap_or(0);
         assert!(*seq > prev, "{stream} out of order: {seq} after {prev}");
     }
@@ -207,9 +239,9 @@ async fn ignored_streams_are_passed_over_and_still_move_the_batch_end() {
         .await;
     }
     tx.commit().await.expect("commit");
-    let filter = log::ReadFilter {
+    let filter = log::ReadFilter::PassOver {
         ignored: &["noise"],
-        passed_over_times: true,
+        times: true,
     };
     let mut conn = db.pool.acquire().await.expect("connection");
 
@@ -248,9 +280,9 @@ async fn ignored_streams_are_passed_over_and_still_move_the_batch_end() {
     assert_eq!(passed_over, noise_times);
 
     // A reader that reports no lag is not told when passed-over events were recorded.
-    let quiet = log::ReadFilter {
-        passed_over_times: false,
-        ..filter
+    let quiet = log::ReadFilter::PassOver {
+        ignored: &["noise"],
+        times: false,
     };
     let batch = log::read_batch(&mut conn, LogCursor::START, 100, quiet)
         .await
@@ -282,4 +314,72 @@ async fn ignored_streams_are_passed_over_and_still_move_the_batch_end() {
         .expect("read");
     assert_eq!((batch.scanned, batch.events.len()), (0, 0));
     assert!(batch.end.is_none());
+}
+
+#[tokio::test]
+async fn a_reader_skipping_checkins_reads_every_other_event_and_ends_at_the_newest() {
+    let db = TestDb::new().await;
+    let mut tx = db.pool.begin().await.expect("begin");
+    // In log order: check-ins 1..3, wanted 1, check-ins 4..6, wanted 2, check-in 7.
+    let order = [
+        (CHECKIN_STREAM, 1),
+        (CHECKIN_STREAM, 2),
+        (CHECKIN_STREAM, 3),
+        ("wanted", 1),
+        (CHECKIN_STREAM, 4),
+        (CHECKIN_STREAM, 5),
+        (CHECKIN_STREAM, 6),
+        ("wanted", 2),
+        (CHECKIN_STREAM, 7),
+    ];
+    for (stream, seq) in order {
+        append(&mut tx, stream, "a", seq).await;
+    }
+    tx.commit().await.expect("commit");
+    let mut conn = db.pool.acquire().await.expect("connection");
+    // Other tests' transactions on the same server can hold the horizon back for a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let all = loop {
+        let all = log::read_after(&mut conn, LogCursor::START, 100)
+            .await
+            .expect("read");
+        if all.len() == 9 || std::time::Instant::now() > deadline {
+            break all;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(all.len(), 9);
+    let skip = log::ReadFilter::SkipCheckins;
+    let read = async |conn: &mut sqlx::PgConnection, after: LogCursor, limit: i64| {
+        let batch = log::read_batch(conn, after, limit, skip)
+            .await
+            .expect("read");
+        let sequences: Vec<i64> = batch.events.iter().map(|e| e.sequence).collect();
+        assert!(batch.events.iter().all(|e| e.aggregate_type == "wanted"));
+        assert_eq!(batch.scanned, sequences.len());
+        (sequences, batch.end)
+    };
+
+    // Every other event at once; the end is the newest event, a check-in, and its time.
+    let (sequences, end) = read(&mut conn, LogCursor::START, 100).await;
+    assert_eq!(sequences, [1, 2]);
+    assert_eq!(end, Some((all[8].cursor, all[8].metadata.recorded_at)));
+
+    // A full batch ends at its last event: more may follow.
+    let (sequences, end) = read(&mut conn, LogCursor::START, 1).await;
+    assert_eq!(sequences, [1]);
+    assert_eq!(end.map(|(c, _)| c), Some(all[3].cursor));
+    let (sequences, end) = read(&mut conn, all[3].cursor, 1).await;
+    assert_eq!(sequences, [2]);
+    assert_eq!(end.map(|(c, _)| c), Some(all[7].cursor));
+
+    // Only check-ins left: nothing read, and the end still moves past them.
+    let (sequences, end) = read(&mut conn, all[7].cursor, 1).await;
+    assert!(sequences.is_empty());
+    assert_eq!(end.map(|(c, _)| c), Some(all[8].cursor));
+
+    // Past the end: nothing, no end.
+    let (sequences, end) = read(&mut conn, all[8].cursor, 100).await;
+    assert!(sequences.is_empty());
+    assert!(end.is_none());
 }

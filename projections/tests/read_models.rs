@@ -6,10 +6,9 @@ mod common;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use common::report;
 use logbook_domain::agent::{AgentEvent, AgentIdentity};
-use logbook_domain::checkin::{
-    CHECKIN_STREAM, CheckinEvent, CheckinReport, CpuInfo, DiskUsage, MemoryInfo, OsInfo,
-};
+use logbook_domain::checkin::{CHECKIN_STREAM, CheckinEvent, CheckinReport};
 use logbook_domain::client::ClientEvent;
 use logbook_domain::ids::*;
 use logbook_domain::secret::SecretHash;
@@ -95,42 +94,6 @@ async fn enroll(pool: &PgPool, fleet: &Fleet, hostname: &str) -> AgentId {
     )
     .await;
     agent
-}
-
-fn report(hostname: &str, collected_at: DateTime<Utc>, used_gib: u64) -> CheckinReport {
-    CheckinReport {
-        collected_at,
-        hostname: hostname.into(),
-        os: OsInfo {
-            family: "linux".into(),
-            name: "Debian GNU/Linux".into(),
-            version: "12".into(),
-            kernel_version: "6.1.0".into(),
-            arch: "x86_64".into(),
-        },
-        agent_version: "0.1.0".into(),
-        uptime_secs: 100,
-        cpu: CpuInfo {
-            logical_cores: 2,
-            load_1m: 0.1,
-            load_5m: 0.1,
-            load_15m: 0.1,
-        },
-        memory: MemoryInfo {
-            total_bytes: 8 << 30,
-            used_bytes: 1 << 30,
-            swap_total_bytes: 0,
-            swap_used_bytes: 0,
-        },
-        disks: vec![DiskUsage {
-            mount_point: "/".into(),
-            file_system: "ext4".into(),
-            total_bytes: 100 << 30,
-            used_bytes: used_gib << 30,
-        }],
-        logged_in_users: vec![],
-        ip_addresses: vec!["192.0.2.1".into()],
-    }
 }
 
 async fn check_in(

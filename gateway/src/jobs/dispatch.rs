@@ -16,7 +16,6 @@
 
 use std::time::Duration;
 
-use logbook_domain::checkin::CHECKIN_STREAM;
 use logbook_domain::event_log::LogbookEvent;
 use logbook_domain::ids::{AgentId, JobId};
 use logbook_domain::job::{JobEvent, JobSpec};
@@ -131,13 +130,8 @@ async fn round(
         .await?
         .unwrap_or(LogCursor::START);
     let mut conn = pool.acquire().await?;
-    // Check-ins are most of the log and say nothing about jobs; the dispatcher reports no lag
-    // per event, so it does not ask when they were recorded.
-    let filter = ReadFilter {
-        ignored: &[CHECKIN_STREAM],
-        passed_over_times: false,
-    };
-    let batch = log::read_batch(&mut conn, cursor, batch_size, filter).await?;
+    // Check-ins are most of the log and say nothing about jobs.
+    let batch = log::read_batch(&mut conn, cursor, batch_size, ReadFilter::SkipCheckins).await?;
     let events = &batch.events;
     let Some((last, _)) = batch.end else {
         let held_back = log::has_events_beyond_horizon(&mut conn, cursor).await?;

@@ -4,7 +4,11 @@
 #![allow(dead_code, unreachable_pub)]
 
 use chrono::{DateTime, Utc};
+use logbook_domain::checkin::{
+    CHECKIN_STREAM, CheckinEvent, CheckinReport, CpuInfo, DiskUsage, MemoryInfo, OsInfo,
+};
 use logbook_domain::cqrs_es::DomainEvent;
+use logbook_domain::ids::CheckinId;
 use logbook_domain::ids::CorrelationId;
 use logbook_domain::metadata::{Actor, EventMetadata};
 use sqlx::PgConnection;
@@ -43,4 +47,56 @@ pub async fn append<E: DomainEvent>(
     .execute(conn)
     .await
     .expect("append event");
+}
+
+/// A report as an agent on a small Linux machine sends it.
+pub fn report(hostname: &str, collected_at: DateTime<Utc>, used_gib: u64) -> CheckinReport {
+    CheckinReport {
+        collected_at,
+        hostname: hostname.into(),
+        os: OsInfo {
+            family: "linux".into(),
+            name: "Debian GNU/Linux".into(),
+            version: "12".into(),
+            kernel_version: "6.1.0".into(),
+            arch: "x86_64".into(),
+        },
+        agent_version: "0.1.0".into(),
+        uptime_secs: 100,
+        cpu: CpuInfo {
+            logical_cores: 2,
+            load_1m: 0.1,
+            load_5m: 0.1,
+            load_15m: 0.1,
+        },
+        memory: MemoryInfo {
+            total_bytes: 8 << 30,
+            used_bytes: 1 << 30,
+            swap_total_bytes: 0,
+            swap_used_bytes: 0,
+        },
+        disks: vec![DiskUsage {
+            mount_point: "/".into(),
+            file_system: "ext4".into(),
+            total_bytes: 100 << 30,
+            used_bytes: used_gib << 30,
+        }],
+        logged_in_users: vec![],
+        ip_addresses: vec!["192.0.2.1".into()],
+    }
+}
+
+/// Appends one check-in of agent `agent_id` (its `sequence`th) as the first write of its own
+/// statement.
+pub async fn append_checkin(
+    conn: &mut PgConnection,
+    agent_id: &str,
+    sequence: i64,
+    at: DateTime<Utc>,
+) {
+    let event = CheckinEvent::AgentCheckedIn {
+        checkin_id: CheckinId::from(Uuid::new_v4()),
+        report: report("host", at, 1),
+    };
+    append(conn, CHECKIN_STREAM, agent_id, sequence, &event, at).await;
 }
