@@ -409,7 +409,7 @@ fn print_table(report: &Report) {
         );
         row(
             &format!(
-                "live projection lag at {}/s, p50 / p99 (ms, bucket)",
+                "agent list lag at {} check-ins/s, p50 / p99 (ms, bucket)",
                 h.live_lag_rate
             ),
             format!("<= {:.0} / <= {:.0}", h.live_lag_p50_ms, h.live_lag_p99_ms),
