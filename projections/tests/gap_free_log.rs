@@ -44,7 +44,7 @@ async fn concurrent_writers_with_delays_and_rollbacks_lose_nothing() {
 
     // A third of the writers append check-ins, which the second reader skips.
     let stream_type = |w: usize| {
-        if w % 3 == 0 {
+        if w.is_multiple_of(3) {
             CHECKIN_STREAM
         } else {
             "test_stream"
