@@ -34,7 +34,9 @@ pub const FAILPOINT_ENV: &str = "LOGBOOK_AGENT_FAILPOINT";
 pub struct JobSettings {
     /// Most bytes kept of each of stdout and stderr.
     pub output_cap: usize,
-    /// How long to wait for the server's answer to a claim.
+    /// How long to wait for the server's answer to a claim before asking again. Short: an
+    /// answer lost in a NATS reconnect is not coming, and asking again is harmless (a granted
+    /// claim is answered "already started", and the job still runs once).
     pub claim_timeout: Duration,
 }
 
@@ -42,7 +44,7 @@ impl Default for JobSettings {
     fn default() -> Self {
         Self {
             output_cap: 1024 * 1024,
-            claim_timeout: Duration::from_secs(10),
+            claim_timeout: Duration::from_secs(3),
         }
     }
 }
