@@ -197,7 +197,7 @@ async fn claims_and_results_are_decided_by_the_server_once() {
     // Another agent can neither claim nor report the job, and leaves no trace.
     assert_eq!(
         app.commands
-            .claim_job(agent_b, job_id, "t")
+            .claim_job(agent_b, job_id, None)
             .await
             .expect("claim"),
         Claim::Refused
@@ -235,14 +235,14 @@ async fn claims_and_results_are_decided_by_the_server_once() {
 
     assert_eq!(
         app.commands
-            .claim_job(agent_a, job_id, "t")
+            .claim_job(agent_a, job_id, None)
             .await
             .expect("claim"),
         Claim::Run
     );
     assert_eq!(
         app.commands
-            .claim_job(agent_a, job_id, "t")
+            .claim_job(agent_a, job_id, None)
             .await
             .expect("claim"),
         Claim::AlreadyStarted
@@ -279,6 +279,32 @@ async fn claims_and_results_are_decided_by_the_server_once() {
 }
 
 #[tokio::test]
+async fn a_claim_asked_again_by_the_same_attempt_is_granted_again_and_no_other_is() {
+    let app = TestApp::new().await;
+    let (client_id, site_id) = app.site().await;
+    let a = app.agent_in(&client_id, &site_id, "a").await;
+    let job_id = queue_true(&app, &a.id).await;
+    let agent: AgentId = a.id.parse().expect("uuid");
+    let claim = async |attempt: Option<&str>| {
+        app.commands
+            .claim_job(agent, job_id, attempt)
+            .await
+            .expect("claim")
+    };
+
+    assert_eq!(claim(Some("first-attempt")).await, Claim::Run);
+    let after_start = app.event_count().await;
+    // The answer was lost and the agent asks again: granted again, recorded once.
+    assert_eq!(claim(Some("first-attempt")).await, Claim::Run);
+    assert_eq!(app.event_count().await, after_start);
+    // Another attempt (the agent after a restart, or a clone with its identity) is not.
+    assert_eq!(claim(Some("second-attempt")).await, Claim::AlreadyStarted);
+    // Nor a claim that names no attempt.
+    assert_eq!(claim(None).await, Claim::AlreadyStarted);
+    assert_eq!(app.event_count().await, after_start);
+}
+
+#[tokio::test]
 async fn claims_and_results_decided_in_one_batch_are_answered_one_by_one() {
     let app = TestApp::new().await;
     let (client_id, site_id) = app.site().await;
@@ -300,7 +326,7 @@ async fn claims_and_results_decided_in_one_batch_are_answered_one_by_one() {
     let claim = |agent_id, job_id| logbook_gateway::jobs::ClaimRequest {
         agent_id,
         job_id,
-        request_id: "t".into(),
+        attempt: None,
     };
     let answers: Vec<Claim> = app
         .commands
@@ -382,7 +408,7 @@ async fn batches_racing_for_the_same_jobs_grant_each_claim_once() {
             .map(|job_id| logbook_gateway::jobs::ClaimRequest {
                 agent_id: agent_a,
                 job_id: *job_id,
-                request_id: "t".into(),
+                attempt: None,
             })
             .collect();
         if reverse {
@@ -480,7 +506,7 @@ async fn a_bulk_job_resolves_its_targets_counts_their_states_and_retries_failure
     );
     assert_eq!(
         app.commands
-            .claim_job(agent, job, "t")
+            .claim_job(agent, job, None)
             .await
             .expect("claim"),
         Claim::Run

@@ -266,7 +266,36 @@ async fn agents_ride_out_a_nats_server_restart_and_nothing_is_lost() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_whose_claim_was_granted_but_never_answered_runs_once_when_its_agent_asks_again() {
+async fn a_job_whose_claim_answer_was_lost_runs_once_when_the_agent_asks_again() {
+    let nats = NatsServer::start();
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let setup = GatewaySetup::new(&db.url, &nats.url(), dir.path());
+    let _gateway = setup.start_ready().await;
+    let api = Api::new(&setup.base(), dir.path());
+    let token = api.enrollment_token(1).await;
+    let mut agent = Agent::enroll(&setup.base(), &token, dir.path(), "agent");
+    // The agent drops the first answer to each claim, as a NATS reconnect between the server's
+    // answer and the agent would: the claim is granted and recorded, the agent never hears it.
+    agent.start(&[("LOGBOOK_AGENT_FAILPOINT", "lose-first-claim-answer")]);
+    let out = dir.path().join("out.txt");
+    let job = api.queue(&agent.id, append(&out, "ran")).await;
+    let done = api
+        .wait_job(&job, Duration::from_secs(30), |j| {
+            !["queued", "dispatched", "running"].contains(&j["status"].as_str().unwrap_or(""))
+        })
+        .await;
+    assert_eq!(
+        done["status"], "succeeded",
+        "the job did not run after its claim's answer was lost: {done}"
+    );
+    assert_eq!(lines(&out), ["ran"], "the job did not run exactly once");
+    assert_eq!(count_events(&db, &job, "JobStarted").await, 1);
+    assert_eq!(count_events(&db, &job, "JobSucceeded").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_claimed_by_another_attempt_is_reported_interrupted_and_never_run() {
     use logbook_proto::agent::v1 as pb;
     use prost::Message;
 
@@ -284,34 +313,45 @@ async fn a_job_whose_claim_was_granted_but_never_answered_runs_once_when_its_age
         j["status"] == "dispatched"
     })
     .await;
-    // The agent's claim is granted and recorded, and the answer is lost on its way (as in a
-    // NATS reconnect): here the claim is made on the agent's subject and its answer dropped.
+    // Another process with this agent's identity (a cloned machine) claims the job on the
+    // agent's subject; asked again by the same attempt, the claim is granted again.
     let client = async_nats::connect(nats.url()).await.expect("nats");
     let names = logbook_proto::subjects::Names::new(&setup.namespace);
-    let request = pb::ClaimRequest {
-        job_id: job.clone(),
+    let claim = async |attempt: &str| {
+        let request = pb::ClaimRequest {
+            job_id: job.clone(),
+            attempt: attempt.to_string(),
+        };
+        let answer = client
+            .request(names.claims(&agent.id), request.encode_to_vec().into())
+            .await
+            .expect("the claim is answered");
+        pb::ClaimResponse::decode(answer.payload).expect("claim response")
     };
-    let answer = client
-        .request(names.claims(&agent.id), request.encode_to_vec().into())
-        .await
-        .expect("the claim is answered");
-    let answer = pb::ClaimResponse::decode(answer.payload).expect("claim response");
-    assert_eq!(answer.verdict, pb::ClaimVerdict::Run as i32);
+    assert_eq!(claim("clone").await.verdict, pb::ClaimVerdict::Run as i32);
+    assert_eq!(claim("clone").await.verdict, pb::ClaimVerdict::Run as i32);
+    let refused = claim("not a token!").await;
+    assert_eq!(refused.verdict, pb::ClaimVerdict::Refused as i32);
+    assert!(refused.reason.contains("attempt"), "{refused:?}");
     assert_eq!(count_events(&db, &job, "JobStarted").await, 1);
 
+    // The agent itself then gets the job: claimed by another attempt, it must not run here.
     agent.start(&[]);
     let done = api
-        .wait_job(&job, Duration::from_secs(30), |j| {
-            j["status"] != "dispatched" && j["status"] != "running"
-        })
+        .wait_job(&job, Duration::from_secs(30), |j| j["status"] == "failed")
         .await;
-    assert_eq!(
-        done["status"], "succeeded",
-        "the job did not run after its claim's answer was lost: {done}"
+    assert!(
+        done["result"]["error"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("interrupted"),
+        "{done}"
     );
-    assert_eq!(lines(&out), ["ran"], "the job did not run exactly once");
+    assert!(
+        lines(&out).is_empty(),
+        "the job ran although another attempt claimed it"
+    );
     assert_eq!(count_events(&db, &job, "JobStarted").await, 1);
-    assert_eq!(count_events(&db, &job, "JobSucceeded").await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,10 +1,11 @@
 //! The job journal: what this agent did with each job, on disk. It is what makes a job run at
-//! most once whatever crashes when (the server grants a job's claim to its own agent only, and
-//! only once; the journal says what happened to it here):
+//! most once whatever crashes when (the server grants a job's claim once, to one attempt of its
+//! own agent; the journal says what happened to it here):
 //!
-//! - no entry: the job never started here. It is claimed (again): a job whose claim was granted
-//!   but whose answer never arrived (a reconnect, a timeout, a restart before the journal write)
-//!   is answered "already started", and runs, since nothing of it ran here.
+//! - no entry: the job never started here. It is claimed: asked again by the same attempt
+//!   because the answer was lost, a granted claim is granted again; a job claimed by another
+//!   attempt (before a restart, or by a clone with this identity) is answered "already started"
+//!   and reported as interrupted, never run.
 //! - `Running`: written (fsynced) after the server said "run", before the process starts.
 //!   Found after a restart, the job may have run partly; it is never run again and is reported
 //!   as interrupted.

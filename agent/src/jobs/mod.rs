@@ -26,7 +26,8 @@ use exec::Ran;
 use journal::{Entry, Journal};
 
 /// Set to `after-job-finished` to make the agent abort right after it journaled a result and
-/// before it published it: a testing hook for the crash-recovery path, inert otherwise.
+/// before it published it, or to `lose-first-claim-answer` to make it drop the first answer to
+/// each claim as a NATS reconnect would: testing hooks for the recovery paths, inert otherwise.
 pub const FAILPOINT_ENV: &str = "LOGBOOK_AGENT_FAILPOINT";
 
 /// How jobs are run.
@@ -35,8 +36,8 @@ pub struct JobSettings {
     /// Most bytes kept of each of stdout and stderr.
     pub output_cap: usize,
     /// How long to wait for the server's answer to a claim before asking again. Short: an
-    /// answer lost in a NATS reconnect is not coming, and asking again is harmless (a granted
-    /// claim is answered "already started", and the job still runs once).
+    /// answer lost in a NATS reconnect is not coming, and asking again is harmless (the same
+    /// attempt's granted claim is granted again, and the job still runs once).
     pub claim_timeout: Duration,
 }
 
@@ -281,8 +282,22 @@ impl Worker {
         // behind JetStream's redelivery backoff.
         let mut retry = Duration::from_millis(200);
         let claimed = Instant::now();
+        // One token for every question about this delivery: if an answer is lost and the
+        // server already granted the claim, asking again with it is granted again.
+        let attempt = uuid::Uuid::new_v4().simple().to_string();
+        let mut lose_answer =
+            std::env::var(FAILPOINT_ENV).is_ok_and(|f| f == "lose-first-claim-answer");
         let verdict = loop {
-            match self.claim(&id).await {
+            let answer = self.claim(&id, &attempt).await;
+            let answer = match answer {
+                Ok(verdict) if lose_answer => {
+                    lose_answer = false;
+                    tracing::warn!(job = %id, ?verdict, "failpoint lose-first-claim-answer: dropping the answer");
+                    Err("answer lost (failpoint)".to_string())
+                }
+                other => other,
+            };
+            match answer {
                 Ok(verdict) => break verdict,
                 Err(e)
                     if claimed.elapsed() < Duration::from_secs(60)
@@ -302,19 +317,22 @@ impl Worker {
             }
         };
         match verdict {
-            // "Already started" answers a claim this agent made before: its answer was lost (a
-            // NATS reconnect, a timeout) or the agent stopped before journaling it. Only this
-            // agent can claim its jobs, and the journal has no entry, so the job never started
-            // here (`Running` is journaled before the process starts): it runs now, once.
-            pb::ClaimVerdict::Run | pb::ClaimVerdict::AlreadyStarted => {
-                if verdict == pb::ClaimVerdict::AlreadyStarted {
-                    tracing::info!(job = %id, "this agent's earlier claim was granted but never reached it; the job never started here");
-                }
+            pb::ClaimVerdict::Run => {
                 self.journal.put(seq, &id, &Entry::Running)?;
                 tracing::info!(job = %id, agent_seq = seq, "running job");
                 let progress = self.keep_alive(&message);
                 let ran = exec::run(&job, &self.scratch, self.settings.output_cap).await;
                 progress.cancel();
+                self.finish(&message, &job, ran).await
+            }
+            pb::ClaimVerdict::AlreadyStarted => {
+                // Claimed by another attempt: this agent before a restart (it never started
+                // here, that is journaled first), or another process with this agent's identity
+                // (a cloned machine), where it may be running. Either way not here, not again.
+                tracing::warn!(job = %id, "the job was claimed by another attempt; it is reported as interrupted, not run");
+                let ran = Ran::failed_without_running(
+                    "interrupted: the job was claimed before (by this agent before a restart, or by another process with its identity); it was not run again",
+                );
                 self.finish(&message, &job, ran).await
             }
             other => {
@@ -352,9 +370,10 @@ impl Worker {
         Ok(())
     }
 
-    async fn claim(&self, job_id: &str) -> Result<pb::ClaimVerdict, String> {
+    async fn claim(&self, job_id: &str, attempt: &str) -> Result<pb::ClaimVerdict, String> {
         let request = pb::ClaimRequest {
             job_id: job_id.to_string(),
+            attempt: attempt.to_string(),
         }
         .encode_to_vec();
         let answer = tokio::time::timeout(

@@ -137,6 +137,7 @@ async fn connect_fleet(
                 if mode == Mode::Protocol {
                     let claim = pb::ClaimRequest {
                         job_id: job.clone(),
+                        attempt: String::new(),
                     }
                     .encode_to_vec();
                     let granted = client

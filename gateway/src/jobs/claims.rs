@@ -1,6 +1,9 @@
 //! Answering agents' claims: right before an agent runs a job it asks, on its own claim
 //! subject, whether the job may still run. The answer is recorded (`JobStarted`, or
 //! `JobExpired`) before it is sent, so the server's word is final and a job runs at most once.
+//! A claim names its attempt (a token the agent picks per delivery): asked again by the same
+//! attempt, because the answer was lost, a granted claim is granted again; asked by any other,
+//! it is answered "already started".
 //!
 //! Claims are answered in batches: the claims waiting when a batch starts are decided together
 //! and recorded with one insert (a group commit, [`Commands::try_execute_batch`]), and up to
@@ -19,7 +22,7 @@ use logbook_proto::subjects::Names;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::{Claim, ClaimRequest, ready_now};
+use super::{Claim, ClaimRequest, ready_now, valid_attempt};
 use crate::commands::Commands;
 
 /// Most claims decided in one batch.
@@ -81,11 +84,11 @@ async fn answer(
             continue;
         };
         match parse(names, &message) {
-            Ok((agent_id, job_id)) => {
+            Ok((agent_id, job_id, attempt)) => {
                 requests.push(ClaimRequest {
                     agent_id,
                     job_id,
-                    request_id: format!("claim-{job_id}"),
+                    attempt,
                 });
                 replies.push(reply);
             }
@@ -125,7 +128,10 @@ async fn answer(
     }
 }
 
-fn parse(names: &Names, message: &async_nats::Message) -> Result<(AgentId, JobId), &'static str> {
+fn parse(
+    names: &Names,
+    message: &async_nats::Message,
+) -> Result<(AgentId, JobId, Option<String>), &'static str> {
     let agent: AgentId = names
         .agent_of_claim(&message.subject)
         .and_then(|a| a.parse().ok())
@@ -133,7 +139,12 @@ fn parse(names: &Names, message: &async_nats::Message) -> Result<(AgentId, JobId
     let request =
         pb::ClaimRequest::decode(message.payload.clone()).map_err(|_| "undecodable claim")?;
     let job: JobId = request.job_id.parse().map_err(|_| "bad job id")?;
-    Ok((agent, job))
+    let attempt = match request.attempt.as_str() {
+        "" => None,
+        attempt if valid_attempt(attempt) => Some(request.attempt),
+        _ => return Err("bad attempt: at most 64 letters, digits and dashes"),
+    };
+    Ok((agent, job, attempt))
 }
 
 async fn send(

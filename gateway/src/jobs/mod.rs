@@ -94,8 +94,28 @@ pub struct ClaimRequest {
     pub agent_id: AgentId,
     /// The job it claims.
     pub job_id: JobId,
-    /// The request id recorded with the answer.
-    pub request_id: String,
+    /// The agent's token for this delivery of the job, repeated when it asks again without an
+    /// answer; `None` from an agent that sends none.
+    pub attempt: Option<String>,
+}
+
+impl ClaimRequest {
+    /// The request id recorded with a granted claim: the same for every question of one
+    /// attempt, which is how a repeated question is told from a claim by another attempt.
+    fn request_id(&self) -> String {
+        match &self.attempt {
+            Some(attempt) => format!("claim-{}-{attempt}", self.job_id),
+            None => format!("claim-{}", self.job_id),
+        }
+    }
+}
+
+/// Whether `attempt` is a usable claim attempt token: 1 to 64 ASCII letters, digits and dashes.
+pub fn valid_attempt(attempt: &str) -> bool {
+    (1..=64).contains(&attempt.len())
+        && attempt
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 /// A result an agent reported.
@@ -120,7 +140,7 @@ pub enum Claim {
     Cancelled,
     /// Its deadline passed (now recorded).
     Expired,
-    /// It was already claimed.
+    /// It was already claimed by another attempt (or by an agent that sends no attempt).
     AlreadyStarted,
     /// It already has a result.
     Finished,
@@ -404,13 +424,13 @@ impl Commands {
         &self,
         agent_id: AgentId,
         job_id: JobId,
-        request_id: &str,
+        attempt: Option<&str>,
     ) -> Result<Claim, CommandError> {
         let answers = self
             .claim_jobs(vec![ClaimRequest {
                 agent_id,
                 job_id,
-                request_id: request_id.to_string(),
+                attempt: attempt.map(str::to_string),
             }])
             .await?;
         only_answer(answers)
@@ -418,16 +438,22 @@ impl Commands {
 
     /// Answers many claims with one load and one insert (see [`Commands::try_execute_batch`]); the
     /// answers come back in the order of `claims`. `Err` means none was recorded.
+    ///
+    /// A claim of a job that already started is granted again when it repeats the attempt the
+    /// job was started by (its answer was lost on the way, so the agent asked again); the start
+    /// is not recorded twice. Any other claim of a started job is answered "already started".
     pub async fn claim_jobs(
         &self,
         claims: Vec<ClaimRequest>,
     ) -> Result<Vec<Result<Claim, CommandError>>, CommandError> {
         let now = Utc::now();
+        let request_ids: Vec<String> = claims.iter().map(ClaimRequest::request_id).collect();
         let commands = claims
-            .into_iter()
-            .map(|claim| {
+            .iter()
+            .zip(&request_ids)
+            .map(|(claim, request_id)| {
                 (
-                    Ctx::new(Actor::Agent(claim.agent_id), claim.request_id),
+                    Ctx::new(Actor::Agent(claim.agent_id), request_id.clone()),
                     claim.job_id.to_string(),
                     JobCommand::ClaimJob {
                         agent_id: claim.agent_id,
@@ -436,7 +462,7 @@ impl Commands {
                 )
             })
             .collect();
-        Ok(self
+        let mut answers: Vec<Result<Claim, CommandError>> = self
             .try_execute_batch::<Job>(commands)
             .await?
             .into_iter()
@@ -454,7 +480,33 @@ impl Commands {
                 }),
                 Err(Executed::Failed(e)) => Err(e),
             })
-            .collect())
+            .collect();
+        let repeated: Vec<usize> = (0..claims.len())
+            .filter(|&i| {
+                claims[i].attempt.is_some() && matches!(answers[i], Ok(Claim::AlreadyStarted))
+            })
+            .collect();
+        if !repeated.is_empty() {
+            let jobs: Vec<String> = repeated
+                .iter()
+                .map(|&i| claims[i].job_id.to_string())
+                .collect();
+            let started: std::collections::HashMap<String, String> = sqlx::query_as(
+                "SELECT aggregate_id, metadata->>'request_id' FROM events \
+                  WHERE aggregate_type = 'job' AND aggregate_id = ANY($1) AND event_type = 'JobStarted'",
+            )
+            .bind(&jobs)
+            .fetch_all(self.store().pool())
+            .await?
+            .into_iter()
+            .collect();
+            for i in repeated {
+                if started.get(&claims[i].job_id.to_string()) == Some(&request_ids[i]) {
+                    answers[i] = Ok(Claim::Run);
+                }
+            }
+        }
+        Ok(answers)
     }
 
     /// Records the result an agent reported for one of its jobs.

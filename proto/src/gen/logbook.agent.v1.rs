@@ -234,6 +234,12 @@ pub struct CommandLine {
 pub struct ClaimRequest {
     #[prost(string, tag = "1")]
     pub job_id: ::prost::alloc::string::String,
+    /// A token the agent picks once for each delivery of a job it handles (at most 64 letters,
+    /// digits and dashes) and sends again when it asks again because no answer came. A claim
+    /// granted to this attempt is granted again ("run"): the answer was lost, not the job started.
+    /// Empty: every repeated claim is answered ALREADY_STARTED.
+    #[prost(string, tag = "2")]
+    pub attempt: ::prost::alloc::string::String,
 }
 #[derive(serde::Serialize, serde::Deserialize)]
 #[serde(default)]
@@ -320,9 +326,8 @@ pub enum ClaimVerdict {
     Cancelled = 2,
     /// Its deadline passed: do not run it (the expiry is recorded).
     Expired = 3,
-    /// This agent's claim was already granted (the answer was lost, or the agent stopped before
-    /// it journaled the start): run it if it never started on this agent, otherwise do not run it
-    /// again.
+    /// It was already claimed by another attempt (this agent before a restart, or another
+    /// process with this agent's identity): do not run it; it may be running elsewhere.
     AlreadyStarted = 4,
     /// It already has a result: do not run it again.
     Finished = 5,
