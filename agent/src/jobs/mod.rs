@@ -104,22 +104,34 @@ pub async fn run(
             settings: settings.clone(),
             shutdown: shutdown.clone(),
         };
+        // The worker returns when the renewal is due, between jobs: a running job is never cut
+        // short for it.
+        let renew_at = tokio::time::Instant::now() + renew_in;
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            result = worker.serve() => result?,
-            _ = tokio::time::sleep(renew_in) => {
-                match server.renew_nats(&identity.agent_id, &identity.credential, &public_key(seed.as_deref())?).await {
-                    Ok(access) => {
-                        let renewed = Identity {
-                            nats: Some(NatsIdentity { url: access.url, namespace: access.namespace, user_jwt: access.user_jwt }),
-                            ..identity
-                        };
-                        state.save_identity(&renewed)?;
-                        tracing::info!("renewed this agent's NATS identity");
-                    }
-                    Err(e) => tracing::warn!(error = %e, "could not renew the NATS identity yet"),
-                }
+            result = worker.serve(renew_at) => result?,
+        }
+        match server
+            .renew_nats(
+                &identity.agent_id,
+                &identity.credential,
+                &public_key(seed.as_deref())?,
+            )
+            .await
+        {
+            Ok(access) => {
+                let renewed = Identity {
+                    nats: Some(NatsIdentity {
+                        url: access.url,
+                        namespace: access.namespace,
+                        user_jwt: access.user_jwt,
+                    }),
+                    ..identity
+                };
+                state.save_identity(&renewed)?;
+                tracing::info!("renewed this agent's NATS identity");
             }
+            Err(e) => tracing::warn!(error = %e, "could not renew the NATS identity yet"),
         }
     }
 }
@@ -196,7 +208,9 @@ struct Worker {
 }
 
 impl Worker {
-    async fn serve(&self) -> Result<(), JobsError> {
+    /// Receives and runs jobs until `renew_at`, when it returns (between jobs) so that the NATS
+    /// identity can be renewed.
+    async fn serve(&self, renew_at: tokio::time::Instant) -> Result<(), JobsError> {
         // Results that finished before a crash or an outage go first.
         for (seq, job, report) in self.journal.unreported() {
             self.publish_result(&report).await;
@@ -230,17 +244,25 @@ impl Worker {
                 Ok(mut messages) => {
                     retry = Duration::from_millis(500);
                     tracing::info!("receiving jobs");
-                    while let Some(message) = messages.next().await {
+                    loop {
+                        let message = tokio::select! {
+                            message = messages.next() => message,
+                            _ = tokio::time::sleep_until(renew_at) => return Ok(()),
+                        };
                         match message {
-                            Ok(message) => self.handle(message).await?,
-                            Err(e) => {
+                            Some(Ok(message)) => self.handle(message).await?,
+                            Some(Err(e)) => {
                                 tracing::debug!(error = %e, "job stream interrupted; binding again");
                                 break;
                             }
+                            None => break,
                         }
                     }
                 }
                 Err(e) => tracing::debug!(error = %e, "cannot bind the job consumer yet"),
+            }
+            if tokio::time::Instant::now() + retry >= renew_at {
+                return Ok(());
             }
             tokio::time::sleep(retry).await;
             retry = (retry * 2).min(Duration::from_secs(10));
@@ -320,9 +342,10 @@ impl Worker {
             pb::ClaimVerdict::Run => {
                 self.journal.put(seq, &id, &Entry::Running)?;
                 tracing::info!(job = %id, agent_seq = seq, "running job");
-                let progress = self.keep_alive(&message);
+                // Cancelled when the job ends, or if this future is dropped (the agent stops).
+                let progress = self.keep_alive(&message).drop_guard();
                 let ran = exec::run(&job, &self.scratch, self.settings.output_cap).await;
-                progress.cancel();
+                drop(progress);
                 self.finish(&message, &job, ran).await
             }
             pb::ClaimVerdict::AlreadyStarted => {
