@@ -43,6 +43,7 @@ enum Drain {
 /// Runs until `shutdown`.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), RunError> {
     let state = StateDir::open(&config.state.dir)?;
+    let _lock = state.lock()?;
     let identity = state
         .identity()?
         .ok_or_else(|| RunError::NotEnrolled(state.path().display().to_string()))?;

@@ -57,6 +57,15 @@ pub enum StateError {
         #[source]
         source: io::Error,
     },
+    /// Another agent process works with this state directory.
+    #[error(
+        "another logbook-agent is running with the state directory {}; stop it first",
+        path.display()
+    )]
+    Busy {
+        /// The state directory.
+        path: PathBuf,
+    },
     /// A file is not what it should be.
     #[error("{path} is corrupt")]
     Corrupt {
@@ -89,6 +98,14 @@ const IDENTITY_FILE: &str = "identity.json";
 const NKEY_FILE: &str = "nats.nk";
 const SPOOL_DIR: &str = "spool";
 const JOURNAL_DIR: &str = "jobs";
+const LOCK_FILE: &str = "lock";
+
+/// Held while one agent process works with a state directory; released when dropped (or when
+/// the process ends, however it ends).
+#[derive(Debug)]
+pub struct StateLock {
+    _file: fs::File,
+}
 
 impl StateDir {
     /// Opens (creating if needed) the directory.
@@ -99,6 +116,25 @@ impl StateDir {
         Ok(Self {
             root: root.to_path_buf(),
         })
+    }
+
+    /// Takes the directory for this process: two agents on one directory would work one job
+    /// queue with one journal, and a job claimed by one could be judged by the other.
+    pub fn lock(&self) -> Result<StateLock, StateError> {
+        let path = self.root.join(LOCK_FILE);
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_error("opening", &path))?;
+        match file.try_lock() {
+            Ok(()) => Ok(StateLock { _file: file }),
+            Err(fs::TryLockError::WouldBlock) => Err(StateError::Busy {
+                path: self.root.clone(),
+            }),
+            Err(fs::TryLockError::Error(e)) => Err(io_error("locking", &path)(e)),
+        }
     }
 
     /// The directory's path.
@@ -290,6 +326,20 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o700);
         }
+    }
+
+    #[test]
+    fn one_process_at_a_time_works_with_a_state_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = StateDir::open(dir.path()).expect("open");
+        let held = state.lock().expect("first lock");
+        let second = StateDir::open(dir.path()).expect("open again").lock();
+        assert!(
+            matches!(second, Err(StateError::Busy { .. })),
+            "a second lock was taken: {second:?}"
+        );
+        drop(held);
+        state.lock().expect("the lock is free once released");
     }
 
     #[test]

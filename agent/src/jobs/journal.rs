@@ -121,7 +121,14 @@ impl Journal {
     /// Opens (or creates) the journal in `dir` (which exists) and replays it.
     pub fn open(dir: PathBuf) -> Result<Self, StateError> {
         let path = dir.join(FILE);
+        let created = !path.exists();
         let mut file = append_to(&path, true)?;
+        if created {
+            // The new file's name must survive a crash as well as what is written to it.
+            File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_error("flushing", &dir))?;
+        }
         let mut entries = BTreeMap::new();
         let mut lines = 0;
         let mut good_len = 0u64;
