@@ -413,21 +413,21 @@ enum Outcome {
 }
 
 /// The batch append: authenticate, skip known ids, number, insert, in one statement. Per row,
-/// `$8` is the last sequence of its agent when the lane can vouch for it (else null), and `$9`
-/// says whether to look its id up first; the lookups left out are exactly the ones that
-/// can be (see the module documentation). Every per-row step is an index probe (the
+/// `$8` is the last sequence of its agent when the lane can vouch for it, else null: then, and
+/// only then, the row's id is looked up and its agent's maximum probed (see the module
+/// documentation). Every per-row step is an index probe (the
 /// `LATERAL ... LIMIT 1` keeps the planner from hashing the whole credentials table for a small
 /// batch), so its cost follows the batch, not the fleet.
 const APPEND_SQL: &str = "\
 WITH authed AS ( \
-    SELECT i.* FROM unnest($1::uuid[], $2::bytea[], $3::uuid[], $4::text[], $5::text[], $6::int[], $8::bigint[], $9::bool[]) \
-        AS i(agent_id, secret_hash, checkin_id, payload, metadata, ord, last_sequence, check_id) \
+    SELECT i.* FROM unnest($1::uuid[], $2::bytea[], $3::uuid[], $4::text[], $5::text[], $6::int[], $8::bigint[]) \
+        AS i(agent_id, secret_hash, checkin_id, payload, metadata, ord, last_sequence) \
      CROSS JOIN LATERAL (SELECT 1 FROM credentials c \
                           WHERE c.secret_hash = i.secret_hash AND c.kind = 'agent' \
                             AND c.subject_id = i.agent_id AND c.revoked_at IS NULL LIMIT 1) c \
 ), fresh AS ( \
     SELECT a.* FROM authed a \
-     WHERE NOT a.check_id \
+     WHERE a.last_sequence IS NOT NULL \
         OR NOT EXISTS (SELECT 1 FROM events e \
                         WHERE e.aggregate_type = $7 AND e.aggregate_id = a.agent_id::text \
                           AND e.idempotency_key = a.checkin_id) \
@@ -485,7 +485,6 @@ async fn append(
         metadata.push(meta.to_json());
         ords.push(i as i32);
     }
-    let check_ids: Vec<bool> = last.iter().map(Option::is_none).collect();
     let rows = sqlx::query(APPEND_SQL)
         .bind(&agents)
         .bind(&hashes)
@@ -495,7 +494,6 @@ async fn append(
         .bind(&ords)
         .bind(CHECKIN_STREAM)
         .bind(last)
-        .bind(&check_ids)
         .fetch_all(pool)
         .await?;
 

@@ -6,10 +6,44 @@ mod e2e;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use e2e::{Agent, Api, GatewaySetup};
+use e2e::{Agent, Api, Gateway, GatewaySetup};
 use logbook_testkit::TestDb;
 use logbook_testkit::nats::NatsServer;
 use serde_json::{Value, json};
+
+/// A gateway on a nats-server and a database of its own, and one enrolled agent, not started.
+/// Fields drop in order: the agent and the gateway stop before their directory goes.
+struct OneAgent {
+    agent: Agent,
+    api: Api,
+    _gateway: Gateway,
+    setup: GatewaySetup,
+    dir: tempfile::TempDir,
+    db: TestDb,
+    nats: NatsServer,
+}
+
+impl OneAgent {
+    async fn start() -> Self {
+        let nats = NatsServer::start();
+        let db = TestDb::new().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let setup = GatewaySetup::new(&db.url, &nats.url(), dir.path());
+        let gateway = setup.start_ready().await;
+        let api = Api::new(&setup.base(), dir.path());
+        let token = api.enrollment_token(1).await;
+        let agent = Agent::enroll(&setup.base(), &token, dir.path(), "agent");
+        Self {
+            agent,
+            api,
+            _gateway: gateway,
+            setup,
+            dir,
+            db,
+            nats,
+        }
+    }
+}
 
 /// A command that appends `line` to `file`.
 fn append(file: &Path, line: &str) -> Value {
@@ -176,23 +210,23 @@ async fn a_job_committed_before_the_gateway_crashed_is_delivered_after_a_restart
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_killed_after_a_job_finished_reports_it_once_without_running_it_again() {
-    let nats = NatsServer::start();
-    let db = TestDb::new().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let setup = GatewaySetup::new(&db.url, &nats.url(), dir.path());
-    let _gateway = setup.start_ready().await;
-    let api = Api::new(&setup.base(), dir.path());
-    let token = api.enrollment_token(1).await;
-    let mut agent = Agent::enroll(&setup.base(), &token, dir.path(), "agent");
+    let mut one = OneAgent::start().await;
+    let OneAgent {
+        db,
+        dir,
+        api,
+        agent,
+        ..
+    } = &mut one;
     let out = dir.path().join("out.txt");
 
     agent.start(&[("LOGBOOK_AGENT_FAILPOINT", "after-job-finished")]);
     let job = api.queue(&agent.id, append(&out, "ran")).await;
     agent.wait_exit(Duration::from_secs(30)).await;
     assert_eq!(lines(&out), ["ran"], "the job ran before the crash");
-    assert_eq!(count_events(&db, &job, "JobStarted").await, 1);
+    assert_eq!(count_events(db, &job, "JobStarted").await, 1);
     assert_eq!(
-        count_events(&db, &job, "JobSucceeded").await,
+        count_events(db, &job, "JobSucceeded").await,
         0,
         "its result was not reported before the crash"
     );
@@ -207,11 +241,11 @@ async fn an_agent_killed_after_a_job_finished_reports_it_once_without_running_it
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(lines(&out), ["ran"], "the job ran a second time");
     assert_eq!(
-        count_events(&db, &job, "JobSucceeded").await,
+        count_events(db, &job, "JobSucceeded").await,
         1,
         "the result was recorded more than once"
     );
-    assert_eq!(count_events(&db, &job, "JobStarted").await, 1);
+    assert_eq!(count_events(db, &job, "JobStarted").await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,14 +301,14 @@ async fn agents_ride_out_a_nats_server_restart_and_nothing_is_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_whose_claim_answer_was_lost_runs_once_when_the_agent_asks_again() {
-    let nats = NatsServer::start();
-    let db = TestDb::new().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let setup = GatewaySetup::new(&db.url, &nats.url(), dir.path());
-    let _gateway = setup.start_ready().await;
-    let api = Api::new(&setup.base(), dir.path());
-    let token = api.enrollment_token(1).await;
-    let mut agent = Agent::enroll(&setup.base(), &token, dir.path(), "agent");
+    let mut one = OneAgent::start().await;
+    let OneAgent {
+        db,
+        dir,
+        api,
+        agent,
+        ..
+    } = &mut one;
     // The agent drops the first answer to each claim, as a NATS reconnect between the server's
     // answer and the agent would: the claim is granted and recorded, the agent never hears it.
     agent.start(&[("LOGBOOK_AGENT_FAILPOINT", "lose-first-claim-answer")]);
@@ -290,8 +324,8 @@ async fn a_job_whose_claim_answer_was_lost_runs_once_when_the_agent_asks_again()
         "the job did not run after its claim's answer was lost: {done}"
     );
     assert_eq!(lines(&out), ["ran"], "the job did not run exactly once");
-    assert_eq!(count_events(&db, &job, "JobStarted").await, 1);
-    assert_eq!(count_events(&db, &job, "JobSucceeded").await, 1);
+    assert_eq!(count_events(db, &job, "JobStarted").await, 1);
+    assert_eq!(count_events(db, &job, "JobSucceeded").await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,14 +333,16 @@ async fn a_job_claimed_by_another_attempt_is_reported_interrupted_and_never_run(
     use logbook_proto::agent::v1 as pb;
     use prost::Message;
 
-    let nats = NatsServer::start();
-    let db = TestDb::new().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let setup = GatewaySetup::new(&db.url, &nats.url(), dir.path());
-    let _gateway = setup.start_ready().await;
-    let api = Api::new(&setup.base(), dir.path());
-    let token = api.enrollment_token(1).await;
-    let mut agent = Agent::enroll(&setup.base(), &token, dir.path(), "agent");
+    let mut one = OneAgent::start().await;
+    let OneAgent {
+        nats,
+        db,
+        dir,
+        setup,
+        api,
+        agent,
+        ..
+    } = &mut one;
     let out = dir.path().join("out.txt");
     let job = api.queue(&agent.id, append(&out, "ran")).await;
     api.wait_job(&job, Duration::from_secs(30), |j| {
@@ -333,7 +369,7 @@ async fn a_job_claimed_by_another_attempt_is_reported_interrupted_and_never_run(
     let refused = claim("not a token!").await;
     assert_eq!(refused.verdict, pb::ClaimVerdict::Refused as i32);
     assert!(refused.reason.contains("attempt"), "{refused:?}");
-    assert_eq!(count_events(&db, &job, "JobStarted").await, 1);
+    assert_eq!(count_events(db, &job, "JobStarted").await, 1);
 
     // The agent itself then gets the job: claimed by another attempt, it must not run here.
     agent.start(&[]);
@@ -351,19 +387,21 @@ async fn a_job_claimed_by_another_attempt_is_reported_interrupted_and_never_run(
         lines(&out).is_empty(),
         "the job ran although another attempt claimed it"
     );
-    assert_eq!(count_events(&db, &job, "JobStarted").await, 1);
+    assert_eq!(count_events(db, &job, "JobStarted").await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_that_nats_server_lost_after_acknowledging_it_is_published_again_and_runs_once() {
-    let mut nats = NatsServer::start();
-    let db = TestDb::new().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let setup = GatewaySetup::new(&db.url, &nats.url(), dir.path());
-    let _gateway = setup.start_ready().await;
-    let api = Api::new(&setup.base(), dir.path());
-    let token = api.enrollment_token(1).await;
-    let mut agent = Agent::enroll(&setup.base(), &token, dir.path(), "agent");
+    let mut one = OneAgent::start().await;
+    let OneAgent {
+        nats,
+        db,
+        dir,
+        setup,
+        api,
+        agent,
+        ..
+    } = &mut one;
     let out = dir.path().join("out.txt");
     // The agent is not running: its jobs wait in its stream.
     for n in 1..=3 {
@@ -402,7 +440,7 @@ async fn a_job_that_nats_server_lost_after_acknowledging_it_is_published_again_a
 
     agent.start(&[]);
     wait_for_succeeded(
-        &api,
+        api,
         &agent.id,
         3,
         "every job to succeed",
@@ -412,7 +450,7 @@ async fn a_job_that_nats_server_lost_after_acknowledging_it_is_published_again_a
     let mut ran = lines(&out);
     ran.sort();
     assert_eq!(ran, ["1", "2", "3"], "a job was lost or ran twice");
-    assert_eq!(count_events(&db, &lost_job, "JobStarted").await, 1);
+    assert_eq!(count_events(db, &lost_job, "JobStarted").await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -418,6 +418,21 @@ pub async fn has_events_beyond_horizon(
     Ok(next.is_some())
 }
 
+/// How many events of the log a reader with `filter` reads or passes over: all of them, or with
+/// [`ReadFilter::SkipCheckins`] those that are not check-ins.
+pub async fn count(conn: &mut PgConnection, filter: ReadFilter<'_>) -> Result<u64, sqlx::Error> {
+    let sql = match filter {
+        ReadFilter::SkipCheckins => {
+            format!("SELECT count(*) FROM events WHERE aggregate_type <> '{CHECKIN_STREAM}'")
+        }
+        ReadFilter::Everything | ReadFilter::PassOver { .. } => {
+            "SELECT count(*) FROM events".to_string()
+        }
+    };
+    let count: i64 = sqlx::query_scalar(&sql).fetch_one(conn).await?;
+    Ok(count as u64)
+}
+
 /// The newest committed event of the log (the start when it is empty).
 pub async fn end(conn: &mut PgConnection) -> Result<LogCursor, sqlx::Error> {
     let row = sqlx::query(

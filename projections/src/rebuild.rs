@@ -10,9 +10,7 @@
 
 use sqlx::{Executor, PgPool, Row};
 
-use logbook_domain::checkin::CHECKIN_STREAM;
-
-use crate::log::{self, LogCursor, ReadFilter};
+use crate::log::{self, LogCursor};
 use crate::runner::{self, Projection, RunError, ensure_checkpoint, lock_checkpoint};
 
 const REBUILD_SCHEMA: &str = "logbook_rebuild";
@@ -57,14 +55,7 @@ pub async fn rebuild<P: Projection>(
     let checkpoint = rebuild_checkpoint(name);
     ensure_checkpoint(pool, name).await?;
 
-    let count = match projection.reads() {
-        ReadFilter::SkipCheckins => {
-            format!("SELECT count(*) FROM events WHERE aggregate_type <> '{CHECKIN_STREAM}'")
-        }
-        _ => "SELECT count(*) FROM events".to_string(),
-    };
-    let total: i64 = sqlx::query_scalar(&count).fetch_one(pool).await?;
-    let total = total as u64;
+    let total = log::count(&mut *pool.acquire().await?, projection.reads()).await?;
 
     let mut setup = pool.begin().await?;
     setup

@@ -36,6 +36,22 @@ async fn append(conn: &mut sqlx::PgConnection, aggregate_type: &str, id: &str, s
     }
 }
 
+/// The whole log once it holds `count` readable events: other tests' transactions on the same
+/// server can hold the horizon back for a moment.
+async fn read_all(conn: &mut sqlx::PgConnection, count: usize) -> Vec<log::StoredEvent> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let all = log::read_after(conn, LogCursor::START, 100)
+            .await
+            .expect("read");
+        if all.len() == count || std::time::Instant::now() > deadline {
+            assert_eq!(all.len(), count);
+            return all;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writers_with_delays_and_rollbacks_lose_nothing() {
     let db = TestDb::new().await;
@@ -245,18 +261,7 @@ async fn ignored_streams_are_passed_over_and_still_move_the_batch_end() {
     };
     let mut conn = db.pool.acquire().await.expect("connection");
 
-    // Other tests' transactions on the same server can hold the horizon back for a moment.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let all = loop {
-        let all = log::read_after(&mut conn, LogCursor::START, 100)
-            .await
-            .expect("read");
-        if all.len() == 7 || std::time::Instant::now() > deadline {
-            break all;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(all.len(), 7);
+    let all = read_all(&mut conn, 7).await;
 
     // The whole window: one event wanted, seven passed over, the end at the last noise event.
     let batch = log::read_batch(&mut conn, LogCursor::START, 100, filter)
@@ -337,18 +342,7 @@ async fn a_reader_skipping_checkins_reads_every_other_event_and_ends_at_the_newe
     }
     tx.commit().await.expect("commit");
     let mut conn = db.pool.acquire().await.expect("connection");
-    // Other tests' transactions on the same server can hold the horizon back for a moment.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let all = loop {
-        let all = log::read_after(&mut conn, LogCursor::START, 100)
-            .await
-            .expect("read");
-        if all.len() == 9 || std::time::Instant::now() > deadline {
-            break all;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(all.len(), 9);
+    let all = read_all(&mut conn, 9).await;
     let skip = log::ReadFilter::SkipCheckins;
     let read = async |conn: &mut sqlx::PgConnection, after: LogCursor, limit: i64| {
         let batch = log::read_batch(conn, after, limit, skip)
