@@ -184,6 +184,12 @@ async fn apply_agent_event(
 /// process; the row keeps the report's sequence, not a copy of it (queries read it from the log).
 /// (The window is materialized narrow first: sorting it with the whole rows spilled to disk
 /// during rebuilds.)
+///
+/// Each value is computed once per agent: the chosen report's fields come out of one
+/// `jsonb_to_record` each (a function in `FROM` runs once per row), and paths are walked with
+/// `#>`/`#>>`, which copy nothing on the way. Written as `u.report->>'hostname'` in every
+/// assignment, the planner inlined the report's expression into each of them and evaluated it
+/// again for every column and every comparison (about a third of the fold, BENCHMARKS.md).
 async fn fold_checkins(conn: &mut PgConnection, window: LogWindow) -> Result<(), sqlx::Error> {
     // Whether the folded report replaces the one shown: written out in each assignment rather
     // than computed in `u`, which would need a second lookup of the agent's row.
@@ -191,31 +197,35 @@ async fn fold_checkins(conn: &mut PgConnection, window: LogWindow) -> Result<(),
     let fold = format!(
         "WITH c AS MATERIALIZED ( \
             SELECT aggregate_id, sequence, tid, (metadata->>'recorded_at')::timestamptz AS recorded_at, \
-                   (payload->'AgentCheckedIn'->'report'->>'collected_at')::timestamptz AS collected_at \
+                   (payload #>> '{{AgentCheckedIn,report,collected_at}}')::timestamptz AS collected_at \
               FROM {WINDOW_SQL} w \
              WHERE aggregate_type = $6 AND event_type = 'AgentCheckedIn' \
          ), folded AS ( \
-            SELECT aggregate_id, count(*) AS n, max(recorded_at) AS recorded_at, \
-                   (array_agg(tid ORDER BY collected_at DESC, sequence DESC))[1] AS tid, \
-                   (array_agg(sequence ORDER BY collected_at DESC, sequence DESC))[1] AS sequence \
-              FROM c GROUP BY aggregate_id \
+            SELECT DISTINCT ON (aggregate_id) aggregate_id, tid, sequence, collected_at, \
+                   count(*) OVER agent AS n, max(recorded_at) OVER agent AS recorded_at \
+              FROM c WINDOW agent AS (PARTITION BY aggregate_id) \
+             ORDER BY aggregate_id, collected_at DESC, sequence DESC \
          ), u AS ( \
-            SELECT f.aggregate_id::uuid AS agent_id, f.n, f.recorded_at, f.sequence, r.report, \
-                   (r.report->>'collected_at')::timestamptz AS collected_at \
+            SELECT f.aggregate_id::uuid AS agent_id, f.n, f.recorded_at, f.sequence, f.collected_at, \
+                   x.hostname, x.agent_version, o.family, o.name, o.version, o.kernel_version, o.arch \
               FROM folded f \
-             CROSS JOIN LATERAL (SELECT e.payload->'AgentCheckedIn'->'report' AS report FROM events e \
+             CROSS JOIN LATERAL (SELECT e.payload #> '{{AgentCheckedIn,report}}' AS report FROM events e \
                                   WHERE e.ctid = f.tid) r \
+              LEFT JOIN LATERAL jsonb_to_record(r.report) \
+                        AS x(hostname text, agent_version text, os jsonb) ON true \
+              LEFT JOIN LATERAL jsonb_to_record(x.os) \
+                        AS o(family text, name text, version text, kernel_version text, arch text) ON true \
          ) \
          UPDATE agents_view a SET \
             checkins = a.checkins + u.n, \
             last_checkin_at = GREATEST(a.last_checkin_at, u.recorded_at), \
-            hostname = CASE WHEN {newer} THEN u.report->>'hostname' ELSE a.hostname END, \
-            os_family = CASE WHEN {newer} THEN u.report->'os'->>'family' ELSE a.os_family END, \
-            os_name = CASE WHEN {newer} THEN u.report->'os'->>'name' ELSE a.os_name END, \
-            os_version = CASE WHEN {newer} THEN u.report->'os'->>'version' ELSE a.os_version END, \
-            kernel_version = CASE WHEN {newer} THEN u.report->'os'->>'kernel_version' ELSE a.kernel_version END, \
-            arch = CASE WHEN {newer} THEN u.report->'os'->>'arch' ELSE a.arch END, \
-            agent_version = CASE WHEN {newer} THEN u.report->>'agent_version' ELSE a.agent_version END, \
+            hostname = CASE WHEN {newer} THEN u.hostname ELSE a.hostname END, \
+            os_family = CASE WHEN {newer} THEN u.family ELSE a.os_family END, \
+            os_name = CASE WHEN {newer} THEN u.name ELSE a.os_name END, \
+            os_version = CASE WHEN {newer} THEN u.version ELSE a.os_version END, \
+            kernel_version = CASE WHEN {newer} THEN u.kernel_version ELSE a.kernel_version END, \
+            arch = CASE WHEN {newer} THEN u.arch ELSE a.arch END, \
+            agent_version = CASE WHEN {newer} THEN u.agent_version ELSE a.agent_version END, \
             last_collected_at = CASE WHEN {newer} THEN u.collected_at ELSE a.last_collected_at END, \
             latest_report_sequence = CASE WHEN {newer} THEN u.sequence ELSE a.latest_report_sequence END \
            FROM u \

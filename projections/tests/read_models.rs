@@ -237,6 +237,105 @@ async fn the_agent_list_shows_names_status_and_the_newest_report() {
     assert_eq!(online[0].agent_id, fresh.as_uuid());
 }
 
+/// What one agent's row shows: its identity columns and its latest report's disk use.
+fn shown(row: &fleet::AgentRow) -> (Vec<&str>, u64, i64) {
+    let columns = vec![
+        row.hostname.as_str(),
+        row.os_family.as_str(),
+        row.os_name.as_str(),
+        row.os_version.as_str(),
+        row.kernel_version.as_str(),
+        row.arch.as_str(),
+        row.agent_version.as_str(),
+    ];
+    let used = row.latest_report.as_ref().expect("report").0.disks[0].used_bytes >> 30;
+    (columns, used, row.checkins)
+}
+
+#[tokio::test]
+async fn a_newer_report_in_a_later_batch_replaces_every_column_and_a_late_older_one_none() {
+    let db = TestDb::new().await;
+    ensure(&db.pool, FleetProjection::NAME).await;
+    let fleet = seed_fleet(&db.pool).await;
+    let agent = enroll(&db.pool, &fleet, "web-01").await;
+    let now = Utc::now();
+    let list = || async {
+        fleet::list_agents(
+            &db.pool,
+            &AgentFilter {
+                limit: 10,
+                ..Default::default()
+            },
+            THRESHOLDS,
+        )
+        .await
+        .expect("list")
+    };
+
+    check_in(
+        &db.pool,
+        agent,
+        1,
+        report("web-01", now - chrono::Duration::minutes(2), 10),
+        now,
+    )
+    .await;
+    catch_up(&db.pool, &FleetProjection).await;
+    let before = list().await;
+    assert_eq!(
+        shown(&before[0]),
+        (
+            vec![
+                "web-01",
+                "linux",
+                "Debian GNU/Linux",
+                "12",
+                "6.1.0",
+                "x86_64",
+                "0.1.0"
+            ],
+            10,
+            1
+        )
+    );
+
+    // The machine was renamed, upgraded and moved to another architecture.
+    let mut upgraded = report("web-02", now - chrono::Duration::minutes(1), 20);
+    upgraded.os.family = "windows".into();
+    upgraded.os.name = "Windows Server".into();
+    upgraded.os.version = "2022".into();
+    upgraded.os.kernel_version = "10.0.20348".into();
+    upgraded.os.arch = "aarch64".into();
+    upgraded.agent_version = "0.2.0".into();
+    check_in(&db.pool, agent, 2, upgraded, now).await;
+    catch_up(&db.pool, &FleetProjection).await;
+    let after = list().await;
+    let expected = vec![
+        "web-02",
+        "windows",
+        "Windows Server",
+        "2022",
+        "10.0.20348",
+        "aarch64",
+        "0.2.0",
+    ];
+    assert_eq!(shown(&after[0]), (expected.clone(), 20, 2));
+
+    // A report collected before the one shown, delivered in a batch of its own, counts as a
+    // check-in and changes nothing else.
+    check_in(
+        &db.pool,
+        agent,
+        3,
+        report("web-01", now - chrono::Duration::minutes(3), 30),
+        now,
+    )
+    .await;
+    catch_up(&db.pool, &FleetProjection).await;
+    let late = list().await;
+    assert_eq!(shown(&late[0]), (expected, 20, 3));
+}
+
 #[tokio::test]
 async fn lifecycle_events_rename_move_and_decommission() {
     let db = TestDb::new().await;
