@@ -185,11 +185,12 @@ async fn apply_agent_event(
 /// (The window is materialized narrow first: sorting it with the whole rows spilled to disk
 /// during rebuilds.)
 ///
-/// Each value is computed once per agent: the chosen report's fields come out of one
-/// `jsonb_to_record` each (a function in `FROM` runs once per row), and paths are walked with
-/// `#>`/`#>>`, which copy nothing on the way. Written as `u.report->>'hostname'` in every
-/// assignment, the planner inlined the report's expression into each of them and evaluated it
-/// again for every column and every comparison (about a third of the fold, BENCHMARKS.md).
+/// Each value is computed once per agent: every field of the chosen report is one path walk
+/// (`#>>`, which copies nothing on the way) named in exactly one assignment, and the collection
+/// time is the one parsed to choose the report. (With the report as a column of `u` and
+/// `u.report->>'hostname'` in each assignment, the planner inlined the report's expression into
+/// every assignment and comparison and extracted it about twenty times per agent: about a
+/// third of the fold, BENCHMARKS.md.)
 async fn fold_checkins(conn: &mut PgConnection, window: LogWindow) -> Result<(), sqlx::Error> {
     // Whether the folded report replaces the one shown: written out in each assignment rather
     // than computed in `u`, which would need a second lookup of the agent's row.
@@ -203,18 +204,19 @@ async fn fold_checkins(conn: &mut PgConnection, window: LogWindow) -> Result<(),
          ), folded AS ( \
             SELECT DISTINCT ON (aggregate_id) aggregate_id, tid, sequence, collected_at, \
                    count(*) OVER agent AS n, max(recorded_at) OVER agent AS recorded_at \
-              FROM c WINDOW agent AS (PARTITION BY aggregate_id) \
+              FROM c WINDOW agent AS (PARTITION BY aggregate_id ORDER BY collected_at DESC, sequence DESC \
+                                      ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) \
              ORDER BY aggregate_id, collected_at DESC, sequence DESC \
          ), u AS ( \
             SELECT f.aggregate_id::uuid AS agent_id, f.n, f.recorded_at, f.sequence, f.collected_at, \
-                   x.hostname, x.agent_version, o.family, o.name, o.version, o.kernel_version, o.arch \
-              FROM folded f \
-             CROSS JOIN LATERAL (SELECT e.payload #> '{{AgentCheckedIn,report}}' AS report FROM events e \
-                                  WHERE e.ctid = f.tid) r \
-              LEFT JOIN LATERAL jsonb_to_record(r.report) \
-                        AS x(hostname text, agent_version text, os jsonb) ON true \
-              LEFT JOIN LATERAL jsonb_to_record(x.os) \
-                        AS o(family text, name text, version text, kernel_version text, arch text) ON true \
+                   e.payload #>> '{{AgentCheckedIn,report,hostname}}' AS hostname, \
+                   e.payload #>> '{{AgentCheckedIn,report,agent_version}}' AS agent_version, \
+                   e.payload #>> '{{AgentCheckedIn,report,os,family}}' AS family, \
+                   e.payload #>> '{{AgentCheckedIn,report,os,name}}' AS name, \
+                   e.payload #>> '{{AgentCheckedIn,report,os,version}}' AS version, \
+                   e.payload #>> '{{AgentCheckedIn,report,os,kernel_version}}' AS kernel_version, \
+                   e.payload #>> '{{AgentCheckedIn,report,os,arch}}' AS arch \
+              FROM folded f JOIN events e ON e.ctid = f.tid \
          ) \
          UPDATE agents_view a SET \
             checkins = a.checkins + u.n, \
