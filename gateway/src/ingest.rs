@@ -441,7 +441,7 @@ WITH authed AS ( \
 ) \
 INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, idempotency_key) \
 SELECT $7, agent_id::text, seq, 'AgentCheckedIn', '1', payload::jsonb, metadata::jsonb, checkin_id \
-  FROM numbered ORDER BY agent_id, ord \
+  FROM numbered ORDER BY numbered.agent_id, numbered.ord \
 RETURNING aggregate_id, sequence, idempotency_key";
 
 /// Why rows were left out of the append.

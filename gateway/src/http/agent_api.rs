@@ -1,13 +1,13 @@
 //! The endpoints agents call: enrollment and check-ins.
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use logbook_domain::checkin::CheckinEvent;
 use logbook_domain::ids::AgentId;
 use logbook_proto::agent::v1 as pb;
 
 use super::AppState;
-use super::auth::AgentCredential;
+use super::auth::{AgentCredential, RequestId};
 use super::error::{ApiError, ErrorBody};
 use super::wire::{Reply, Wire};
 use crate::convert;
@@ -15,14 +15,6 @@ use crate::ingest::{IngestError, Submission};
 
 /// How long a new agent's job consumer waits for the job streams of a gateway still starting.
 const CONSUMER_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
-
-fn request_id(headers: &HeaderMap) -> String {
-    headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string()
-}
 
 /// Parses an id from the path, naming the parameter when it is not a UUID.
 pub(super) fn path_id<T: std::str::FromStr>(name: &str, raw: &str) -> Result<T, ApiError> {
@@ -43,7 +35,7 @@ pub(super) fn path_id<T: std::str::FromStr>(name: &str, raw: &str) -> Result<T, 
 )]
 pub(super) async fn enroll(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    RequestId(request_id): RequestId,
     Wire { message, reply_as }: Wire<pb::EnrollRequest>,
 ) -> Result<Reply<pb::EnrollResponse>, ApiError> {
     let nats_public_key = message.nats_public_key.clone();
@@ -65,7 +57,7 @@ pub(super) async fn enroll(
     }
     let enrolled = state
         .commands()
-        .enroll_agent(&request_id(&headers), &token, identity)
+        .enroll_agent(&request_id, &token, identity)
         .await?;
     tracing::info!(agent_id = %enrolled.agent_id, site_id = %enrolled.site_id, "agent enrolled");
     let access = nats_access(&state, enrolled.agent_id, &nats_public_key)?;
@@ -167,7 +159,7 @@ pub(super) async fn nats_credentials(
 pub(super) async fn checkin(
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
-    headers: HeaderMap,
+    RequestId(request_id): RequestId,
     AgentCredential(credential): AgentCredential,
     Wire { message, reply_as }: Wire<pb::CheckinRequest>,
 ) -> Result<Reply<pb::CheckinResponse>, ApiError> {
@@ -183,7 +175,7 @@ pub(super) async fn checkin(
             credential,
             checkin_id,
             payload,
-            request_id: request_id(&headers),
+            request_id,
         })
         .await
         .map_err(|e| match e {

@@ -33,6 +33,19 @@ fn request_id(parts: &Parts) -> String {
         .to_string()
 }
 
+/// The request's id (`x-request-id`, set by the router's middleware), as the events it causes
+/// record it. Extracting only this header spares a handler a copy of the whole header map.
+#[derive(Debug, Clone)]
+pub(super) struct RequestId(pub(super) String);
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestId {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(RequestId(request_id(parts)))
+    }
+}
+
 /// An authenticated operator or integration.
 #[derive(Debug, Clone)]
 pub(super) struct Admin {
