@@ -25,6 +25,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = migrations![
     7 => "0007_agent_list_report_pointer.sql",
     8 => "0008_timeline_without_checkins.sql",
     9 => "0009_log_order_beside_checkins.sql",
+    10 => "0010_idempotency_key_first.sql",
 ];
 
 /// A sqlx migrator over the embedded migrations.
