@@ -31,12 +31,18 @@ pub struct AgentConfig {
 pub struct JobsConfig {
     /// Most bytes of stdout, and of stderr, kept per job (the rest is cut with a marker).
     pub output_cap_bytes: usize,
+    /// The agent renews its NATS identity two thirds into its life, but never sooner than this
+    /// after connecting: a server that issued a very short identity, or a clock far off, must
+    /// not make the agent ask again and again.
+    #[serde(with = "humantime_serde")]
+    pub min_identity_renewal: Duration,
 }
 
 impl Default for JobsConfig {
     fn default() -> Self {
         Self {
             output_cap_bytes: 1024 * 1024,
+            min_identity_renewal: Duration::from_secs(60),
         }
     }
 }
@@ -145,6 +151,11 @@ impl AgentConfig {
             "must be at least 1s",
         );
         p.check(
+            self.jobs.min_identity_renewal >= Duration::from_secs(1),
+            "jobs.min_identity_renewal",
+            "must be at least 1s",
+        );
+        p.check(
             self.state.max_spooled >= 1,
             "state.max_spooled",
             "must be at least 1",
@@ -181,13 +192,22 @@ mod tests {
                 ("LOGBOOK_AGENT_CHECKIN__INTERVAL".into(), "0s".into()),
                 ("LOGBOOK_AGENT_LOG__FORMAT".into(), "xml".into()),
                 ("LOGBOOK_AGENT_CHECKIN__TIMEOUT".into(), "soon".into()),
+                (
+                    "LOGBOOK_AGENT_JOBS__MIN_IDENTITY_RENEWAL".into(),
+                    "0s".into(),
+                ),
             ],
             env_prefix: ENV_PREFIX,
             env_ignore: &[],
         })
         .expect_err("invalid");
         let text = err.to_string();
-        for key in ["checkin.interval", "log.format", "checkin.timeout"] {
+        for key in [
+            "checkin.interval",
+            "log.format",
+            "checkin.timeout",
+            "jobs.min_identity_renewal",
+        ] {
             assert!(text.contains(key), "{key} missing: {text}");
         }
     }

@@ -53,6 +53,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         server.clone(),
         crate::jobs::JobSettings {
             output_cap: config.jobs.output_cap_bytes,
+            min_renewal: config.jobs.min_identity_renewal,
             ..Default::default()
         },
         shutdown.clone(),

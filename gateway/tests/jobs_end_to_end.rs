@@ -45,6 +45,46 @@ impl OneAgent {
     }
 }
 
+/// A nats-server of its own that authenticates every client (an operator, an account and its
+/// signing key, written to `dir`), and the gateway settings that go with it.
+struct NatsWithAuth {
+    server: NatsServer,
+    env: Vec<(&'static str, String)>,
+}
+
+impl NatsWithAuth {
+    fn start(dir: &Path) -> Self {
+        let files =
+            logbook_gateway::jobs::nats_auth::init_operator(&dir.join("js")).expect("operator");
+        let config = dir.join("nats-server.conf");
+        std::fs::write(&config, &files.server_config).expect("config");
+        std::fs::write(dir.join("gateway.creds"), &files.gateway_creds).expect("creds");
+        std::fs::write(dir.join("signing.nk"), &files.account_signing_seed).expect("seed");
+        Self {
+            server: NatsServer::start_with_config(&config),
+            env: vec![
+                (
+                    "LOGBOOK_NATS__CREDENTIALS_FILE",
+                    dir.join("gateway.creds").display().to_string(),
+                ),
+                ("LOGBOOK_NATS__ACCOUNT_PUBLIC_KEY", files.account_public_key),
+                (
+                    "LOGBOOK_NATS__ACCOUNT_SIGNING_KEY_FILE",
+                    dir.join("signing.nk").display().to_string(),
+                ),
+            ],
+        }
+    }
+
+    /// A gateway on this nats-server and `db`, with its files in `dir`.
+    fn gateway(&self, db: &TestDb, dir: &Path) -> GatewaySetup {
+        self.env.iter().fold(
+            GatewaySetup::new(&db.url, &self.server.url(), dir),
+            |setup, (key, value)| setup.with(key, value.clone()),
+        )
+    }
+}
+
 /// A command that appends `line` to `file`.
 fn append(file: &Path, line: &str) -> Value {
     json!({"command": format!("echo {line} >> {}", file.display()), "timeout_secs": 30})
@@ -457,31 +497,9 @@ async fn a_job_that_nats_server_lost_after_acknowledging_it_is_published_again_a
 async fn with_nats_authentication_an_agent_can_neither_fetch_another_agents_jobs_nor_report_their_results()
  {
     let dir = tempfile::tempdir().expect("tempdir");
-    let setup_files =
-        logbook_gateway::jobs::nats_auth::init_operator(&dir.path().join("js")).expect("operator");
-    let config = dir.path().join("nats-server.conf");
-    std::fs::write(&config, &setup_files.server_config).expect("config");
-    std::fs::write(dir.path().join("gateway.creds"), &setup_files.gateway_creds).expect("creds");
-    std::fs::write(
-        dir.path().join("signing.nk"),
-        &setup_files.account_signing_seed,
-    )
-    .expect("seed");
-    let nats = NatsServer::start_with_config(&config);
+    let nats = NatsWithAuth::start(dir.path());
     let db = TestDb::new().await;
-    let setup = GatewaySetup::new(&db.url, &nats.url(), dir.path())
-        .with(
-            "LOGBOOK_NATS__CREDENTIALS_FILE",
-            dir.path().join("gateway.creds").display().to_string(),
-        )
-        .with(
-            "LOGBOOK_NATS__ACCOUNT_PUBLIC_KEY",
-            setup_files.account_public_key.clone(),
-        )
-        .with(
-            "LOGBOOK_NATS__ACCOUNT_SIGNING_KEY_FILE",
-            dir.path().join("signing.nk").display().to_string(),
-        );
+    let setup = nats.gateway(&db, dir.path());
     let _gateway = setup.start_ready().await;
     let api = Api::new(&setup.base(), dir.path());
     let token = api.enrollment_token(2).await;
@@ -525,7 +543,7 @@ async fn with_nats_authentication_an_agent_can_neither_fetch_another_agents_jobs
     })
     .custom_inbox_prefix(names.inbox_prefix(&a.id))
     .request_timeout(Some(Duration::from_secs(2)))
-    .connect(nats.url())
+    .connect(nats.server.url())
     .await
     .expect("A connects");
     let js = async_nats::jetstream::new(as_a.clone());
@@ -595,4 +613,64 @@ async fn with_nats_authentication_an_agent_can_neither_fetch_another_agents_jobs
     let mut ran = lines(&out);
     ran.sort();
     assert_eq!(ran, ["a", "b"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_renews_its_nats_identity_between_jobs_and_works_on_after_the_first_one_expired() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = NatsWithAuth::start(dir.path());
+    let db = TestDb::new().await;
+    // Agents' identities live 12 s: an agent renews its identity 8 s after it was issued.
+    let setup = nats
+        .gateway(&db, dir.path())
+        .with("LOGBOOK_NATS__AGENT_IDENTITY_LIFETIME", "12s");
+    let _gateway = setup.start_ready().await;
+    let api = Api::new(&setup.base(), dir.path());
+    let token = api.enrollment_token(1).await;
+    let issued = Instant::now();
+    let mut agent = Agent::enroll(&setup.base(), &token, dir.path(), "agent");
+    let jwt = |agent: &Agent| {
+        agent.identity()["nats"]["user_jwt"]
+            .as_str()
+            .expect("jwt")
+            .to_string()
+    };
+    let first = jwt(&agent);
+    agent.start(&[("LOGBOOK_AGENT_JOBS__MIN_IDENTITY_RENEWAL", "1s")]);
+    let out = dir.path().join("out.txt");
+
+    // A job that runs from about 5 s to 10 s is running when the renewal falls due: it is not
+    // cut short for it, and the renewal follows it.
+    tokio::time::sleep((issued + Duration::from_secs(5)).saturating_duration_since(Instant::now()))
+        .await;
+    let long = api
+        .queue(
+            &agent.id,
+            json!({"command": format!("sleep 5; echo long >> {}", out.display()), "timeout_secs": 30}),
+        )
+        .await;
+    api.wait_job(&long, Duration::from_secs(30), |j| {
+        j["status"] == "succeeded"
+    })
+    .await;
+    wait_until(
+        "the agent to renew its NATS identity",
+        Duration::from_secs(20),
+        async || jwt(&agent) != first,
+    )
+    .await;
+
+    // Once the first identity has expired (nats-server closes connections that use it), the
+    // agent still receives and runs jobs: it connects with the renewed one.
+    tokio::time::sleep(
+        (issued + Duration::from_secs(13)).saturating_duration_since(Instant::now()),
+    )
+    .await;
+    let after = api.queue(&agent.id, append(&out, "after")).await;
+    api.wait_job(&after, Duration::from_secs(30), |j| {
+        j["status"] == "succeeded"
+    })
+    .await;
+    assert_eq!(lines(&out), ["long", "after"]);
+    assert_eq!(count_events(&db, &long, "JobStarted").await, 1);
 }

@@ -39,6 +39,8 @@ pub struct JobSettings {
     /// answer lost in a NATS reconnect is not coming, and asking again is harmless (the same
     /// attempt's granted claim is granted again, and the job still runs once).
     pub claim_timeout: Duration,
+    /// The soonest the NATS identity is renewed after connecting (`jobs.min_identity_renewal`).
+    pub min_renewal: Duration,
 }
 
 impl Default for JobSettings {
@@ -46,6 +48,7 @@ impl Default for JobSettings {
         Self {
             output_cap: 1024 * 1024,
             claim_timeout: Duration::from_secs(3),
+            min_renewal: Duration::from_secs(60),
         }
     }
 }
@@ -83,7 +86,7 @@ pub async fn run(
             return Ok(());
         };
         let seed = state.nkey_seed()?;
-        let renew_in = renewal_delay(&nats.user_jwt);
+        let renew_in = renewal_delay(&nats.user_jwt, settings.min_renewal);
         let client = match connect(&identity, &nats, seed.as_deref()).await {
             Ok(client) => client,
             Err(e) => {
@@ -143,8 +146,9 @@ fn public_key(seed: Option<&str>) -> Result<String, JobsError> {
         .public_key())
 }
 
-/// How long until the JWT should be renewed: two thirds into its life (never, without `exp`).
-fn renewal_delay(jwt: &str) -> Duration {
+/// How long until the JWT should be renewed: two thirds into its life, and not before `floor`
+/// (never, without `exp`).
+fn renewal_delay(jwt: &str, floor: Duration) -> Duration {
     use base64::Engine;
     let claims = jwt
         .split('.')
@@ -163,7 +167,7 @@ fn renewal_delay(jwt: &str) -> Duration {
     };
     let renew_at = iat + (exp - iat) * 2 / 3;
     let now = crate::collector::now_unix_ms() / 1000;
-    Duration::from_secs(renew_at.saturating_sub(now).max(60) as u64)
+    Duration::from_secs(renew_at.saturating_sub(now).max(0) as u64).max(floor)
 }
 
 async fn connect(
