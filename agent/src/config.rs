@@ -42,7 +42,7 @@ impl Default for JobsConfig {
     fn default() -> Self {
         Self {
             output_cap_bytes: 1024 * 1024,
-            min_identity_renewal: Duration::from_secs(60),
+            min_identity_renewal: crate::jobs::DEFAULT_MIN_RENEWAL,
         }
     }
 }

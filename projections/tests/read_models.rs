@@ -142,6 +142,20 @@ async fn catch_up<P: Projection>(pool: &PgPool, projection: &P) {
     }
 }
 
+/// The agent list's first page of ten, in the default order and filters.
+async fn first_page(pool: &PgPool) -> Vec<fleet::AgentRow> {
+    fleet::list_agents(
+        pool,
+        &AgentFilter {
+            limit: 10,
+            ..Default::default()
+        },
+        THRESHOLDS,
+    )
+    .await
+    .expect("list")
+}
+
 async fn ensure(pool: &PgPool, name: &str) {
     runner::ensure_checkpoint(pool, name)
         .await
@@ -188,16 +202,7 @@ async fn the_agent_list_shows_names_status_and_the_newest_report() {
     .await;
     catch_up(&db.pool, &FleetProjection).await;
 
-    let all = fleet::list_agents(
-        &db.pool,
-        &AgentFilter {
-            limit: 10,
-            ..Default::default()
-        },
-        THRESHOLDS,
-    )
-    .await
-    .expect("list");
+    let all = first_page(&db.pool).await;
     let summary: Vec<(&str, AgentStatus)> = all
         .iter()
         .map(|a| (a.hostname.as_str(), a.status))
@@ -237,17 +242,20 @@ async fn the_agent_list_shows_names_status_and_the_newest_report() {
     assert_eq!(online[0].agent_id, fresh.as_uuid());
 }
 
-/// What one agent's row shows: its identity columns and its latest report's disk use.
-fn shown(row: &fleet::AgentRow) -> (Vec<&str>, u64, i64) {
-    let columns = vec![
-        row.hostname.as_str(),
-        row.os_family.as_str(),
-        row.os_name.as_str(),
-        row.os_version.as_str(),
-        row.kernel_version.as_str(),
-        row.arch.as_str(),
-        row.agent_version.as_str(),
-    ];
+/// What one agent's row shows: its identity columns, its latest report's disk use (GiB) and
+/// its check-in count.
+fn shown(row: &fleet::AgentRow) -> (Vec<String>, u64, i64) {
+    let columns = [
+        &row.hostname,
+        &row.os_family,
+        &row.os_name,
+        &row.os_version,
+        &row.kernel_version,
+        &row.arch,
+        &row.agent_version,
+    ]
+    .map(String::clone)
+    .to_vec();
     let used = row.latest_report.as_ref().expect("report").0.disks[0].used_bytes >> 30;
     (columns, used, row.checkins)
 }
@@ -259,33 +267,18 @@ async fn a_newer_report_in_a_later_batch_replaces_every_column_and_a_late_older_
     let fleet = seed_fleet(&db.pool).await;
     let agent = enroll(&db.pool, &fleet, "web-01").await;
     let now = Utc::now();
-    let list = || async {
-        fleet::list_agents(
-            &db.pool,
-            &AgentFilter {
-                limit: 10,
-                ..Default::default()
-            },
-            THRESHOLDS,
-        )
-        .await
-        .expect("list")
+    // Each check-in is folded in a batch of its own; then the agent's row is read.
+    let fold = async |seq: i64, report: CheckinReport| {
+        check_in(&db.pool, agent, seq, report, now).await;
+        catch_up(&db.pool, &FleetProjection).await;
+        shown(&first_page(&db.pool).await[0])
     };
+    let columns = |row: [&str; 7]| row.map(str::to_string).to_vec();
 
-    check_in(
-        &db.pool,
-        agent,
-        1,
-        report("web-01", now - chrono::Duration::minutes(2), 10),
-        now,
-    )
-    .await;
-    catch_up(&db.pool, &FleetProjection).await;
-    let before = list().await;
     assert_eq!(
-        shown(&before[0]),
+        fold(1, report("web-01", now - chrono::Duration::minutes(2), 10)).await,
         (
-            vec![
+            columns([
                 "web-01",
                 "linux",
                 "Debian GNU/Linux",
@@ -293,7 +286,7 @@ async fn a_newer_report_in_a_later_batch_replaces_every_column_and_a_late_older_
                 "6.1.0",
                 "x86_64",
                 "0.1.0"
-            ],
+            ]),
             10,
             1
         )
@@ -307,10 +300,7 @@ async fn a_newer_report_in_a_later_batch_replaces_every_column_and_a_late_older_
     upgraded.os.kernel_version = "10.0.20348".into();
     upgraded.os.arch = "aarch64".into();
     upgraded.agent_version = "0.2.0".into();
-    check_in(&db.pool, agent, 2, upgraded, now).await;
-    catch_up(&db.pool, &FleetProjection).await;
-    let after = list().await;
-    let expected = vec![
+    let expected = columns([
         "web-02",
         "windows",
         "Windows Server",
@@ -318,22 +308,15 @@ async fn a_newer_report_in_a_later_batch_replaces_every_column_and_a_late_older_
         "10.0.20348",
         "aarch64",
         "0.2.0",
-    ];
-    assert_eq!(shown(&after[0]), (expected.clone(), 20, 2));
+    ]);
+    assert_eq!(fold(2, upgraded).await, (expected.clone(), 20, 2));
 
     // A report collected before the one shown, delivered in a batch of its own, counts as a
     // check-in and changes nothing else.
-    check_in(
-        &db.pool,
-        agent,
-        3,
-        report("web-01", now - chrono::Duration::minutes(3), 30),
-        now,
-    )
-    .await;
-    catch_up(&db.pool, &FleetProjection).await;
-    let late = list().await;
-    assert_eq!(shown(&late[0]), (expected, 20, 3));
+    assert_eq!(
+        fold(3, report("web-01", now - chrono::Duration::minutes(3), 30)).await,
+        (expected, 20, 3)
+    );
 }
 
 #[tokio::test]
@@ -403,16 +386,7 @@ async fn lifecycle_events_rename_move_and_decommission() {
     )
     .await;
     catch_up(&db.pool, &FleetProjection).await;
-    let listed = fleet::list_agents(
-        &db.pool,
-        &AgentFilter {
-            limit: 10,
-            ..Default::default()
-        },
-        THRESHOLDS,
-    )
-    .await
-    .expect("list");
+    let listed = first_page(&db.pool).await;
     assert!(
         listed.is_empty(),
         "decommissioned agents are hidden unless asked for"

@@ -43,12 +43,15 @@ pub struct JobSettings {
     pub min_renewal: Duration,
 }
 
+/// The default of `jobs.min_identity_renewal`.
+pub const DEFAULT_MIN_RENEWAL: Duration = Duration::from_secs(60);
+
 impl Default for JobSettings {
     fn default() -> Self {
         Self {
             output_cap: 1024 * 1024,
             claim_timeout: Duration::from_secs(3),
-            min_renewal: Duration::from_secs(60),
+            min_renewal: DEFAULT_MIN_RENEWAL,
         }
     }
 }
