@@ -3,8 +3,9 @@
 //! The agent binds its own durable consumer on its shard's jobs stream (one job at a time, in
 //! queue order) and, for each job: *claims* it (a NATS request the server answers once, final:
 //! run, or do not because it was cancelled or expired), journals that it runs, runs it, journals
-//! the result, publishes the result to its result subject (JetStream, deduplicated by job id),
-//! and only then acknowledges the job. See [`journal`] for how each crash point is recovered
+//! the result, then publishes the result to its result subject (JetStream, deduplicated by job
+//! id) and acknowledges the job, both at once: the journaled result is published again after a
+//! restart if it was not confirmed. See [`journal`] for how each crash point is recovered
 //! without running a job twice, and docs/adr/0004 for the whole protocol.
 
 pub mod exec;
@@ -220,8 +221,9 @@ impl Worker {
     async fn serve(&self, renew_at: tokio::time::Instant) -> Result<(), JobsError> {
         // Results that finished before a crash or an outage go first.
         for (seq, job, report) in self.journal.unreported() {
-            self.publish_result(&report).await;
-            self.journal.put(seq, &job, &Entry::Reported)?;
+            if self.publish_result(&report).await {
+                self.journal.put(seq, &job, &Entry::Reported)?;
+            }
         }
         let mut retry = Duration::from_millis(500);
         loop {
@@ -290,12 +292,7 @@ impl Worker {
                 return Ok(());
             }
             Some(entry @ Entry::Finished { .. }) => {
-                if let Some(report) = entry.report() {
-                    self.publish_result(&report).await;
-                }
-                self.journal.put(seq, &id, &Entry::Reported)?;
-                self.ack(&message).await;
-                return Ok(());
+                return self.settle(&message, seq, &id, entry.report()).await;
             }
             Some(Entry::Running) => {
                 tracing::warn!(job = %id, "the agent stopped while this job ran; it is reported as interrupted, not run again");
@@ -393,10 +390,33 @@ impl Worker {
             tracing::error!(job = %job.job_id, "failpoint after-job-finished: aborting");
             std::process::abort();
         }
-        self.publish_result(&report).await;
-        self.journal
-            .put(job.agent_seq, &job.job_id, &Entry::Reported)?;
-        self.ack(message).await;
+        self.settle(message, job.agent_seq, &job.job_id, Some(report))
+            .await
+    }
+
+    /// Publishes a journaled result and acknowledges its job. The two round trips run at once:
+    /// the result is already in the journal (fsynced), so if the agent stops after the
+    /// acknowledgement and before the result is confirmed, the next start publishes it
+    /// ([`Journal::unreported`]); the job is not delivered again, and needs not be.
+    async fn settle(
+        &self,
+        message: &jetstream::Message,
+        seq: u64,
+        id: &str,
+        report: Option<pb::JobResultReport>,
+    ) -> Result<(), JobsError> {
+        let publish = async {
+            match &report {
+                Some(report) => self.publish_result(report).await,
+                None => true,
+            }
+        };
+        let (published, ()) = tokio::join!(publish, self.ack(message));
+        // Not published only when the agent is stopping: the result stays unreported, for the
+        // next start.
+        if published {
+            self.journal.put(seq, id, &Entry::Reported)?;
+        }
         Ok(())
     }
 
@@ -418,8 +438,8 @@ impl Worker {
         pb::ClaimVerdict::try_from(response.verdict).map_err(|e| e.to_string())
     }
 
-    /// Publishes a result until JetStream acknowledges it (or the agent stops).
-    async fn publish_result(&self, report: &pb::JobResultReport) {
+    /// Publishes a result until JetStream acknowledges it (true) or the agent stops (false).
+    async fn publish_result(&self, report: &pb::JobResultReport) -> bool {
         let mut retry = Duration::from_millis(200);
         loop {
             let publish = jetstream::message::PublishMessage::build()
@@ -434,13 +454,13 @@ impl Worker {
                 Err(e) => Err(e.to_string()),
             };
             match sent {
-                Ok(()) => return,
+                Ok(()) => return true,
                 Err(e) => {
                     tracing::warn!(error = %e, job = %report.job_id, "result not delivered yet; it is kept and retried")
                 }
             }
             if self.shutdown.is_cancelled() {
-                return;
+                return false;
             }
             tokio::time::sleep(retry).await;
             retry = (retry * 2).min(Duration::from_secs(10));
