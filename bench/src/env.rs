@@ -247,6 +247,8 @@ pub(crate) struct Gateway {
     pub(crate) admin_token: String,
     pub(crate) http: reqwest::Client,
     dir: tempfile_dir::TempDir,
+    /// Whether this run's streams were removed; a run that fails half-way removes them on drop.
+    streams_removed: std::sync::atomic::AtomicBool,
 }
 
 mod tempfile_dir {
@@ -347,6 +349,7 @@ impl Gateway {
             admin_token,
             http,
             dir,
+            streams_removed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -388,14 +391,9 @@ impl Gateway {
 
     /// Removes this run's streams from the shared nats-server.
     pub(crate) async fn remove_streams(&self) {
-        if let Ok(client) = async_nats::connect(self.nats_url.as_str()).await {
-            let js = async_nats::jetstream::new(client);
-            let names = self.names();
-            for stream in names.jobs_streams() {
-                let _ = js.delete_stream(stream).await;
-            }
-            let _ = js.delete_stream(names.results_stream()).await;
-        }
+        remove_streams(&self.nats_url, self.names()).await;
+        self.streams_removed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Prometheus metrics of the gateway, as `name{labels} -> value` lines.
@@ -432,9 +430,43 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        // A run that fails half-way must not leave a gateway behind.
+        // A run that fails half-way must not leave a gateway behind, nor its streams: 10,000
+        // consumers left on the shared nats-server slow every later run down.
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if !self
+            .streams_removed
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            let (url, names) = (self.nats_url.clone(), self.names());
+            // Drop cannot wait for a future, and may run on the runtime's own thread.
+            let _ = std::thread::spawn(move || {
+                if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    runtime.block_on(async {
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(30),
+                            remove_streams(&url, names),
+                        )
+                        .await;
+                    });
+                }
+            })
+            .join();
+        }
+    }
+}
+
+/// Deletes the jobs and results streams of `names` from the nats-server at `url`.
+async fn remove_streams(url: &str, names: logbook_proto::subjects::Names) {
+    if let Ok(client) = async_nats::connect(url).await {
+        let js = async_nats::jetstream::new(client);
+        for stream in names.jobs_streams() {
+            let _ = js.delete_stream(stream).await;
+        }
+        let _ = js.delete_stream(names.results_stream()).await;
     }
 }
 
