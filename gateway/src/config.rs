@@ -45,6 +45,10 @@ pub struct GatewayConfig {
 pub struct HttpConfig {
     /// Address to listen on.
     pub listen: SocketAddr,
+    /// Connections the kernel queues before the gateway accepts them (capped by the kernel's
+    /// `net.core.somaxconn`). Thousands of agents reconnect at once after a restart; a short
+    /// queue drops their connection attempts, and each dropped one waits a second or more.
+    pub listen_backlog: u32,
     /// Largest request body accepted, in bytes (check-ins, enrollments, admin requests).
     pub max_body_bytes: usize,
     /// Longest a request may take before it is answered with 503.
@@ -59,6 +63,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            listen_backlog: 4096,
             max_body_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(20),
@@ -308,6 +313,11 @@ impl GatewayConfig {
     }
 
     fn validate(&self, p: &mut Problems) {
+        p.check(
+            (1..=65_535).contains(&self.http.listen_backlog),
+            "http.listen_backlog",
+            "must be between 1 and 65535",
+        );
         p.check(
             self.http.max_body_bytes >= 1024,
             "http.max_body_bytes",

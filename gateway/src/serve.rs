@@ -106,8 +106,7 @@ pub async fn run(
 
     let listener = match listener {
         Some(listener) => listener,
-        None => TcpListener::bind(config.http.listen)
-            .await
+        None => listen(config.http.listen, config.http.listen_backlog)
             .with_context(|| format!("listening on {}", config.http.listen))?,
     };
     let address = listener.local_addr()?;
@@ -215,4 +214,50 @@ async fn start_up(
         }
     }
     Ok(())
+}
+
+/// Listens on `address` with a queue of `backlog` connections not yet accepted (tokio's own
+/// `bind` queues 128).
+fn listen(address: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(backlog)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::listen;
+
+    /// Opens `n` connections at once to a listener that accepts none, and counts those the
+    /// kernel completed within `wait`.
+    async fn queued(backlog: u32, n: usize, wait: Duration) -> usize {
+        let listener = listen(([127, 0, 0, 1], 0).into(), backlog).expect("listen");
+        let address = listener.local_addr().expect("address");
+        let connects =
+            (0..n).map(|_| tokio::time::timeout(wait, tokio::net::TcpStream::connect(address)));
+        let streams = futures::future::join_all(connects).await;
+        drop(listener);
+        streams.iter().filter(|s| matches!(s, Ok(Ok(_)))).count()
+    }
+
+    #[tokio::test]
+    async fn a_fleet_reconnecting_at_once_is_queued_not_dropped() {
+        // 600 at once: with tokio's own queue of 128 most of them would wait for a
+        // retransmission (a second) instead; the kernel's cap here is net.core.somaxconn.
+        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(4096);
+        let n = 600.min(somaxconn);
+        assert_eq!(queued(4096, n, Duration::from_millis(800)).await, n);
+        // And the setting is what decides: a queue of 16 does not hold them.
+        assert!(queued(16, n, Duration::from_millis(800)).await < n);
+    }
 }

@@ -21,6 +21,7 @@ fn a_bad_configuration_exits_64_with_one_line_naming_every_problem() {
         .arg("check-config")
         .env("LOGBOOK_DATABASE__URL", "mysql://nope")
         .env("LOGBOOK_INGEST__MAX_BATCH", "0")
+        .env("LOGBOOK_HTTP__LISTEN_BACKLOG", "0")
         .output()
         .expect("run");
     assert_eq!(output.status.code(), Some(64));
@@ -30,6 +31,7 @@ fn a_bad_configuration_exits_64_with_one_line_naming_every_problem() {
         "agents.offline_after",
         "database.url",
         "ingest.max_batch",
+        "http.listen_backlog",
     ] {
         assert!(stderr.contains(key), "{key} missing: {stderr}");
     }
