@@ -289,6 +289,50 @@ async fn an_agent_killed_after_a_job_finished_reports_it_once_without_running_it
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_the_agent_could_not_publish_before_it_was_stopped_is_published_when_it_starts_again()
+ {
+    let mut one = OneAgent::start().await;
+    let OneAgent {
+        db,
+        dir,
+        api,
+        agent,
+        nats,
+        ..
+    } = &mut one;
+    let out = dir.path().join("out.txt");
+    agent.start(&[]);
+    let job = api
+        .queue(
+            &agent.id,
+            json!({"command": format!("sleep 2; echo ran >> {}", out.display()), "timeout_secs": 30}),
+        )
+        .await;
+    api.wait_job(&job, Duration::from_secs(30), |j| j["status"] == "running")
+        .await;
+    // The job finishes while NATS is away: its result cannot be published, nor the job
+    // acknowledged. Then the agent is stopped, gracefully, still without NATS.
+    nats.stop();
+    wait_until("the job to finish", Duration::from_secs(30), async || {
+        lines(&out) == ["ran"]
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    e2e::signal(agent.child.as_ref().expect("the agent runs"), "TERM");
+    agent.wait_exit(Duration::from_secs(60)).await;
+
+    nats.restart();
+    agent.start(&[]);
+    api.wait_job(&job, Duration::from_secs(30), |j| {
+        j["status"] == "succeeded"
+    })
+    .await;
+    assert_eq!(lines(&out), ["ran"], "the job ran a second time");
+    assert_eq!(count_events(db, &job, "JobSucceeded").await, 1);
+    assert_eq!(count_events(db, &job, "JobStarted").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_ride_out_a_nats_server_restart_and_nothing_is_lost() {
     let mut nats = NatsServer::start();
     let db = TestDb::new().await;

@@ -397,7 +397,7 @@ impl Worker {
     /// Publishes a journaled result and acknowledges its job. The two round trips run at once:
     /// the result is already in the journal (fsynced), so if the agent stops after the
     /// acknowledgement and before the result is confirmed, the next start publishes it
-    /// ([`Journal::unreported`]); the job is not delivered again, and needs not be.
+    /// ([`Journal::unreported`]); the job is not delivered again, and need not be.
     async fn settle(
         &self,
         message: &jetstream::Message,
