@@ -248,7 +248,7 @@ pub(crate) struct Gateway {
     pub(crate) http: reqwest::Client,
     dir: tempfile_dir::TempDir,
     /// Whether this run's streams were removed; a run that fails half-way removes them on drop.
-    streams_removed: std::sync::atomic::AtomicBool,
+    streams_removed: bool,
 }
 
 mod tempfile_dir {
@@ -349,7 +349,7 @@ impl Gateway {
             admin_token,
             http,
             dir,
-            streams_removed: std::sync::atomic::AtomicBool::new(false),
+            streams_removed: false,
         })
     }
 
@@ -390,10 +390,9 @@ impl Gateway {
     }
 
     /// Removes this run's streams from the shared nats-server.
-    pub(crate) async fn remove_streams(&self) {
+    pub(crate) async fn remove_streams(&mut self) {
         remove_streams(&self.nats_url, self.names()).await;
-        self.streams_removed
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.streams_removed = true;
     }
 
     /// Prometheus metrics of the gateway, as `name{labels} -> value` lines.
@@ -434,10 +433,7 @@ impl Drop for Gateway {
         // consumers left on the shared nats-server slow every later run down.
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if !self
-            .streams_removed
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
+        if !self.streams_removed {
             let (url, names) = (self.nats_url.clone(), self.names());
             // Drop cannot wait for a future, and may run on the runtime's own thread.
             let _ = std::thread::spawn(move || {

@@ -142,6 +142,18 @@ async fn wait_for_succeeded(api: &Api, agent: &str, count: usize, what: &str, ti
     .await;
 }
 
+/// Asserts that `job`, which appends `ran` to `out`, ran once, and that its start and its result
+/// were each recorded once.
+async fn assert_ran_once(db: &TestDb, job: &str, out: &Path) {
+    assert_eq!(lines(out), ["ran"], "the job ran a second time");
+    assert_eq!(
+        count_events(db, job, "JobSucceeded").await,
+        1,
+        "the result was recorded more than once"
+    );
+    assert_eq!(count_events(db, job, "JobStarted").await, 1);
+}
+
 async fn count_events(db: &TestDb, job: &str, event_type: &str) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'job' AND aggregate_id = $1 AND event_type = $2")
         .bind(job)
@@ -279,13 +291,7 @@ async fn an_agent_killed_after_a_job_finished_reports_it_once_without_running_it
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(lines(&out), ["ran"], "the job ran a second time");
-    assert_eq!(
-        count_events(db, &job, "JobSucceeded").await,
-        1,
-        "the result was recorded more than once"
-    );
-    assert_eq!(count_events(db, &job, "JobStarted").await, 1);
+    assert_ran_once(db, &job, &out).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -327,9 +333,7 @@ async fn a_result_the_agent_could_not_publish_before_it_was_stopped_is_published
         j["status"] == "succeeded"
     })
     .await;
-    assert_eq!(lines(&out), ["ran"], "the job ran a second time");
-    assert_eq!(count_events(db, &job, "JobSucceeded").await, 1);
-    assert_eq!(count_events(db, &job, "JobStarted").await, 1);
+    assert_ran_once(db, &job, &out).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

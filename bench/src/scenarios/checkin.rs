@@ -576,7 +576,7 @@ async fn raw_insert(pool: &PgPool, duration: Duration) -> anyhow::Result<f64> {
 /// Runs the scenario.
 pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<Results> {
     let db = BenchDb::open(targets, "logbook_bench_checkin", false, false).await?;
-    let gateway = Gateway::start(&db, targets).await?;
+    let mut gateway = Gateway::start(&db, targets).await?;
     let bar = ui::bar("enrolling simulated agents");
     let (site_id, agents) = env::enroll_fleet(&gateway, options.agents, &bar).await?;
     bar.finish_and_clear();

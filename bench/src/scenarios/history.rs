@@ -246,7 +246,7 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
             .map(|(id, credential)| SimAgent { id, credential })
             .collect(),
         None => {
-            let gateway = Gateway::start(&db, targets).await?;
+            let mut gateway = Gateway::start(&db, targets).await?;
             let bar = ui::bar("enrolling simulated agents");
             let (_, agents) = env::enroll_fleet(&gateway, options.agents, &bar).await?;
             bar.finish_and_clear();
@@ -267,7 +267,7 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
     let rebuild_timeline_events_per_sec =
         time_rebuild(&db, &TimelineProjection, events_in_log).await?;
 
-    let gateway = Gateway::start(&db, targets).await?;
+    let mut gateway = Gateway::start(&db, targets).await?;
     caught_up(&db).await?;
     ui::step("timeline and agent list queries");
     let timeline_paths: Vec<String> = agents

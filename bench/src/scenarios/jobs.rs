@@ -193,7 +193,7 @@ const PUBLISH_WINDOW: usize = 2048;
 /// Runs the scenarios.
 pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<Results> {
     let db = BenchDb::open(targets, "logbook_bench_jobs", false, false).await?;
-    let gateway = Gateway::start(&db, targets).await?;
+    let mut gateway = Gateway::start(&db, targets).await?;
     let bar = ui::bar("enrolling simulated agents");
     let (site_id, agents) = env::enroll_fleet(&gateway, options.agents, &bar).await?;
     bar.finish_and_clear();
