@@ -328,6 +328,14 @@ fn print_table(report: &Report) {
                 Some(l.p99_ms <= 100.0),
             );
         }
+        if let (Some(queued), Some(half)) = (j.bulk_queued_secs, j.bulk_dispatched_half_secs) {
+            row(
+                "bulk job: queued (API answered) / half have it (s)",
+                format!("{queued:.2} / {half:.2}"),
+                "",
+                None,
+            );
+        }
         if let Some(secs) = j.bulk_dispatched_all_secs {
             row(
                 &format!("bulk job to {} agents: all have it (s)", j.agents),
@@ -361,6 +369,18 @@ fn print_table(report: &Report) {
                 format!("{secs:.2}"),
                 "<= 5",
                 Some(secs <= 5.0),
+            );
+        }
+        if let (Some(first), Some(p50), Some(p90)) = (
+            j.catch_up_first_claim_secs,
+            j.catch_up_claim_interval_p50_ms,
+            j.catch_up_claim_interval_p90_ms,
+        ) {
+            row(
+                "catch-up: first claim (s) / claim interval p50, p90 (ms)",
+                format!("{first:.2} / {p50:.2}, {p90:.2}"),
+                "",
+                None,
             );
         }
         if let Some(rate) = j.reconnect_agents_per_sec {

@@ -132,12 +132,15 @@ pub async fn ensure_checkpoint(pool: &PgPool, checkpoint: &str) -> Result<(), sq
 }
 
 /// Reads a checkpoint without locking it.
-pub async fn checkpoint(pool: &PgPool, checkpoint: &str) -> Result<Option<LogCursor>, sqlx::Error> {
+pub async fn checkpoint<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    checkpoint: &str,
+) -> Result<Option<LogCursor>, sqlx::Error> {
     let row = sqlx::query(
         "SELECT tx_id::text::bigint AS tx, position FROM projection_checkpoints WHERE projection = $1",
     )
     .bind(checkpoint)
-    .fetch_optional(pool)
+    .fetch_optional(executor)
     .await?;
     row.map(|r| {
         Ok(LogCursor {

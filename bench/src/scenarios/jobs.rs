@@ -42,11 +42,18 @@ pub(crate) struct Options {
 pub(crate) struct Results {
     pub(crate) agents: usize,
     pub(crate) issue_to_start: Option<Summary>,
+    pub(crate) bulk_queued_secs: Option<f64>,
+    pub(crate) bulk_dispatched_half_secs: Option<f64>,
     pub(crate) bulk_dispatched_all_secs: Option<f64>,
     pub(crate) bulk_started_all_secs: Option<f64>,
     pub(crate) bulk_results_recorded_secs: Option<f64>,
     pub(crate) catch_up_jobs: usize,
     pub(crate) catch_up_secs: Option<f64>,
+    /// The catch-up's jobs as the server saw them: from the agent's start to the first claim
+    /// granted, then the median and 90th percentile of the interval between consecutive claims.
+    pub(crate) catch_up_first_claim_secs: Option<f64>,
+    pub(crate) catch_up_claim_interval_p50_ms: Option<f64>,
+    pub(crate) catch_up_claim_interval_p90_ms: Option<f64>,
     pub(crate) reconnect_agents_per_sec: Option<f64>,
     pub(crate) history_jobs: usize,
     pub(crate) reconnect_after_history_agents_per_sec: Option<f64>,
@@ -258,8 +265,15 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
                 Some(json!({"target": {"all": true}, "command": "true"})),
             )
             .await?;
+        results.bulk_queued_secs = Some(started.elapsed().as_secs_f64());
         let bulk_id = bulk["id"].as_str().context("bulk id")?.to_string();
         let got = wait_count(&mut rx, agents.len(), Duration::from_secs(300)).await;
+        let mut arrivals: Vec<f64> = got
+            .iter()
+            .map(|(_, _, at, _)| (*at - started).as_secs_f64())
+            .collect();
+        arrivals.sort_by(f64::total_cmp);
+        results.bulk_dispatched_half_secs = arrivals.get(arrivals.len() / 2).copied();
         results.bulk_dispatched_all_secs = got
             .iter()
             .map(|(_, _, at, _)| (*at - started).as_secs_f64())
@@ -343,7 +357,35 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
                         None,
                     )
                     .await?;
-                let succeeded = page["items"].as_array().map_or(0, Vec::len);
+                let items = page["items"].as_array().cloned().unwrap_or_default();
+                let succeeded = items.len();
+                let mut starts: Vec<(u64, chrono::DateTime<chrono::Utc>)> = items
+                    .iter()
+                    .filter_map(|job| {
+                        Some((
+                            job["agent_seq"].as_u64()?,
+                            job["started_at"].as_str()?.parse().ok()?,
+                        ))
+                    })
+                    .collect();
+                starts.sort();
+                let mut intervals: Vec<f64> = starts
+                    .windows(2)
+                    .map(|w| (w[1].1 - w[0].1).as_seconds_f64() * 1000.0)
+                    .collect();
+                intervals.sort_by(f64::total_cmp);
+                let at = |q: f64| {
+                    intervals
+                        .get(((intervals.len() as f64 - 1.0) * q).round() as usize)
+                        .copied()
+                };
+                results.catch_up_claim_interval_p50_ms = at(0.5);
+                results.catch_up_claim_interval_p90_ms = at(0.9);
+                if let Some((_, first)) = starts.first() {
+                    let finished_ago = (chrono::Utc::now() - *first).as_seconds_f64();
+                    results.catch_up_first_claim_secs =
+                        Some(started.elapsed().as_secs_f64() - finished_ago);
+                }
                 anyhow::ensure!(
                     succeeded >= options.catch_up_jobs.min(1000),
                     "the last queued job succeeded but only {succeeded} of {} did",

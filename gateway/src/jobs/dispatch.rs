@@ -24,7 +24,7 @@ use logbook_projections::log::{self, LogCursor, ReadFilter, StoredEvent};
 use logbook_projections::runner::{self, LogWaker};
 use logbook_proto::agent::v1 as pb;
 use prost::Message;
-use sqlx::{PgPool, Row};
+use sqlx::{PgConnection, PgPool, Row};
 use tokio_util::sync::CancellationToken;
 
 use super::transport::Transport;
@@ -64,6 +64,15 @@ pub async fn run(
             else {
                 return Ok(());
             };
+            // The checkpoint is written on the leadership connection, without waiting for the
+            // disk: dispatch is at-least-once (see above), so a checkpoint lost in a crash only
+            // means a batch read and published again, dropped as duplicates. What must survive,
+            // the `JobDispatched` events, commits through the pool and waits as every append
+            // does. A checkpoint written every round otherwise cost a WAL flush per round (a round
+            // follows every commit to the log), which the appends then queued behind.
+            sqlx::query("SET synchronous_commit = off")
+                .execute(&mut leadership)
+                .await?;
             tracing::info!("leading job dispatch");
             let connects = transport.client().statistics();
             // The number of connections last checked for lost jobs (none yet), and the end of
@@ -86,8 +95,14 @@ pub async fn run(
                     }
                 }
                 loop {
-                    let (handled, held_back) =
-                        round(&pool, &commands, &transport, settings.batch_size).await?;
+                    let (handled, held_back) = round(
+                        &pool,
+                        &mut leadership,
+                        &commands,
+                        &transport,
+                        settings.batch_size,
+                    )
+                    .await?;
                     if handled < settings.batch_size as usize && !held_back {
                         break;
                     }
@@ -120,24 +135,30 @@ pub async fn run(
 
 /// One round: returns how many events were handled, and whether events beyond the horizon are
 /// waiting for an older transaction.
+/// `leadership` is the leader's own connection: the checkpoint is read and written on it.
 async fn round(
     pool: &PgPool,
+    leadership: &mut PgConnection,
     commands: &Commands,
     transport: &Transport,
     batch_size: i64,
 ) -> anyhow::Result<(usize, bool)> {
-    let cursor = runner::checkpoint(pool, CHECKPOINT)
+    let cursor = runner::checkpoint(&mut *leadership, CHECKPOINT)
         .await?
         .unwrap_or(LogCursor::START);
-    let mut conn = pool.acquire().await?;
     // Check-ins are most of the log and say nothing about jobs.
-    let batch = log::read_batch(&mut conn, cursor, batch_size, ReadFilter::SkipCheckins).await?;
+    let batch = log::read_batch(
+        &mut *leadership,
+        cursor,
+        batch_size,
+        ReadFilter::SkipCheckins,
+    )
+    .await?;
     let events = &batch.events;
     let Some((last, _)) = batch.end else {
-        let held_back = log::has_events_beyond_horizon(&mut conn, cursor).await?;
+        let held_back = log::has_events_beyond_horizon(&mut *leadership, cursor).await?;
         return Ok((0, held_back));
     };
-    drop(conn);
 
     let queued: Vec<(&StoredEvent, JobId, AgentId, Vec<u8>)> = events
         .iter()
@@ -242,7 +263,7 @@ async fn round(
     .bind(last.tx_id)
     .bind(last.position)
     .bind(batch.scanned as i64)
-    .execute(pool)
+    .execute(leadership)
     .await?;
     Ok((batch.scanned, false))
 }
