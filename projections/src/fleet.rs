@@ -10,9 +10,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use logbook_domain::agent::AgentEvent;
+use logbook_domain::api_token::ApiToken;
+use logbook_domain::bulk_job::BulkJob;
 use logbook_domain::checkin::{CHECKIN_STREAM, CheckinReport};
 use logbook_domain::client::ClientEvent;
+use logbook_domain::cqrs_es::Aggregate;
+use logbook_domain::enrollment::EnrollmentToken;
 use logbook_domain::event_log::LogbookEvent;
+use logbook_domain::job::Job;
 use logbook_domain::site::SiteEvent;
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgRow;
@@ -22,6 +27,18 @@ use uuid::Uuid;
 
 use crate::log::{LogWindow, ReadFilter, StoredEvent, WINDOW_SQL};
 use crate::runner::Projection;
+
+/// The kinds of events the fleet projection passes over inside Postgres: check-ins, most of the
+/// log, are folded into the agent list by one statement over the window; jobs (with their
+/// scripts and output) and tokens say nothing about clients, sites or agents, and would only be
+/// sent and decoded to be dropped.
+const PASSED_OVER: &[&str] = &[
+    CHECKIN_STREAM,
+    Job::TYPE,
+    BulkJob::TYPE,
+    EnrollmentToken::TYPE,
+    ApiToken::TYPE,
+];
 
 /// The fleet projection.
 #[derive(Debug, Default, Clone, Copy)]
@@ -42,9 +59,8 @@ impl Projection for FleetProjection {
     }
 
     fn reads(&self) -> ReadFilter<'static> {
-        // Most of the log: folded into the agent list by one statement over the window.
         ReadFilter::PassOver {
-            ignored: &[CHECKIN_STREAM],
+            ignored: PASSED_OVER,
             times: true,
         }
     }
