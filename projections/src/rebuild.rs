@@ -126,6 +126,16 @@ pub async fn rebuild<P: Projection>(
     }
     drop(reader);
 
+    // Tables built by a few hundred large transactions have no statistics yet and, where a
+    // batch rewrote rows (the agent list's fold), more dead rows than live ones; autovacuum
+    // would come by only after the swap. Until then every query would be planned for an
+    // empty table: the agent list's first page measured 27 ms (a sequential scan of the dead
+    // rows and a sort) instead of 1.7 ms (a walk of its index) on 10,000 agents.
+    for table in projection.tables() {
+        pool.execute(format!("VACUUM (ANALYZE) {REBUILD_SCHEMA}.{table}").as_str())
+            .await?;
+    }
+
     // Swap phase: pause the live runner by holding its checkpoint, finish, swap, hand over.
     let mut tx = pool.begin().await?;
     lock_checkpoint(&mut tx, name).await?;
