@@ -105,9 +105,11 @@ pub enum ProjectionsCommand {
         /// The projection: fleet (clients, sites, agent list), timeline (agent history) or jobs.
         name: String,
         /// Events applied per transaction (larger is faster: one agent's check-ins in a batch
-        /// become one update of the agent list).
-        #[arg(long, default_value_t = logbook_projections::rebuild::DEFAULT_BATCH_SIZE)]
-        batch_size: i64,
+        /// become one update of the agent list; the events a projection reads are held in
+        /// memory a batch at a time). Default: the projection's own, 200000 for fleet, 50000
+        /// for the others.
+        #[arg(long)]
+        batch_size: Option<i64>,
     },
 }
 
@@ -239,7 +241,10 @@ async fn projections(command: ProjectionsCommand, config: &GatewayConfig) -> any
             Ok(())
         }
         ProjectionsCommand::Rebuild { name, batch_size } => {
-            anyhow::ensure!(batch_size > 0, "--batch-size must be positive");
+            anyhow::ensure!(
+                batch_size.is_none_or(|n| n > 0),
+                "--batch-size must be positive"
+            );
             let report = match name.as_str() {
                 FleetProjection::NAME => {
                     rebuild_with_progress(&pool, &FleetProjection, batch_size).await?
@@ -267,8 +272,9 @@ async fn projections(command: ProjectionsCommand, config: &GatewayConfig) -> any
 async fn rebuild_with_progress<P: Projection>(
     pool: &PgPool,
     projection: &P,
-    batch_size: i64,
+    batch_size: Option<i64>,
 ) -> anyhow::Result<RebuildReport> {
+    let batch_size = batch_size.unwrap_or_else(|| projection.rebuild_batch_size());
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(

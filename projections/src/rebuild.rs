@@ -35,9 +35,9 @@ pub struct RebuildReport {
     pub cursor: LogCursor,
 }
 
-/// Events applied per transaction by a rebuild unless told otherwise. Large, because a batch
-/// folds all check-ins of one agent into one update of the agent list: with 10,000 agents a
-/// batch of 5,000 rewrote a row per event, one of 50,000 rewrites one per five.
+/// Events applied per transaction by a rebuild, for projections that do not choose their own
+/// ([`Projection::rebuild_batch_size`]): the events a projection reads are held in memory a
+/// batch at a time, and some carry scripts and their output.
 pub const DEFAULT_BATCH_SIZE: i64 = 50_000;
 
 fn rebuild_checkpoint(name: &str) -> String {

@@ -40,6 +40,13 @@ pub trait Projection: Send + Sync + 'static {
         ReadFilter::Everything
     }
 
+    /// Events a rebuild applies per transaction unless told otherwise. A batch's events that
+    /// the projection [reads](Projection::reads) are held in memory at once; what it passes
+    /// over stays in Postgres.
+    fn rebuild_batch_size(&self) -> i64 {
+        crate::rebuild::DEFAULT_BATCH_SIZE
+    }
+
     /// Applies the events of `window`, inside the caller's transaction: `events` are those it
     /// [reads](Projection::reads), in log order (possibly none). Must be idempotent per
     /// event only in the sense that it never sees an event twice; it may assume that.

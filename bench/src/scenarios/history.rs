@@ -114,7 +114,7 @@ async fn time_rebuild<P: Projection>(
 ) -> anyhow::Result<f64> {
     let bar = ui::bar(&format!("rebuilding {}", projection.name()));
     let started = Instant::now();
-    let report = rebuild::rebuild(&db.pool, projection, rebuild::DEFAULT_BATCH_SIZE, |p| {
+    let report = rebuild::rebuild(&db.pool, projection, projection.rebuild_batch_size(), |p| {
         bar.set_length(p.total);
         bar.set_position(p.applied);
     })
