@@ -226,8 +226,13 @@ async fn projections(command: ProjectionsCommand, config: &GatewayConfig) -> any
                 .await?;
                 let cursor = runner::checkpoint(&pool, name).await?.unwrap_or_default();
                 let mut conn = pool.acquire().await?;
-                let (backlog, _) =
-                    logbook_projections::log::backlog(&mut conn, cursor, 10_000_000).await?;
+                let (backlog, _) = logbook_projections::log::backlog(
+                    &mut conn,
+                    cursor,
+                    10_000_000,
+                    logbook_projections::reads_of(name).unwrap_or_default(),
+                )
+                .await?;
                 let (applied, position, last): (i64, i64, Option<chrono::DateTime<chrono::Utc>>) =
                     match row {
                         Some(r) => (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?),

@@ -57,6 +57,12 @@ pub fn spawn(
     tasks.spawn(report_lag(pool.clone(), shutdown.clone()));
 }
 
+/// What the reader behind the checkpoint `name` reads of the log.
+fn reads_of(name: &str) -> log::ReadFilter<'static> {
+    // The only checkpoint that is not a projection's is the dispatcher's, which skips check-ins.
+    logbook_projections::reads_of(name).unwrap_or(log::ReadFilter::SkipCheckins)
+}
+
 /// Every second, publishes each projection's backlog (events not yet applied, counted up to a
 /// cap) and lag (age of the first of them) as gauges.
 async fn report_lag(pool: PgPool, shutdown: CancellationToken) {
@@ -66,7 +72,7 @@ async fn report_lag(pool: PgPool, shutdown: CancellationToken) {
             let sample = async {
                 let cursor = runner::checkpoint(&pool, name).await?.unwrap_or_default();
                 let mut conn = pool.acquire().await?;
-                log::backlog(&mut conn, cursor, CAP).await
+                log::backlog(&mut conn, cursor, CAP, reads_of(name)).await
             };
             match sample.await {
                 Ok((events, oldest)) => {

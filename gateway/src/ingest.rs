@@ -331,7 +331,7 @@ async fn flush(
                 }
             }
             if any {
-                notifier.notify();
+                notifier.notify_checkins();
             }
             outcomes
         }

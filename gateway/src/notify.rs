@@ -6,11 +6,15 @@
 //! (A `NOTIFY` inside the appending transaction would hold a database-wide lock through the
 //! commit's WAL flush and serialise all appends.) Readers also poll, so a lost notification
 //! only delays them.
+//!
+//! Commits of check-ins alone (the ingest's batches) wake only the readers that read check-ins:
+//! the others would run a round per batch to find nothing for them.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use logbook_projections::runner::{EVENTS_CHANNEL, LocalWake};
+use logbook_projections::runner::{CHECKINS_ONLY, EVENTS_CHANNEL, LocalWake};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +32,8 @@ pub struct LogNotifier {
 struct Inner {
     local: LocalWake,
     pending: Notify,
+    /// Whether a commit waiting to be notified appended more than check-ins.
+    beyond_checkins: AtomicBool,
 }
 
 impl LogNotifier {
@@ -36,6 +42,7 @@ impl LogNotifier {
         let inner = Arc::new(Inner {
             local,
             pending: Notify::new(),
+            beyond_checkins: AtomicBool::new(false),
         });
         let sender = inner.clone();
         tokio::spawn(async move {
@@ -44,8 +51,14 @@ impl LogNotifier {
                     _ = shutdown.cancelled() => return,
                     _ = sender.pending.notified() => {}
                 }
-                if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
+                let payload = if sender.beyond_checkins.swap(false, Ordering::AcqRel) {
+                    ""
+                } else {
+                    CHECKINS_ONLY
+                };
+                if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
                     .bind(EVENTS_CHANNEL)
+                    .bind(payload)
                     .execute(&pool)
                     .await
                 {
@@ -66,7 +79,16 @@ impl LogNotifier {
     pub fn notify(&self) {
         if let Some(inner) = &self.inner {
             inner.local.wake();
+            inner.beyond_checkins.store(true, Ordering::Release);
             // Stores a permit when the sender is busy, so bursts coalesce into one NOTIFY.
+            inner.pending.notify_one();
+        }
+    }
+
+    /// Check-ins, and nothing else, have committed.
+    pub fn notify_checkins(&self) {
+        if let Some(inner) = &self.inner {
+            inner.local.wake_for_checkins();
             inner.pending.notify_one();
         }
     }

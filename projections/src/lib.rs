@@ -24,4 +24,15 @@ pub use runner::{Projection, RunnerConfig};
 pub const PROJECTION_NAMES: &[&str] = &[
     fleet::FleetProjection::NAME,
     timeline::TimelineProjection::NAME,
+    jobs::JobsProjection::NAME,
 ];
+
+/// What the projection named `name` reads of the log; `None` for a name this build does not have.
+pub fn reads_of(name: &str) -> Option<log::ReadFilter<'static>> {
+    match name {
+        fleet::FleetProjection::NAME => Some(fleet::FleetProjection.reads()),
+        timeline::TimelineProjection::NAME => Some(timeline::TimelineProjection.reads()),
+        jobs::JobsProjection::NAME => Some(jobs::JobsProjection.reads()),
+        _ => None,
+    }
+}

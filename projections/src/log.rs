@@ -399,24 +399,41 @@ fn decode_row(row: &sqlx::postgres::PgRow) -> Result<StoredEvent, LogError> {
     })
 }
 
-/// Whether any committed event lies after `after` but beyond the horizon, held back by an older
-/// transaction that is still running. A reader that finds one should look again shortly.
+/// Whether any committed event that a reader with `filter` wants lies after `after` but beyond
+/// the horizon, held back by an older transaction that is still running. A reader that finds
+/// one should look again shortly. A reader that skips check-ins is not held back by check-ins:
+/// the ingest's transactions are nearly always running, and the cursor passes over them later
+/// anyway.
 pub async fn has_events_beyond_horizon(
     conn: &mut PgConnection,
     after: LogCursor,
+    filter: ReadFilter<'_>,
 ) -> Result<bool, sqlx::Error> {
     // Not `EXISTS`: the planner misjudges row comparisons and would scan the table from its
     // start; ordering by the index makes it look at the cursor's place only.
-    let next: Option<i64> = sqlx::query_scalar(
-        "SELECT position FROM events WHERE (tx_id, position) > ($1::bigint::text::xid8, $2) \
-          ORDER BY tx_id, position LIMIT 1",
-    )
-    .bind(after.tx_id)
-    .bind(after.position)
-    .fetch_optional(conn)
-    .await?;
+    let sql = match filter {
+        ReadFilter::SkipCheckins => &*NEXT_BESIDE_CHECKINS_SQL,
+        _ => NEXT_SQL,
+    };
+    let next: Option<i64> = sqlx::query_scalar(sql)
+        .bind(after.tx_id)
+        .bind(after.position)
+        .fetch_optional(conn)
+        .await?;
     Ok(next.is_some())
 }
+
+const NEXT_SQL: &str = "SELECT position FROM events WHERE (tx_id, position) > ($1::bigint::text::xid8, $2) \
+                          ORDER BY tx_id, position LIMIT 1";
+
+/// [`NEXT_SQL`] through the partial index that leaves check-ins out (its predicate is written
+/// out, not bound, so that the planner can use the index).
+static NEXT_BESIDE_CHECKINS_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT position FROM events WHERE aggregate_type <> '{CHECKIN_STREAM}' \
+            AND (tx_id, position) > ($1::bigint::text::xid8, $2) ORDER BY tx_id, position LIMIT 1"
+    )
+});
 
 /// How many events of the log a reader with `filter` reads or passes over: all of them, or with
 /// [`ReadFilter::SkipCheckins`] those that are not check-ins.
@@ -449,17 +466,23 @@ pub async fn end(conn: &mut PgConnection) -> Result<LogCursor, sqlx::Error> {
     })
 }
 
-/// How far behind `after` is: the number of committed events after it (counting at most
-/// `cap`), and the recorded time of the first of them.
+/// How far behind `after` a reader with `filter` is: the number of committed events after it
+/// that it has still to read or pass over (counting at most `cap`; for a reader that skips
+/// check-ins, the others), and the recorded time of the first of them.
 pub async fn backlog(
     conn: &mut PgConnection,
     after: LogCursor,
     cap: i64,
+    filter: ReadFilter<'_>,
 ) -> Result<(i64, Option<chrono::DateTime<chrono::Utc>>), sqlx::Error> {
-    let count: i64 = sqlx::query_scalar(
+    let beside = match filter {
+        ReadFilter::SkipCheckins => format!("aggregate_type <> '{CHECKIN_STREAM}' AND"),
+        _ => String::new(),
+    };
+    let count: i64 = sqlx::query_scalar(&format!(
         "SELECT count(*) FROM (SELECT 1 FROM events \
-          WHERE (tx_id, position) > ($1::bigint::text::xid8, $2) ORDER BY tx_id, position LIMIT $3) pending",
-    )
+          WHERE {beside} (tx_id, position) > ($1::bigint::text::xid8, $2) ORDER BY tx_id, position LIMIT $3) pending"
+    ))
     .bind(after.tx_id)
     .bind(after.position)
     .bind(cap)
@@ -468,10 +491,10 @@ pub async fn backlog(
     if count == 0 {
         return Ok((0, None));
     }
-    let oldest = sqlx::query_scalar(
+    let oldest = sqlx::query_scalar(&format!(
         "SELECT (metadata->>'recorded_at')::timestamptz FROM events \
-          WHERE (tx_id, position) > ($1::bigint::text::xid8, $2) ORDER BY tx_id, position LIMIT 1",
-    )
+          WHERE {beside} (tx_id, position) > ($1::bigint::text::xid8, $2) ORDER BY tx_id, position LIMIT 1"
+    ))
     .bind(after.tx_id)
     .bind(after.position)
     .fetch_optional(&mut *conn)

@@ -295,7 +295,9 @@ pub async fn catch_up_on<P: Projection>(
         let outcome = run_batch(&mut *conn, projection, config.batch_size).await?;
         applied += outcome.applied;
         if (outcome.applied as i64) < config.batch_size {
-            let held_back = log::has_events_beyond_horizon(&mut *conn, outcome.cursor).await?;
+            let held_back =
+                log::has_events_beyond_horizon(&mut *conn, outcome.cursor, projection.reads())
+                    .await?;
             return Ok(CatchUp { applied, held_back });
         }
     }
@@ -310,23 +312,56 @@ const HELD_BACK_RETRY: Duration = Duration::from_millis(20);
 /// wake at once instead of at their next poll.
 pub const EVENTS_CHANNEL: &str = "logbook_events";
 
+/// The payload of a notification on [`EVENTS_CHANNEL`] for commits that appended check-ins and
+/// nothing else: readers that skip check-ins ([`ReadFilter::SkipCheckins`]) stay asleep. Any
+/// other payload wakes every reader.
+pub const CHECKINS_ONLY: &str = "checkins";
+
 /// Wakes log readers when new events commit: on `NOTIFY logbook_events` from any process, and
-/// directly through [`LocalWake`] from writers in this process. One per process.
+/// directly through [`LocalWake`] from writers in this process. One per process; each reader
+/// takes the one for what it reads ([`LogWaker::for_reads`]).
 #[derive(Debug, Clone)]
 pub struct LogWaker {
-    rx: watch::Receiver<u64>,
+    any: watch::Receiver<u64>,
+    beside_checkins: watch::Receiver<u64>,
+    skip_checkins: bool,
 }
 
 /// Wakes this process's log readers without a round trip through Postgres.
 #[derive(Debug, Clone)]
 pub struct LocalWake {
-    tx: std::sync::Arc<watch::Sender<u64>>,
+    any: std::sync::Arc<watch::Sender<u64>>,
+    beside_checkins: std::sync::Arc<watch::Sender<u64>>,
 }
 
 impl LocalWake {
-    /// Wakes every reader waiting on the paired [`LogWaker`].
+    /// Wakes every reader waiting on the paired [`LogWaker`]s.
     pub fn wake(&self) {
-        self.tx.send_modify(|n| *n = n.wrapping_add(1));
+        self.any.send_modify(|n| *n = n.wrapping_add(1));
+        self.beside_checkins.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Wakes the readers that read check-ins: what committed was check-ins only. Check-ins are
+    /// most of the log and arrive in a steady stream; readers that skip them would otherwise
+    /// run a round (and move their checkpoint past them) for every batch.
+    pub fn wake_for_checkins(&self) {
+        self.any.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn pair() -> (Self, LogWaker) {
+        let (any, any_rx) = watch::channel(0u64);
+        let (beside_checkins, beside_rx) = watch::channel(0u64);
+        (
+            Self {
+                any: std::sync::Arc::new(any),
+                beside_checkins: std::sync::Arc::new(beside_checkins),
+            },
+            LogWaker {
+                any: any_rx,
+                beside_checkins: beside_rx,
+                skip_checkins: false,
+            },
+        )
     }
 }
 
@@ -334,10 +369,7 @@ impl LogWaker {
     /// Listens for `NOTIFY logbook_events` until `shutdown`. Reconnects on its own; while it is
     /// disconnected readers fall back to polling.
     pub fn spawn(pool: PgPool, shutdown: CancellationToken) -> (Self, LocalWake) {
-        let (tx, rx) = watch::channel(0u64);
-        let local = LocalWake {
-            tx: std::sync::Arc::new(tx),
-        };
+        let (local, waker) = LocalWake::pair();
         let listening = local.clone();
         tokio::spawn(async move {
             loop {
@@ -345,8 +377,12 @@ impl LogWaker {
                     let mut listener = PgListener::connect_with(&pool).await?;
                     listener.listen(EVENTS_CHANNEL).await?;
                     loop {
-                        listener.recv().await?;
-                        listening.wake();
+                        let notification = listener.recv().await?;
+                        if notification.payload() == CHECKINS_ONLY {
+                            listening.wake_for_checkins();
+                        } else {
+                            listening.wake();
+                        }
                     }
                     #[expect(unreachable_code, reason = "the loop only ends with an error")]
                     Ok::<(), sqlx::Error>(())
@@ -365,19 +401,34 @@ impl LogWaker {
                 }
             }
         });
-        (Self { rx }, local)
+        (waker, local)
     }
 
     /// A waker that never fires (readers poll).
     pub fn polling_only() -> Self {
-        let (tx, rx) = watch::channel(0u64);
-        std::mem::forget(tx);
-        Self { rx }
+        let (local, waker) = LocalWake::pair();
+        std::mem::forget(local);
+        waker
     }
 
-    /// Waits for the next notification or `timeout`.
-    pub async fn wait(&mut self, timeout: Duration) {
-        let _ = tokio::time::timeout(timeout, self.rx.changed()).await;
+    /// The waker for a reader with `filter`: one that skips check-ins is not woken by commits
+    /// of check-ins alone.
+    pub fn for_reads(mut self, filter: ReadFilter<'_>) -> Self {
+        self.skip_checkins = matches!(filter, ReadFilter::SkipCheckins);
+        self
+    }
+
+    /// Waits for the next notification or `timeout`; true when it was a notification.
+    pub async fn wait(&mut self, timeout: Duration) -> bool {
+        let rx = if self.skip_checkins {
+            &mut self.beside_checkins
+        } else {
+            &mut self.any
+        };
+        matches!(
+            tokio::time::timeout(timeout, rx.changed()).await,
+            Ok(Ok(()))
+        )
     }
 }
 
@@ -421,11 +472,12 @@ fn lock_key(name: &str) -> i64 {
 pub async fn run<P: Projection>(
     pool: PgPool,
     projection: P,
-    mut waker: LogWaker,
+    waker: LogWaker,
     config: RunnerConfig,
     shutdown: CancellationToken,
 ) {
     let name = projection.name();
+    let mut waker = waker.for_reads(projection.reads());
     loop {
         if shutdown.is_cancelled() {
             return;
@@ -506,6 +558,27 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn readers_that_skip_checkins_sleep_through_checkin_commits() {
+        let (local, waker) = LocalWake::pair();
+        let mut everything = waker.clone().for_reads(ReadFilter::Everything);
+        let mut skipping = waker.for_reads(ReadFilter::SkipCheckins);
+        let short = Duration::from_millis(20);
+        let long = Duration::from_secs(5);
+
+        local.wake_for_checkins();
+        assert!(everything.wait(long).await, "check-ins wake their readers");
+        assert!(
+            !skipping.wait(short).await,
+            "check-ins alone wake no one else"
+        );
+
+        local.wake();
+        assert!(everything.wait(long).await);
+        assert!(skipping.wait(long).await, "other events wake every reader");
+        assert!(!skipping.wait(short).await, "one commit, one wake-up");
+    }
 
     #[test]
     fn lock_keys_are_stable_and_distinct() {

@@ -13,6 +13,7 @@ use logbook_testkit::TestDb;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
+use uuid::Uuid;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Ping(u32);
@@ -131,7 +132,7 @@ async fn concurrent_writers_with_delays_and_rollbacks_lose_nothing() {
                     None => {
                         let finished = done.load(std::sync::atomic::Ordering::SeqCst);
                         if finished
-                            && !log::has_events_beyond_horizon(&mut conn, cursor)
+                            && !log::has_events_beyond_horizon(&mut conn, cursor, filter)
                                 .await
                                 .expect("check")
                         {
@@ -212,7 +213,7 @@ async fn an_event_that_commits_late_is_read_after_it_commits_not_skipped() {
         "nothing may be read while an older transaction is open, else the reader would pass it: {early:?}"
     );
     assert!(
-        log::has_events_beyond_horizon(&mut reader, LogCursor::START)
+        log::has_events_beyond_horizon(&mut reader, LogCursor::START, Default::default())
             .await
             .expect("check")
     );
@@ -232,6 +233,60 @@ async fn an_event_that_commits_late_is_read_after_it_commits_not_skipped() {
     }
     let streams: Vec<&str> = late.iter().map(|e| e.aggregate_id.as_str()).collect();
     assert_eq!(streams, ["slow", "fast"]);
+}
+
+#[tokio::test]
+async fn checkins_held_back_hold_back_only_the_readers_of_checkins() {
+    let db = TestDb::new().await;
+    let now = chrono::Utc::now();
+
+    // One check-in batch still in flight, and a later one committed: the later one lies beyond
+    // the horizon, as check-ins nearly always do while the ingest's batches overlap.
+    let mut in_flight = db.pool.begin().await.expect("begin check-in");
+    common::append_checkin(&mut in_flight, &Uuid::new_v4().to_string(), 1, now).await;
+    let mut later = db.pool.acquire().await.expect("later");
+    common::append_checkin(&mut later, &Uuid::new_v4().to_string(), 1, now).await;
+
+    let mut reader = db.pool.acquire().await.expect("reader");
+    let everything = log::ReadFilter::Everything;
+    let skip = log::ReadFilter::SkipCheckins;
+    assert!(
+        log::has_events_beyond_horizon(&mut reader, LogCursor::START, everything)
+            .await
+            .expect("check"),
+        "a reader of check-ins must look again for the committed one"
+    );
+    assert!(
+        !log::has_events_beyond_horizon(&mut reader, LogCursor::START, skip)
+            .await
+            .expect("check"),
+        "a reader that skips check-ins has nothing to wait for"
+    );
+    let (backlog, oldest) = log::backlog(&mut reader, LogCursor::START, 100, everything)
+        .await
+        .expect("backlog");
+    assert_eq!((backlog, oldest.is_some()), (1, true));
+    let (backlog, oldest) = log::backlog(&mut reader, LogCursor::START, 100, skip)
+        .await
+        .expect("backlog");
+    assert_eq!(
+        (backlog, oldest),
+        (0, None),
+        "check-ins are no backlog for a reader that skips them"
+    );
+
+    // An event of another kind, committed beyond the horizon, holds back both.
+    common::append(&mut later, "test_stream", "other", 1, &Ping(1), now).await;
+    assert!(
+        log::has_events_beyond_horizon(&mut reader, LogCursor::START, skip)
+            .await
+            .expect("check")
+    );
+    let (backlog, _) = log::backlog(&mut reader, LogCursor::START, 100, skip)
+        .await
+        .expect("backlog");
+    assert_eq!(backlog, 1);
+    in_flight.commit().await.expect("commit check-in");
 }
 
 #[tokio::test]

@@ -132,6 +132,7 @@ async fn catch_up<P: Projection>(pool: &PgPool, projection: &P) {
         let behind = logbook_projections::log::has_events_beyond_horizon(
             &mut c,
             checkpoint.unwrap_or_default(),
+            projection.reads(),
         )
         .await
         .expect("check");
@@ -702,6 +703,53 @@ async fn a_rebuild_recreates_the_read_model_and_the_live_runner_carries_on() {
         .expect("get")
         .expect("row");
     assert_eq!(later.checkins, 31);
+}
+
+#[tokio::test]
+async fn a_notification_of_checkins_only_wakes_only_the_readers_of_checkins() {
+    let db = TestDb::new().await;
+    let shutdown = CancellationToken::new();
+    let (waker, _) = LogWaker::spawn(db.pool.clone(), shutdown.clone());
+    let mut everything = waker.clone().for_reads(FleetProjection.reads());
+    let mut skipping = waker.for_reads(TimelineProjection.reads());
+    let notify = |payload: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(runner::EVENTS_CHANNEL)
+                .bind(payload)
+                .execute(&pool)
+                .await
+                .expect("notify");
+        }
+    };
+    let long = Duration::from_secs(10);
+    // The listener connects in the background: notify until the first notification arrives.
+    let mut woken = false;
+    for _ in 0..100 {
+        notify("").await;
+        if everything.wait(Duration::from_millis(100)).await {
+            woken = true;
+            break;
+        }
+    }
+    assert!(woken, "the listener never received a notification");
+    // Drain what the retries above left behind.
+    while skipping.wait(Duration::from_millis(200)).await {}
+    while everything.wait(Duration::from_millis(200)).await {}
+
+    notify(runner::CHECKINS_ONLY).await;
+    assert!(
+        everything.wait(long).await,
+        "the agent list reads check-ins"
+    );
+    assert!(
+        !skipping.wait(Duration::from_millis(300)).await,
+        "the timeline skips check-ins and sleeps through them"
+    );
+    notify("").await;
+    assert!(skipping.wait(long).await, "any other commit wakes it");
+    shutdown.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -51,10 +51,12 @@ pub async fn run(
     pool: PgPool,
     commands: Commands,
     transport: std::sync::Arc<Transport>,
-    mut waker: LogWaker,
+    waker: LogWaker,
     settings: DispatchSettings,
     shutdown: CancellationToken,
 ) {
+    // It reads nothing of check-ins (see `round`).
+    let mut waker = waker.for_reads(ReadFilter::SkipCheckins);
     loop {
         let result = async {
             runner::ensure_checkpoint(&pool, CHECKPOINT).await?;
@@ -156,7 +158,9 @@ async fn round(
     .await?;
     let events = &batch.events;
     let Some((last, _)) = batch.end else {
-        let held_back = log::has_events_beyond_horizon(&mut *leadership, cursor).await?;
+        let held_back =
+            log::has_events_beyond_horizon(&mut *leadership, cursor, ReadFilter::SkipCheckins)
+                .await?;
         return Ok((0, held_back));
     };
 

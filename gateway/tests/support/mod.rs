@@ -275,7 +275,7 @@ async fn settle_projection<P: Projection>(pool: &PgPool, projection: &P) {
             .expect("checkpoint")
             .unwrap_or_default();
         let mut conn = pool.acquire().await.expect("connection");
-        if !log::has_events_beyond_horizon(&mut conn, cursor)
+        if !log::has_events_beyond_horizon(&mut conn, cursor, projection.reads())
             .await
             .expect("check")
         {
