@@ -444,15 +444,18 @@ SELECT $7, agent_id::text, seq, 'AgentCheckedIn', '1', payload::jsonb, metadata:
   FROM numbered ORDER BY numbered.agent_id, numbered.ord \
 RETURNING aggregate_id, sequence, idempotency_key";
 
-/// Why rows were left out of the append.
+/// Why rows were left out of the append. The lookup of each id is a `LATERAL ... LIMIT 1`, an
+/// index probe per row whatever the planner thinks of the log's size: a plain join, planned
+/// once while the log was small, could hash the whole log for every batch ever after.
 const CLASSIFY_SQL: &str = "\
 SELECT i.ord, e.sequence AS existing, (e.metadata->>'recorded_at')::timestamptz AS first_recorded_at, \
        EXISTS (SELECT 1 FROM credentials c \
                 WHERE c.secret_hash = i.secret_hash AND c.kind = 'agent' \
                   AND c.subject_id = i.agent_id AND c.revoked_at IS NULL) AS authed \
   FROM unnest($1::uuid[], $2::bytea[], $3::uuid[], $4::int[]) AS i(agent_id, secret_hash, checkin_id, ord) \
-  LEFT JOIN events e ON e.aggregate_type = $5 AND e.aggregate_id = i.agent_id::text \
-                    AND e.idempotency_key = i.checkin_id";
+  LEFT JOIN LATERAL (SELECT e.sequence, e.metadata FROM events e \
+                      WHERE e.aggregate_type = $5 AND e.aggregate_id = i.agent_id::text \
+                        AND e.idempotency_key = i.checkin_id LIMIT 1) e ON true";
 
 /// Appends `batch`, numbering each check-in from `last` (per check-in, its agent's last
 /// sequence when the lane vouches for it) and probing the log where it is `None`, and says what

@@ -263,6 +263,10 @@ async fn write_changes(
         ended_by.push(c.ended_by.clone());
     }
     if !ids.is_empty() {
+        // Planned for each batch, not once per connection: a plan cached while the read model
+        // was small (the first jobs after a start) joined it by a sequential scan and a hash,
+        // and kept doing so with 10,000 jobs, 4 to 7 ms per batch (BENCHMARKS.md); planned with
+        // the table's real size it is an index lookup per job.
         sqlx::query(
             "UPDATE jobs_view j SET \
                 status = COALESCE(u.status, j.status), \
@@ -278,6 +282,7 @@ async fn write_changes(
                   AS u(job_id, status, dispatched_at, started_at, finished_at, exit_code, duration_ms, final_sequence, ended_by) \
              WHERE j.job_id = u.job_id",
         )
+        .persistent(false)
         .bind(&ids)
         .bind(&statuses)
         .bind(&dispatched)
