@@ -287,6 +287,19 @@ impl Commands {
         Ok(())
     }
 
+    /// Wakes the log readers for committed `rows`: all of them, or, when no row changes a job
+    /// queue, all but the job dispatcher.
+    pub(crate) fn notify_appended(&self, rows: &[NewEvent]) {
+        if rows
+            .iter()
+            .any(|row| crate::jobs::dispatch::acts_on(&row.event_type))
+        {
+            self.notifier.notify();
+        } else {
+            self.notifier.notify_beside_job_queues();
+        }
+    }
+
     /// Records the first events of a new aggregate together with the hash of the secret that
     /// stands for it (`(hash, kind, subject)`), in one transaction: a token exists with its
     /// secret or not at all.
@@ -450,7 +463,7 @@ impl Commands {
         match EventStore::append_rows(&mut conn, &rows, Conflicts::Fail).await {
             Ok(_) => {
                 drop(conn);
-                self.notifier.notify();
+                self.notify_appended(&rows);
                 Ok(answers)
             }
             Err(StoreError::Conflict { .. }) => {

@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgPool};
 
 use crate::config::DatabaseConfig;
 
@@ -29,8 +29,25 @@ pub fn pool(config: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
         .min_connections(0)
         .acquire_timeout(config.acquire_timeout)
         .idle_timeout(Some(Duration::from_secs(300)))
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_AFTER_IDLE {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_lazy_with(options))
 }
+
+/// A pooled connection idle at least this long is pinged before it is handed out; one used
+/// more recently is not. A ping is a round trip to Postgres, and sqlx's default pings before
+/// every acquisition: a second round trip for every statement run on the pool (a job's claim
+/// and its result each take two), with nothing to find on a connection used a moment ago. A
+/// connection that broke since (Postgres restarted within that second) fails its statement with
+/// an I/O error, answered 503 and retried like any outage, and is dropped from the pool.
+const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
 
 /// A small pool for the check-in ingest: one connection per lane, with generic plans forced so
 /// that the large batch statement is planned once per connection rather than per batch.

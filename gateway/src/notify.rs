@@ -8,13 +8,15 @@
 //! only delays them.
 //!
 //! Commits of check-ins alone (the ingest's batches) wake only the readers that read check-ins:
-//! the others would run a round per batch to find nothing for them.
+//! the others would run a round per batch to find nothing for them. Likewise commits that
+//! change no job queue (a job's claim, its result, its dispatch record) do not wake the job
+//! dispatcher.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use logbook_projections::runner::{CHECKINS_ONLY, EVENTS_CHANNEL, LocalWake};
+use logbook_projections::runner::{CHECKINS_ONLY, EVENTS_CHANNEL, LocalWake, NO_JOB_QUEUE_CHANGE};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -32,9 +34,17 @@ pub struct LogNotifier {
 struct Inner {
     local: LocalWake,
     pending: Notify,
-    /// Whether a commit waiting to be notified appended more than check-ins.
-    beyond_checkins: AtomicBool,
+    /// Who must hear of the commits waiting to be notified: one of the `WAKE_*` levels, the
+    /// widest of theirs.
+    audience: AtomicU8,
 }
+
+/// Commits of check-ins alone.
+const WAKE_CHECKIN_READERS: u8 = 0;
+/// Commits that change no job queue.
+const WAKE_BESIDE_JOB_QUEUES: u8 = 1;
+/// Anything else.
+const WAKE_EVERY_READER: u8 = 2;
 
 impl LogNotifier {
     /// Starts the sender of cross-process notifications; stops with `shutdown`.
@@ -42,7 +52,7 @@ impl LogNotifier {
         let inner = Arc::new(Inner {
             local,
             pending: Notify::new(),
-            beyond_checkins: AtomicBool::new(false),
+            audience: AtomicU8::new(WAKE_CHECKIN_READERS),
         });
         let sender = inner.clone();
         tokio::spawn(async move {
@@ -51,10 +61,10 @@ impl LogNotifier {
                     _ = shutdown.cancelled() => return,
                     _ = sender.pending.notified() => {}
                 }
-                let payload = if sender.beyond_checkins.swap(false, Ordering::AcqRel) {
-                    ""
-                } else {
-                    CHECKINS_ONLY
+                let payload = match sender.audience.swap(WAKE_CHECKIN_READERS, Ordering::AcqRel) {
+                    WAKE_CHECKIN_READERS => CHECKINS_ONLY,
+                    WAKE_BESIDE_JOB_QUEUES => NO_JOB_QUEUE_CHANGE,
+                    _ => "",
                 };
                 if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
                     .bind(EVENTS_CHANNEL)
@@ -79,8 +89,21 @@ impl LogNotifier {
     pub fn notify(&self) {
         if let Some(inner) = &self.inner {
             inner.local.wake();
-            inner.beyond_checkins.store(true, Ordering::Release);
+            inner
+                .audience
+                .fetch_max(WAKE_EVERY_READER, Ordering::AcqRel);
             // Stores a permit when the sender is busy, so bursts coalesce into one NOTIFY.
+            inner.pending.notify_one();
+        }
+    }
+
+    /// New events have committed, none of which changes what an agent is to run.
+    pub fn notify_beside_job_queues(&self) {
+        if let Some(inner) = &self.inner {
+            inner.local.wake_beside_job_queues();
+            inner
+                .audience
+                .fetch_max(WAKE_BESIDE_JOB_QUEUES, Ordering::AcqRel);
             inner.pending.notify_one();
         }
     }

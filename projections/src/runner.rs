@@ -313,9 +313,14 @@ const HELD_BACK_RETRY: Duration = Duration::from_millis(20);
 pub const EVENTS_CHANNEL: &str = "logbook_events";
 
 /// The payload of a notification on [`EVENTS_CHANNEL`] for commits that appended check-ins and
-/// nothing else: readers that skip check-ins ([`ReadFilter::SkipCheckins`]) stay asleep. Any
-/// other payload wakes every reader.
+/// nothing else: readers that skip check-ins ([`ReadFilter::SkipCheckins`]) stay asleep. A
+/// payload other than this and [`NO_JOB_QUEUE_CHANGE`] wakes every reader.
 pub const CHECKINS_ONLY: &str = "checkins";
+
+/// The payload of a notification for commits that appended neither check-ins alone nor
+/// anything that changes what an agent is to run (a job's claim, its result, its dispatch
+/// record): readers of job queues ([`LogWaker::for_job_queues`]) stay asleep.
+pub const NO_JOB_QUEUE_CHANGE: &str = "no-job-queue-change";
 
 /// Wakes log readers when new events commit: on `NOTIFY logbook_events` from any process, and
 /// directly through [`LocalWake`] from writers in this process. One per process; each reader
@@ -324,7 +329,19 @@ pub const CHECKINS_ONLY: &str = "checkins";
 pub struct LogWaker {
     any: watch::Receiver<u64>,
     beside_checkins: watch::Receiver<u64>,
-    skip_checkins: bool,
+    job_queues: watch::Receiver<u64>,
+    audience: Audience,
+}
+
+/// Which commits wake a reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Audience {
+    /// Every commit.
+    Everything,
+    /// Every commit but those of check-ins alone.
+    BesideCheckins,
+    /// Only commits that may change what an agent is to run.
+    JobQueues,
 }
 
 /// Wakes this process's log readers without a round trip through Postgres.
@@ -332,11 +349,21 @@ pub struct LogWaker {
 pub struct LocalWake {
     any: std::sync::Arc<watch::Sender<u64>>,
     beside_checkins: std::sync::Arc<watch::Sender<u64>>,
+    job_queues: std::sync::Arc<watch::Sender<u64>>,
 }
 
 impl LocalWake {
     /// Wakes every reader waiting on the paired [`LogWaker`]s.
     pub fn wake(&self) {
+        self.wake_beside_job_queues();
+        self.job_queues.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Wakes every reader but those of job queues: what committed changes no job queue (a
+    /// job's claim, its result, its dispatch record). An agent working through its queued jobs
+    /// commits two of these per job, every few milliseconds; the job dispatcher would otherwise
+    /// run a round for each, to find nothing to publish.
+    pub fn wake_beside_job_queues(&self) {
         self.any.send_modify(|n| *n = n.wrapping_add(1));
         self.beside_checkins.send_modify(|n| *n = n.wrapping_add(1));
     }
@@ -351,15 +378,18 @@ impl LocalWake {
     fn pair() -> (Self, LogWaker) {
         let (any, any_rx) = watch::channel(0u64);
         let (beside_checkins, beside_rx) = watch::channel(0u64);
+        let (job_queues, job_queues_rx) = watch::channel(0u64);
         (
             Self {
                 any: std::sync::Arc::new(any),
                 beside_checkins: std::sync::Arc::new(beside_checkins),
+                job_queues: std::sync::Arc::new(job_queues),
             },
             LogWaker {
                 any: any_rx,
                 beside_checkins: beside_rx,
-                skip_checkins: false,
+                job_queues: job_queues_rx,
+                audience: Audience::Everything,
             },
         )
     }
@@ -378,10 +408,10 @@ impl LogWaker {
                     listener.listen(EVENTS_CHANNEL).await?;
                     loop {
                         let notification = listener.recv().await?;
-                        if notification.payload() == CHECKINS_ONLY {
-                            listening.wake_for_checkins();
-                        } else {
-                            listening.wake();
+                        match notification.payload() {
+                            CHECKINS_ONLY => listening.wake_for_checkins(),
+                            NO_JOB_QUEUE_CHANGE => listening.wake_beside_job_queues(),
+                            _ => listening.wake(),
                         }
                     }
                     #[expect(unreachable_code, reason = "the loop only ends with an error")]
@@ -414,16 +444,28 @@ impl LogWaker {
     /// The waker for a reader with `filter`: one that skips check-ins is not woken by commits
     /// of check-ins alone.
     pub fn for_reads(mut self, filter: ReadFilter<'_>) -> Self {
-        self.skip_checkins = matches!(filter, ReadFilter::SkipCheckins);
+        self.audience = match filter {
+            ReadFilter::SkipCheckins => Audience::BesideCheckins,
+            _ => Audience::Everything,
+        };
+        self
+    }
+
+    /// The waker for the reader of job queues (the job dispatcher, which reads the log beside
+    /// check-ins and acts only on jobs queued, cancelled or expired): not woken by commits of
+    /// check-ins alone, nor by those that change no job queue. What it sleeps through it reads
+    /// at its next round.
+    pub fn for_job_queues(mut self) -> Self {
+        self.audience = Audience::JobQueues;
         self
     }
 
     /// Waits for the next notification or `timeout`; true when it was a notification.
     pub async fn wait(&mut self, timeout: Duration) -> bool {
-        let rx = if self.skip_checkins {
-            &mut self.beside_checkins
-        } else {
-            &mut self.any
+        let rx = match self.audience {
+            Audience::Everything => &mut self.any,
+            Audience::BesideCheckins => &mut self.beside_checkins,
+            Audience::JobQueues => &mut self.job_queues,
         };
         matches!(
             tokio::time::timeout(timeout, rx.changed()).await,
@@ -578,6 +620,32 @@ mod tests {
         assert!(everything.wait(long).await);
         assert!(skipping.wait(long).await, "other events wake every reader");
         assert!(!skipping.wait(short).await, "one commit, one wake-up");
+    }
+
+    #[tokio::test]
+    async fn the_reader_of_job_queues_sleeps_through_commits_that_change_none() {
+        let (local, waker) = LocalWake::pair();
+        let mut everything = waker.clone().for_reads(ReadFilter::Everything);
+        let mut skipping = waker.clone().for_reads(ReadFilter::SkipCheckins);
+        let mut queues = waker.for_job_queues();
+        let short = Duration::from_millis(20);
+        let long = Duration::from_secs(5);
+
+        local.wake_beside_job_queues();
+        assert!(everything.wait(long).await);
+        assert!(skipping.wait(long).await, "readers beside check-ins wake");
+        assert!(
+            !queues.wait(short).await,
+            "the reader of job queues does not"
+        );
+
+        local.wake_for_checkins();
+        assert!(everything.wait(long).await);
+        assert!(!queues.wait(short).await, "nor for check-ins");
+
+        local.wake();
+        assert!(queues.wait(long).await, "anything else wakes it");
+        assert!(!queues.wait(short).await, "one commit, one wake-up");
     }
 
     #[test]

@@ -37,6 +37,13 @@ pub const FAILPOINT_ENV: &str = "LOGBOOK_FAILPOINT";
 /// The dispatcher's checkpoint name (and leadership lock).
 pub const CHECKPOINT: &str = "dispatcher";
 
+/// Whether the dispatcher acts on events of this type: a job queued (published to its agent),
+/// cancelled or expired (removed from its agent's queue). Commits of nothing else do not wake
+/// it ([`LogWaker::for_job_queues`]); it reads them at its next round.
+pub(crate) fn acts_on(event_type: &str) -> bool {
+    matches!(event_type, "JobQueued" | "JobCancelled" | "JobExpired")
+}
+
 /// How the dispatcher paces itself.
 #[derive(Debug, Clone)]
 pub struct DispatchSettings {
@@ -55,8 +62,9 @@ pub async fn run(
     settings: DispatchSettings,
     shutdown: CancellationToken,
 ) {
-    // It reads nothing of check-ins (see `round`).
-    let mut waker = waker.for_reads(ReadFilter::SkipCheckins);
+    // It reads nothing of check-ins (see `round`), and wakes only to commits that may change
+    // what an agent is to run.
+    let mut waker = waker.for_job_queues();
     loop {
         let result = async {
             runner::ensure_checkpoint(&pool, CHECKPOINT).await?;
@@ -116,7 +124,6 @@ pub async fn run(
                     _ = shutdown.cancelled() => return Ok(()),
                     _ = waker.wait(settings.poll_interval) => {}
                 }
-                sqlx::query("SELECT 1").execute(&mut leadership).await?;
             }
         }
         .await;
@@ -401,4 +408,73 @@ pub fn dispatch_message(event: &JobEvent) -> Option<pb::JobDispatch> {
         working_dir: working_dir.unwrap_or_default(),
         spec: Some(spec),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use cqrs_es::DomainEvent;
+    use logbook_domain::job::JobResult;
+
+    use super::*;
+
+    /// The dispatcher is woken only by commits of the events it acts on; a name here that the
+    /// domain does not produce would leave it asleep until its next poll.
+    #[test]
+    fn the_dispatcher_wakes_for_what_round_acts_on() {
+        let agent_id = AgentId::from(uuid::Uuid::now_v7());
+        let result = JobResult {
+            exit_code: Some(0),
+            stdout: String::new(),
+            stderr: String::new(),
+            stdout_truncated: false,
+            stderr_truncated: false,
+            duration_ms: 1,
+            finished_at: Utc::now(),
+            error: None,
+        };
+        let queued = JobEvent::JobQueued {
+            job_id: JobId::from(uuid::Uuid::now_v7()),
+            agent_id,
+            agent_seq: 1,
+            spec: JobSpec::Command {
+                command_line: "true".into(),
+                timeout_secs: 10,
+                working_dir: None,
+            },
+            deadline: Utc::now(),
+            bulk_id: None,
+        };
+        let acted_on = [
+            queued,
+            JobEvent::JobCancelled { agent_id },
+            JobEvent::JobExpired {
+                agent_id,
+                deadline: Utc::now(),
+            },
+        ];
+        let passed = [
+            JobEvent::JobDispatched {
+                agent_id,
+                stream_seq: 1,
+            },
+            JobEvent::JobStarted { agent_id },
+            JobEvent::JobSucceeded {
+                agent_id,
+                result: result.clone(),
+            },
+            JobEvent::JobFailed {
+                agent_id,
+                result: result.clone(),
+            },
+            JobEvent::JobTimedOut { agent_id, result },
+        ];
+        for event in &acted_on {
+            assert!(acts_on(&event.event_type()), "{}", event.event_type());
+        }
+        for event in &passed {
+            assert!(!acts_on(&event.event_type()), "{}", event.event_type());
+        }
+        assert!(!acts_on("AgentCheckedIn"));
+    }
 }

@@ -631,7 +631,9 @@ impl Commands {
         // A claim that got there first owns sequence 2; the dispatch record then simply
         // does not happen.
         EventStore::append_rows(&mut tx, &rows, Conflicts::Skip).await?;
-        self.commit(tx).await
+        tx.commit().await?;
+        self.notify_appended(&rows);
+        Ok(())
     }
 }
 
