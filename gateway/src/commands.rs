@@ -686,10 +686,10 @@ impl Commands {
                 .execute(&mut *tx)
                 .await?;
             let now = Utc::now();
-            let mut token = self
-                .store
-                .load::<EnrollmentToken>(&token_id.to_string())
-                .await?;
+            // On the transaction's connection: the enrollments queued behind this one hold
+            // connections of their own, possibly all of the pool's.
+            let mut token =
+                EventStore::load_in::<EnrollmentToken>(&mut tx, &token_id.to_string()).await?;
             let token_events = decide(
                 &mut token,
                 EnrollmentTokenCommand::RedeemEnrollmentToken {

@@ -167,6 +167,28 @@ impl EventStore {
         Ok(loaded)
     }
 
+    /// Loads an aggregate on `conn`, inside the caller's transaction: a transaction that waits
+    /// its turn holding a connection (a lock taken first) must not need a second one from the
+    /// pool, which the others waiting may all hold.
+    pub async fn load_in<A: Aggregate>(
+        conn: &mut PgConnection,
+        aggregate_id: &str,
+    ) -> Result<Loaded<A>, StoreError> {
+        let rows: Vec<(i64, serde_json::Value)> = sqlx::query_as(
+            "SELECT sequence, payload FROM events \
+              WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence",
+        )
+        .bind(A::TYPE)
+        .bind(aggregate_id)
+        .fetch_all(conn)
+        .await?;
+        let mut loaded = Loaded::default();
+        for (sequence, payload) in rows {
+            loaded.apply_stored(sequence, payload)?;
+        }
+        Ok(loaded)
+    }
+
     /// Loads several aggregates of one type with one query; ids without events are absent
     /// from the map (they are new aggregates: [`Loaded::default`]).
     pub async fn load_many<A: Aggregate>(

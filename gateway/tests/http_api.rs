@@ -838,3 +838,37 @@ async fn unknown_routes_and_metrics() {
     assert_eq!(body["error"]["code"], "not_found");
     assert!(app.metrics().await.contains("logbook_http_requests_total"));
 }
+
+/// A fleet rollout: many agents enrolling with one token at once queue on the token, each in
+/// a transaction that holds a connection. The one whose turn it is must not need a second
+/// connection, or with more enrollments waiting than the pool has connections none gets one.
+#[tokio::test]
+async fn more_agents_enrolling_at_once_than_the_pool_has_connections_all_enroll() {
+    use std::time::Duration;
+
+    let db = logbook_testkit::TestDb::new().await;
+    let options: sqlx::postgres::PgConnectOptions = db.url.parse().expect("url");
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_lazy_with(options);
+    let app = TestApp::on(db, pool, |_| {}).await;
+    let (_, site_id) = app.site().await;
+    let token = app
+        .enrollment_token(&site_id, json!({"max_uses": 100}))
+        .await;
+
+    let enrollments = (0..16).map(|i| {
+        let (app, token) = (&app, &token);
+        async move { app.enroll(token, &format!("rollout-{i:02}")).await }
+    });
+    let answers = futures::future::join_all(enrollments).await;
+    for (status, body) in &answers {
+        assert_eq!(*status, StatusCode::CREATED, "{body}");
+    }
+    let agents: std::collections::HashSet<&str> = answers
+        .iter()
+        .map(|(_, body)| body["agent_id"].as_str().expect("agent_id"))
+        .collect();
+    assert_eq!(agents.len(), 16);
+}
