@@ -41,8 +41,11 @@ pub const CHECKPOINT: &str = "dispatcher";
 /// cancelled or expired (removed from its agent's queue). Commits of nothing else do not wake
 /// it ([`LogWaker::for_job_queues`]); it reads them at its next round.
 pub(crate) fn acts_on(event_type: &str) -> bool {
-    matches!(event_type, "JobQueued" | "JobCancelled" | "JobExpired")
+    ACTED_ON.contains(&event_type)
 }
+
+/// The event types of [`acts_on`].
+const ACTED_ON: [&str; 3] = ["JobQueued", "JobCancelled", "JobExpired"];
 
 /// How the dispatcher paces itself.
 #[derive(Debug, Clone)]
@@ -165,10 +168,7 @@ async fn round(
     .await?;
     let events = &batch.events;
     let Some((last, _)) = batch.end else {
-        let held_back =
-            log::has_events_beyond_horizon(&mut *leadership, cursor, ReadFilter::SkipCheckins)
-                .await?;
-        return Ok((0, held_back));
+        return Ok((0, acted_on_beyond_horizon(leadership, cursor).await?));
     };
 
     let queued: Vec<(&StoredEvent, JobId, AgentId, Vec<u8>)> = events
@@ -274,9 +274,38 @@ async fn round(
     .bind(last.tx_id)
     .bind(last.position)
     .bind(batch.scanned as i64)
-    .execute(leadership)
+    .execute(&mut *leadership)
     .await?;
-    Ok((batch.scanned, false))
+    // A batch that is not full ended at the horizon. Nothing wakes the dispatcher for the
+    // claims and results it read here, so a job queued behind the horizon (its commit's
+    // notification already spent on this round) must be looked for again soon, not at the next
+    // poll.
+    let held_back =
+        batch.scanned < batch_size as usize && acted_on_beyond_horizon(leadership, last).await?;
+    Ok((batch.scanned, held_back))
+}
+
+/// Whether an event the dispatcher acts on ([`acts_on`]) lies after `after` but beyond the
+/// horizon, held back by an older transaction still running. Claims and results held back the
+/// same way are not waited for: they are read at the next round, whatever wakes it.
+async fn acted_on_beyond_horizon(
+    conn: &mut PgConnection,
+    after: LogCursor,
+) -> Result<bool, sqlx::Error> {
+    // Through the index of the log beside check-ins, from the cursor: what lies after it is
+    // only what committed since the round read the log.
+    let next: Option<i64> = sqlx::query_scalar(
+        "SELECT position FROM events \
+          WHERE aggregate_type <> 'agent_checkins' \
+            AND (tx_id, position) > ($1::bigint::text::xid8, $2) AND event_type = ANY($3) \
+          ORDER BY tx_id, position LIMIT 1",
+    )
+    .bind(after.tx_id)
+    .bind(after.position)
+    .bind(&ACTED_ON[..])
+    .fetch_optional(conn)
+    .await?;
+    Ok(next.is_some())
 }
 
 /// Looks for jobs that nats-server lost, once the jobs read model has read the log up to `goal`
