@@ -25,6 +25,10 @@ use crate::store::{Conflicts, EventStore, Loaded, NewEvent, StoreError};
 /// How many times a command is retried after losing an optimistic-concurrency race.
 const CONFLICT_RETRIES: usize = 5;
 
+/// How many times a batch of commands is decided and inserted before, having lost every race,
+/// each of its commands is run on its own (`Commands::try_execute_batch`).
+const BATCH_ATTEMPTS: usize = 3;
+
 /// Who is acting, and on behalf of which request.
 #[derive(Debug, Clone)]
 pub struct Ctx {
@@ -414,8 +418,12 @@ impl Commands {
     /// one insert: the group commit behind the paths agents drive at fleet scale (claims,
     /// results). Commands for the same aggregate are decided in order, each on the state the
     /// previous one left. Every command either takes effect or is answered with its rejection;
-    /// when the batch loses a race with another writer its insert fails as a whole and each
-    /// command is run on its own instead. `Err` means the store failed: nothing was recorded,
+    /// when the batch loses a race with another writer its insert fails as a whole, and the
+    /// batch is decided again on the state as it now is (the usual race: a claim batch against
+    /// the dispatcher's record of the same jobs' dispatch, which takes the sequence the claims
+    /// were decided at); only after [`BATCH_ATTEMPTS`] lost races is each command run on its
+    /// own. (Run on its own at the first lost race, a batch of claims during a bulk job cost a
+    /// load and an insert per claim: a thousand loads of one aggregate each in one bulk job.) `Err` means the store failed: nothing was recorded,
     /// unless the connection broke while the insert was committing (as with any commit).
     pub(crate) async fn try_execute_batch<A>(
         &self,
@@ -431,49 +439,53 @@ impl Commands {
         let mut ids: Vec<String> = commands.iter().map(|(_, id, _)| id.clone()).collect();
         ids.sort_unstable();
         ids.dedup();
-        let mut loaded = self.store.load_many::<A>(&ids).await?;
-        let now = Utc::now();
-        let mut answers = Vec::with_capacity(commands.len());
-        let mut rows = Vec::new();
-        for (ctx, id, command) in &commands {
-            let aggregate = loaded.entry(id.clone()).or_default();
-            match aggregate.decide(command.clone()).await {
-                Ok(events) => {
-                    rows.extend(NewEvent::for_aggregate::<A>(
-                        id,
-                        aggregate.version,
-                        &events,
-                        &ctx.metadata(now),
-                    )?);
-                    aggregate.version += events.len() as i64;
-                    answers.push(Ok(events));
+        for attempt in 1..=BATCH_ATTEMPTS {
+            let mut loaded = self.store.load_many::<A>(&ids).await?;
+            let now = Utc::now();
+            let mut answers = Vec::with_capacity(commands.len());
+            let mut rows = Vec::new();
+            for (ctx, id, command) in &commands {
+                let aggregate = loaded.entry(id.clone()).or_default();
+                match aggregate.decide(command.clone()).await {
+                    Ok(events) => {
+                        rows.extend(NewEvent::for_aggregate::<A>(
+                            id,
+                            aggregate.version,
+                            &events,
+                            &ctx.metadata(now),
+                        )?);
+                        aggregate.version += events.len() as i64;
+                        answers.push(Ok(events));
+                    }
+                    Err(rejection) => answers.push(Err(Executed::Rejected(rejection))),
                 }
-                Err(rejection) => answers.push(Err(Executed::Rejected(rejection))),
+            }
+            if rows.is_empty() {
+                return Ok(answers);
+            }
+            // Rows in aggregate order, so that two batches touching the same aggregates take
+            // their locks in the same order.
+            rows.sort_by(|a, b| (&a.aggregate_id, a.sequence).cmp(&(&b.aggregate_id, b.sequence)));
+            // One statement, so no explicit transaction: it commits as a whole or not at all,
+            // and a claim costs two round trips to Postgres (load, insert) rather than four.
+            let mut conn = self.store.pool().acquire().await?;
+            match EventStore::append_rows(&mut conn, &rows, Conflicts::Fail).await {
+                Ok(_) => {
+                    drop(conn);
+                    self.notify_appended(&rows);
+                    return Ok(answers);
+                }
+                Err(StoreError::Conflict { .. }) if attempt < BATCH_ATTEMPTS => {
+                    metrics::counter!("logbook_command_batch_retries_total", "aggregate" => A::TYPE)
+                        .increment(1);
+                }
+                Err(StoreError::Conflict { .. }) => break,
+                Err(e) => return Err(e.into()),
             }
         }
-        if rows.is_empty() {
-            return Ok(answers);
-        }
-        // Rows in aggregate order, so that two batches touching the same aggregates take their
-        // locks in the same order.
-        rows.sort_by(|a, b| (&a.aggregate_id, a.sequence).cmp(&(&b.aggregate_id, b.sequence)));
-        // One statement, so no explicit transaction: it commits as a whole or not at all, and
-        // a claim costs two round trips to Postgres (load, insert) rather than four.
-        let mut conn = self.store.pool().acquire().await?;
-        match EventStore::append_rows(&mut conn, &rows, Conflicts::Fail).await {
-            Ok(_) => {
-                drop(conn);
-                self.notify_appended(&rows);
-                Ok(answers)
-            }
-            Err(StoreError::Conflict { .. }) => {
-                drop(conn);
-                metrics::counter!("logbook_command_batch_fallbacks_total", "aggregate" => A::TYPE)
-                    .increment(1);
-                Ok(self.execute_each::<A>(commands).await)
-            }
-            Err(e) => Err(e.into()),
-        }
+        metrics::counter!("logbook_command_batch_fallbacks_total", "aggregate" => A::TYPE)
+            .increment(1);
+        Ok(self.execute_each::<A>(commands).await)
     }
 
     /// Runs commands one at a time, each in its own transaction.
