@@ -699,9 +699,11 @@ impl Commands {
                 .await?;
             let now = Utc::now();
             // On the transaction's connection: the enrollments queued behind this one hold
-            // connections of their own, possibly all of the pool's.
+            // connections of their own, possibly all of the pool's. From the token's newest
+            // snapshot: a token used by thousands of agents has a redemption for each.
             let mut token =
-                EventStore::load_in::<EnrollmentToken>(&mut tx, &token_id.to_string()).await?;
+                EventStore::load_in_snapshotted::<EnrollmentToken>(&mut tx, &token_id.to_string())
+                    .await?;
             let token_events = decide(
                 &mut token,
                 EnrollmentTokenCommand::RedeemEnrollmentToken {
@@ -736,6 +738,10 @@ impl Commands {
             .await?;
             EventStore::append::<Agent>(&mut tx, &agent_id.to_string(), 0, &agent_events, &meta)
                 .await?;
+            // `decide` applied the redemption to the state.
+            let before = token.version;
+            token.version += token_events.len() as i64;
+            EventStore::snapshot_in(&mut tx, &token_id.to_string(), &token, before).await?;
             credentials::insert(
                 &mut tx,
                 &credential.hash,

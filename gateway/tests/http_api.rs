@@ -872,3 +872,40 @@ async fn more_agents_enrolling_at_once_than_the_pool_has_connections_all_enroll(
         .collect();
     assert_eq!(agents.len(), 16);
 }
+
+/// A token used by many agents is loaded from a snapshot of its state and the redemptions after
+/// it (not its whole history), and counts its uses across the snapshot all the same.
+#[tokio::test]
+async fn a_token_used_past_a_snapshot_still_counts_every_use() {
+    let app = TestApp::new().await;
+    let (_, site_id) = app.site().await;
+    let token = app
+        .enrollment_token(&site_id, json!({"max_uses": 102}))
+        .await;
+    for i in 0..102 {
+        let (status, body) = app.enroll(&token, &format!("fleet-{i:03}")).await;
+        assert_eq!(status, StatusCode::CREATED, "enrollment {i}: {body}");
+    }
+    // Issued at sequence 1, the 99th redemption at 100: the snapshot sums up those 100 events.
+    let snapshots: Vec<(i64, serde_json::Value)> = sqlx::query_as(
+        "SELECT last_sequence, payload::json FROM snapshots WHERE aggregate_type = 'enrollment_token'",
+    )
+    .fetch_all(&app.db.pool)
+    .await
+    .expect("snapshots");
+    assert_eq!(snapshots.len(), 1, "{snapshots:?}");
+    assert_eq!(snapshots[0].0, 100);
+    assert_eq!(snapshots[0].1["uses"], 99, "{}", snapshots[0].1);
+
+    let before = app.event_count().await;
+    let (status, body) = app.enroll(&token, "one-too-many").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("used up (102 of 102 uses)"),
+        "{body}"
+    );
+    assert_eq!(app.event_count().await, before);
+}
