@@ -495,22 +495,20 @@ pub(crate) async fn enroll_fleet(
         )
         .await?;
     let site_id = site["id"].as_str().context("site id")?.to_string();
-    // One token per 25 agents: a token's uses are serialised by design, and enrollments waiting
-    // for the same token each hold a database connection.
-    const PER_TOKEN: usize = 25;
-    let mut tokens = Vec::new();
-    for _ in 0..n.div_ceil(PER_TOKEN) {
-        let token = gateway
-            .admin(
-                reqwest::Method::POST,
-                &format!("/api/v1/sites/{site_id}/enrollment-tokens"),
-                Some(json!({"max_uses": PER_TOKEN, "expires_in": "2h"})),
-            )
-            .await?;
-        tokens.push(token["token"].as_str().context("token")?.to_string());
-    }
+    // One token for the whole fleet, as a rollout uses it: its uses are serialised on its lock,
+    // and each enrollment loads it from its newest snapshot, so the rate holds to the last
+    // agent (it fell with each use when every enrollment replayed the token's history).
+    let token = gateway
+        .admin(
+            reqwest::Method::POST,
+            &format!("/api/v1/sites/{site_id}/enrollment-tokens"),
+            Some(json!({"max_uses": n.max(1), "expires_in": "2h"})),
+        )
+        .await?;
+    let tokens = vec![token["token"].as_str().context("token")?.to_string()];
     let tokens = Arc::new(tokens);
     progress.set_length(n as u64);
+    let enrolling = Instant::now();
     let results = futures::future::join_all((0..16).map(|worker| {
         let tokens = tokens.clone();
         let http = gateway.http.clone();
@@ -520,7 +518,7 @@ pub(crate) async fn enroll_fleet(
             let mut agents = Vec::new();
             for i in (worker..n).step_by(16) {
                 let request = pb::EnrollRequest {
-                    token: tokens[i / PER_TOKEN].clone(),
+                    token: tokens[0].clone(),
                     hostname: format!("sim-{i:06}"),
                     os: "linux".into(),
                     arch: "x86_64".into(),
@@ -562,6 +560,11 @@ pub(crate) async fn enroll_fleet(
     }
     agents.sort_by_key(|(i, _)| *i);
     progress.finish_and_clear();
+    let took = enrolling.elapsed().as_secs_f64();
+    crate::ui::step(&format!(
+        "{n} agents enrolled through one enrollment token in {took:.1} s ({:.0}/s)",
+        n as f64 / took
+    ));
     wait_for_job_consumers(gateway, n).await?;
     Ok((site_id, agents.into_iter().map(|(_, a)| a).collect()))
 }
