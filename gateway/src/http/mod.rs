@@ -8,6 +8,7 @@ mod admin;
 mod agent_api;
 mod agents;
 mod auth;
+mod envelope;
 pub mod error;
 mod health;
 mod jobs;
@@ -17,20 +18,13 @@ mod wire;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::extract::{DefaultBodyLimit, Request};
 use axum::routing::{get, post};
 use logbook_projections::fleet::StatusThresholds;
 use sqlx::PgPool;
-use tower::ServiceBuilder;
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
 
 use crate::commands::Commands;
 use crate::config::JobsConfig;
@@ -219,10 +213,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/jobs/{id}/jobs", get(jobs::bulk_members))
         .route("/api/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/api/v1/jobs/{id}/retry-failed", post(jobs::retry_failed))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            require_started,
-        ));
+        .route_layer(envelope::StartGateLayer {
+            started: state.0.started.clone(),
+        });
 
     let timeout = state.0.request_timeout;
     let max_body = state.0.max_body_bytes;
@@ -233,27 +226,8 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .fallback(not_found)
-        .layer(
-            ServiceBuilder::new()
-                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-                .layer(PropagateRequestIdLayer::x_request_id())
-                .layer(
-                    TraceLayer::new_for_http()
-                        .make_span_with(|request: &Request| {
-                            let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
-                            tracing::debug_span!("request", method = %request.method(), uri = %request.uri(), request_id = %id)
-                        })
-                        // Server errors are logged where they happen (ApiError), once, with
-                        // their cause; a 503 while Postgres is away is not worth a line each.
-                        .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG)),
-                )
-                .layer(CatchPanicLayer::custom(|_| {
-                    ApiError::Internal("a request handler panicked".into()).into_response()
-                }))
-                .layer(middleware::from_fn(track))
-                .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::SERVICE_UNAVAILABLE, timeout))
-                .layer(DefaultBodyLimit::max(max_body)),
-        )
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(envelope::EnvelopeLayer { timeout })
         .with_state(state)
 }
 
@@ -263,67 +237,4 @@ async fn not_found(request: Request) -> ApiError {
         request.method(),
         request.uri().path()
     ))
-}
-
-/// API requests wait for start-up (migrations, bootstrap) to finish; health checks do not.
-async fn require_started(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if state.is_started() {
-        next.run(request).await
-    } else {
-        ApiError::Unavailable("the gateway is starting (waiting for the database)".into())
-            .into_response()
-    }
-}
-
-/// Request counts and latencies per route and status. The labels are interned: routes,
-/// methods and statuses are few, and every request (a check-in above all) should not pay for
-/// allocating them.
-async fn track(request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = method_label(request.method());
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| intern(p.as_str()));
-    let response = next.run(request).await;
-    let status = intern(response.status().as_str());
-    metrics::counter!("logbook_http_requests_total", "method" => method, "route" => route, "status" => status)
-        .increment(1);
-    metrics::histogram!("logbook_http_request_duration_seconds", "method" => method, "route" => route)
-        .record(started.elapsed().as_secs_f64());
-    response
-}
-
-/// A method as a label; methods outside the standard set share one, so that clients cannot grow
-/// the interned set.
-fn method_label(method: &axum::http::Method) -> &'static str {
-    use axum::http::Method;
-    match *method {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        _ => "other",
-    }
-}
-
-/// The `'static` copy of a label from a small, bounded set (matched routes, status codes).
-fn intern(label: &str) -> &'static str {
-    use std::collections::HashSet;
-    use std::sync::{OnceLock, RwLock};
-    static LABELS: OnceLock<RwLock<HashSet<&'static str>>> = OnceLock::new();
-    let labels = LABELS.get_or_init(Default::default);
-    if let Some(found) = labels.read().unwrap_or_else(|e| e.into_inner()).get(label) {
-        return found;
-    }
-    let mut labels = labels.write().unwrap_or_else(|e| e.into_inner());
-    if let Some(found) = labels.get(label) {
-        return found;
-    }
-    let leaked: &'static str = Box::leak(label.to_owned().into_boxed_str());
-    labels.insert(leaked);
-    leaked
 }
