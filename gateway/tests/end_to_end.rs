@@ -37,9 +37,12 @@ async fn wait_for_agent(
 async fn a_real_agent_is_listed_online_rides_out_a_gateway_crash_and_goes_overdue_then_offline() {
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let setup = GatewaySetup::new(&db.url, "nats://127.0.0.1:4222", dir.path())
+    let setup = GatewaySetup::new(&db.url, SHARED_NATS, dir.path())
         .with("LOGBOOK_AGENTS__OVERDUE_AFTER", "3s")
         .with("LOGBOOK_AGENTS__OFFLINE_AFTER", "6s");
+    let _streams = SharedStreams {
+        namespace: setup.namespace.clone(),
+    };
     let mut gateway = setup.start_ready().await;
     let api = Api::new(&setup.base(), dir.path());
     let token = api.enrollment_token(1).await;
@@ -147,14 +150,39 @@ async fn a_real_agent_is_listed_online_rides_out_a_gateway_crash_and_goes_overdu
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(status.success(), "gateway exit status {status}");
+}
 
-    // The streams this test's gateway made on the shared nats-server go with it.
-    let names = logbook_proto::subjects::Names::new(&setup.namespace);
-    let nats = async_nats::connect("nats://127.0.0.1:4222")
-        .await
-        .expect("nats");
-    let js = async_nats::jetstream::new(nats);
-    for stream in names.jobs_streams().chain([names.results_stream()]) {
-        js.delete_stream(&stream).await.expect("delete a stream");
+/// The nats-server every test shares.
+const SHARED_NATS: &str = "nats://127.0.0.1:4222";
+
+/// The streams a test's gateway made on the shared nats-server, deleted when the test ends,
+/// whether it passed or failed (declared before the gateway, it is dropped after it).
+struct SharedStreams {
+    namespace: String,
+}
+
+impl Drop for SharedStreams {
+    fn drop(&mut self) {
+        let names = logbook_proto::subjects::Names::new(&self.namespace);
+        // Dropped inside the test's runtime, which must not be blocked on: delete them from a
+        // thread with a runtime of its own.
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                let Ok(nats) = async_nats::connect(SHARED_NATS).await else {
+                    return;
+                };
+                let js = async_nats::jetstream::new(nats);
+                for stream in names.jobs_streams().chain([names.results_stream()]) {
+                    let _ = js.delete_stream(&stream).await;
+                }
+            });
+        });
+        let _ = cleanup.join();
     }
 }
