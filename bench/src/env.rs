@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -505,12 +504,11 @@ pub(crate) async fn enroll_fleet(
             Some(json!({"max_uses": n.max(1), "expires_in": "2h"})),
         )
         .await?;
-    let tokens = vec![token["token"].as_str().context("token")?.to_string()];
-    let tokens = Arc::new(tokens);
+    let token = token["token"].as_str().context("token")?.to_string();
     progress.set_length(n as u64);
     let enrolling = Instant::now();
     let results = futures::future::join_all((0..16).map(|worker| {
-        let tokens = tokens.clone();
+        let token = token.clone();
         let http = gateway.http.clone();
         let base = gateway.base.clone();
         let progress = progress.clone();
@@ -518,7 +516,7 @@ pub(crate) async fn enroll_fleet(
             let mut agents = Vec::new();
             for i in (worker..n).step_by(16) {
                 let request = pb::EnrollRequest {
-                    token: tokens[0].clone(),
+                    token: token.clone(),
                     hostname: format!("sim-{i:06}"),
                     os: "linux".into(),
                     arch: "x86_64".into(),

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use cqrs_es::Aggregate;
+use cqrs_es::{Aggregate, DomainEvent};
 use logbook_domain::agent::{Agent, AgentCommand, AgentError, AgentIdentity};
 use logbook_domain::api_token::{ApiToken, ApiTokenCommand, ApiTokenError};
 use logbook_domain::client::{Client, ClientCommand, ClientError};
@@ -21,6 +21,7 @@ use crate::credentials;
 use crate::notify::LogNotifier;
 use crate::secrets::{self, SecretKind};
 use crate::store::{Conflicts, EventStore, Loaded, NewEvent, StoreError};
+use logbook_projections::runner::Appended;
 
 /// How many times a command is retried after losing an optimistic-concurrency race.
 const CONFLICT_RETRIES: usize = 5;
@@ -281,27 +282,30 @@ impl Commands {
         Self { store, notifier }
     }
 
-    /// Commits a transaction that appended events and wakes the log readers.
-    pub(crate) async fn commit(
+    /// Commits a transaction that appended events of `event_types` and wakes the log readers
+    /// that such a commit concerns ([`Self::notify_appended`]).
+    pub(crate) async fn commit<T: AsRef<str>>(
         &self,
         tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        event_types: impl IntoIterator<Item = T>,
     ) -> Result<(), CommandError> {
         tx.commit().await?;
-        self.notifier.notify();
+        self.notify_appended(event_types);
         Ok(())
     }
 
-    /// Wakes the log readers for committed `rows`: all of them, or, when no row changes a job
-    /// queue, all but the job dispatcher.
-    pub(crate) fn notify_appended(&self, rows: &[NewEvent]) {
-        if rows
-            .iter()
-            .any(|row| crate::jobs::dispatch::acts_on(&row.event_type))
+    /// Wakes the log readers for committed events of `event_types`: all of them, or, when none
+    /// changes a job queue, all but the job dispatcher.
+    pub(crate) fn notify_appended<T: AsRef<str>>(&self, event_types: impl IntoIterator<Item = T>) {
+        let appended = if event_types
+            .into_iter()
+            .any(|event_type| crate::jobs::dispatch::acts_on(event_type.as_ref()))
         {
-            self.notifier.notify();
+            Appended::Anything
         } else {
-            self.notifier.notify_beside_job_queues();
-        }
+            Appended::NoJobQueueChange
+        };
+        self.notifier.notify(appended);
     }
 
     /// Records the first events of a new aggregate together with the hash of the secret that
@@ -317,7 +321,8 @@ impl Commands {
         let mut tx = self.store.pool().begin().await?;
         EventStore::append::<A>(&mut tx, aggregate_id, 0, events, metadata).await?;
         credentials::insert(&mut tx, hash, kind, subject, metadata.recorded_at).await?;
-        self.commit(tx).await
+        self.commit(tx, events.iter().map(DomainEvent::event_type))
+            .await
     }
 
     /// The event store.
@@ -400,7 +405,9 @@ impl Commands {
                         .await
                         .map_err(|e| Executed::Failed(e.into()))?;
                 }
-                self.commit(tx).await.map_err(Executed::Failed)?;
+                self.commit(tx, events.iter().map(DomainEvent::event_type))
+                    .await
+                    .map_err(Executed::Failed)?;
                 Ok(events)
             };
             match attempt.await {
@@ -472,7 +479,7 @@ impl Commands {
             match EventStore::append_rows(&mut conn, &rows, Conflicts::Fail).await {
                 Ok(_) => {
                     drop(conn);
-                    self.notify_appended(&rows);
+                    self.notify_appended(rows.iter().map(|row| &row.event_type));
                     return Ok(answers);
                 }
                 Err(StoreError::Conflict { .. }) if attempt < BATCH_ATTEMPTS => {
@@ -750,7 +757,12 @@ impl Commands {
                 now,
             )
             .await?;
-            self.commit(tx).await?;
+            let appended = token_events.iter().map(DomainEvent::event_type);
+            self.commit(
+                tx,
+                appended.chain(agent_events.iter().map(DomainEvent::event_type)),
+            )
+            .await?;
             Ok(EnrolledAgent {
                 agent_id,
                 credential: credential.plaintext.clone(),

@@ -53,6 +53,7 @@ use logbook_domain::checkin::CHECKIN_STREAM;
 use logbook_domain::ids::{AgentId, CheckinId};
 use logbook_domain::metadata::{Actor, EventMetadata};
 use logbook_domain::secret::SecretHash;
+use logbook_projections::runner::Appended;
 use sqlx::{PgPool, Row};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -331,7 +332,7 @@ async fn flush(
                 }
             }
             if any {
-                notifier.notify_checkins();
+                notifier.notify(Appended::CheckinsOnly);
             }
             outcomes
         }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use logbook_projections::runner::{CHECKINS_ONLY, EVENTS_CHANNEL, LocalWake, NO_JOB_QUEUE_CHANGE};
+use logbook_projections::runner::{Appended, EVENTS_CHANNEL, LocalWake};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -34,17 +34,10 @@ pub struct LogNotifier {
 struct Inner {
     local: LocalWake,
     pending: Notify,
-    /// Who must hear of the commits waiting to be notified: one of the `WAKE_*` levels, the
-    /// widest of theirs.
-    audience: AtomicU8,
+    /// What the commits waiting to be notified appended: the greatest of their
+    /// [`Appended`] kinds, as its index in [`Appended::ALL`].
+    pending_kind: AtomicU8,
 }
-
-/// Commits of check-ins alone.
-const WAKE_CHECKIN_READERS: u8 = 0;
-/// Commits that change no job queue.
-const WAKE_BESIDE_JOB_QUEUES: u8 = 1;
-/// Anything else.
-const WAKE_EVERY_READER: u8 = 2;
 
 impl LogNotifier {
     /// Starts the sender of cross-process notifications; stops with `shutdown`.
@@ -52,7 +45,7 @@ impl LogNotifier {
         let inner = Arc::new(Inner {
             local,
             pending: Notify::new(),
-            audience: AtomicU8::new(WAKE_CHECKIN_READERS),
+            pending_kind: AtomicU8::new(Appended::CheckinsOnly as u8),
         });
         let sender = inner.clone();
         tokio::spawn(async move {
@@ -61,11 +54,12 @@ impl LogNotifier {
                     _ = shutdown.cancelled() => return,
                     _ = sender.pending.notified() => {}
                 }
-                let payload = match sender.audience.swap(WAKE_CHECKIN_READERS, Ordering::AcqRel) {
-                    WAKE_CHECKIN_READERS => CHECKINS_ONLY,
-                    WAKE_BESIDE_JOB_QUEUES => NO_JOB_QUEUE_CHANGE,
-                    _ => "",
-                };
+                let kind = sender
+                    .pending_kind
+                    .swap(Appended::CheckinsOnly as u8, Ordering::AcqRel);
+                let payload = Appended::ALL
+                    .get(usize::from(kind))
+                    .map_or("", |kind| kind.payload());
                 if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
                     .bind(EVENTS_CHANNEL)
                     .bind(payload)
@@ -85,33 +79,14 @@ impl LogNotifier {
         Self { inner: None }
     }
 
-    /// New events have committed.
-    pub fn notify(&self) {
+    /// Events of the kind `appended` have committed.
+    pub fn notify(&self, appended: Appended) {
         if let Some(inner) = &self.inner {
-            inner.local.wake();
+            inner.local.wake(appended);
             inner
-                .audience
-                .fetch_max(WAKE_EVERY_READER, Ordering::AcqRel);
+                .pending_kind
+                .fetch_max(appended as u8, Ordering::AcqRel);
             // Stores a permit when the sender is busy, so bursts coalesce into one NOTIFY.
-            inner.pending.notify_one();
-        }
-    }
-
-    /// New events have committed, none of which changes what an agent is to run.
-    pub fn notify_beside_job_queues(&self) {
-        if let Some(inner) = &self.inner {
-            inner.local.wake_beside_job_queues();
-            inner
-                .audience
-                .fetch_max(WAKE_BESIDE_JOB_QUEUES, Ordering::AcqRel);
-            inner.pending.notify_one();
-        }
-    }
-
-    /// Check-ins, and nothing else, have committed.
-    pub fn notify_checkins(&self) {
-        if let Some(inner) = &self.inner {
-            inner.local.wake_for_checkins();
             inner.pending.notify_one();
         }
     }

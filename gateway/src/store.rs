@@ -63,6 +63,14 @@ impl From<sqlx::Error> for StoreError {
 }
 
 impl StoreError {
+    /// A value of aggregate type `A` that serde could not read or write.
+    fn corrupt<A: Aggregate>(source: serde_json::Error) -> Self {
+        StoreError::Corrupt {
+            aggregate_type: A::TYPE,
+            source,
+        }
+    }
+
     fn from_persistence(error: cqrs_es::persist::PersistenceError) -> Self {
         use cqrs_es::persist::PersistenceError as P;
         match error {
@@ -105,11 +113,7 @@ impl<A: Aggregate> Loaded<A> {
         sequence: i64,
         payload: serde_json::Value,
     ) -> Result<(), StoreError> {
-        let event: A::Event =
-            serde_json::from_value(payload).map_err(|source| StoreError::Corrupt {
-                aggregate_type: A::TYPE,
-                source,
-            })?;
+        let event: A::Event = serde_json::from_value(payload).map_err(StoreError::corrupt::<A>)?;
         self.state.apply(event);
         self.version = sequence;
         Ok(())
@@ -193,10 +197,7 @@ impl EventStore {
         .await?;
         let mut loaded = Loaded::default();
         if let Some((last_sequence, state)) = snapshot {
-            loaded.state = serde_json::from_value(state).map_err(|source| StoreError::Corrupt {
-                aggregate_type: A::TYPE,
-                source,
-            })?;
+            loaded.state = serde_json::from_value(state).map_err(StoreError::corrupt::<A>)?;
             loaded.version = last_sequence;
         }
         let rows: Vec<(i64, serde_json::Value)> = sqlx::query_as(
@@ -230,10 +231,7 @@ impl EventStore {
         if loaded.version / SNAPSHOT_EVERY == before / SNAPSHOT_EVERY {
             return Ok(());
         }
-        let state = serde_json::to_value(&loaded.state).map_err(|source| StoreError::Corrupt {
-            aggregate_type: A::TYPE,
-            source,
-        })?;
+        let state = serde_json::to_value(&loaded.state).map_err(StoreError::corrupt::<A>)?;
         sqlx::query(
             "WITH old AS (DELETE FROM snapshots \
                            WHERE aggregate_type = $1 AND aggregate_id = $2 AND last_sequence < $3) \
@@ -381,10 +379,7 @@ impl NewEvent {
         events: &[A::Event],
         metadata: &EventMetadata,
     ) -> Result<Vec<Self>, StoreError> {
-        let corrupt = |source| StoreError::Corrupt {
-            aggregate_type: A::TYPE,
-            source,
-        };
+        let corrupt = StoreError::corrupt::<A>;
         let metadata = serde_json::to_value(metadata.to_map()).map_err(corrupt)?;
         events
             .iter()

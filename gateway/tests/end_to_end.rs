@@ -164,25 +164,14 @@ struct SharedStreams {
 impl Drop for SharedStreams {
     fn drop(&mut self) {
         let names = logbook_proto::subjects::Names::new(&self.namespace);
-        // Dropped inside the test's runtime, which must not be blocked on: delete them from a
-        // thread with a runtime of its own.
-        let cleanup = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
+        logbook_testkit::block_on_aside(async move {
+            let Ok(nats) = async_nats::connect(SHARED_NATS).await else {
                 return;
             };
-            runtime.block_on(async {
-                let Ok(nats) = async_nats::connect(SHARED_NATS).await else {
-                    return;
-                };
-                let js = async_nats::jetstream::new(nats);
-                for stream in names.jobs_streams().chain([names.results_stream()]) {
-                    let _ = js.delete_stream(&stream).await;
-                }
-            });
+            let js = async_nats::jetstream::new(nats);
+            for stream in names.jobs_streams().chain([names.results_stream()]) {
+                let _ = js.delete_stream(&stream).await;
+            }
         });
-        let _ = cleanup.join();
     }
 }

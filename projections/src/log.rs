@@ -435,6 +435,33 @@ static NEXT_BESIDE_CHECKINS_SQL: std::sync::LazyLock<String> = std::sync::LazyLo
     )
 });
 
+/// Whether a committed event of one of `event_types` (none of them check-ins) lies after
+/// `after` but beyond the horizon: [`has_events_beyond_horizon`] for a reader that waits only
+/// for those (the job dispatcher) and reads the rest at its next round, whatever wakes it.
+pub async fn has_events_of_types_beyond_horizon(
+    conn: &mut PgConnection,
+    after: LogCursor,
+    event_types: &[&str],
+) -> Result<bool, sqlx::Error> {
+    let next: Option<i64> = sqlx::query_scalar(&NEXT_OF_TYPES_BESIDE_CHECKINS_SQL)
+        .bind(after.tx_id)
+        .bind(after.position)
+        .bind(event_types)
+        .fetch_optional(conn)
+        .await?;
+    Ok(next.is_some())
+}
+
+/// [`NEXT_BESIDE_CHECKINS_SQL`] for events of the types `$3` only.
+static NEXT_OF_TYPES_BESIDE_CHECKINS_SQL: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| {
+        format!(
+            "SELECT position FROM events WHERE aggregate_type <> '{CHECKIN_STREAM}' \
+                AND (tx_id, position) > ($1::bigint::text::xid8, $2) AND event_type = ANY($3) \
+              ORDER BY tx_id, position LIMIT 1"
+        )
+    });
+
 /// How many events of the log a reader with `filter` reads or passes over: all of them, or with
 /// [`ReadFilter::SkipCheckins`] those that are not check-ins.
 pub async fn count(conn: &mut PgConnection, filter: ReadFilter<'_>) -> Result<u64, sqlx::Error> {

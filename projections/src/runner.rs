@@ -313,14 +313,57 @@ const HELD_BACK_RETRY: Duration = Duration::from_millis(20);
 pub const EVENTS_CHANNEL: &str = "logbook_events";
 
 /// The payload of a notification on [`EVENTS_CHANNEL`] for commits that appended check-ins and
-/// nothing else: readers that skip check-ins ([`ReadFilter::SkipCheckins`]) stay asleep. A
-/// payload other than this and [`NO_JOB_QUEUE_CHANGE`] wakes every reader.
+/// nothing else ([`Appended::CheckinsOnly`]).
 pub const CHECKINS_ONLY: &str = "checkins";
 
-/// The payload of a notification for commits that appended neither check-ins alone nor
-/// anything that changes what an agent is to run (a job's claim, its result, its dispatch
-/// record): readers of job queues ([`LogWaker::for_job_queues`]) stay asleep.
+/// The payload of a notification for commits that changed no job queue
+/// ([`Appended::NoJobQueueChange`]).
 pub const NO_JOB_QUEUE_CHANGE: &str = "no-job-queue-change";
+
+/// What a commit appended, as far as waking readers goes. Each kind wakes the readers the one
+/// before it wakes and more, so a writer that owes several notifications owes the greatest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Appended {
+    /// Check-ins and nothing else: readers that skip check-ins ([`ReadFilter::SkipCheckins`])
+    /// stay asleep. Check-ins are most of the log and arrive in a steady stream; those readers
+    /// would otherwise run a round (and move their checkpoint past them) for every batch.
+    CheckinsOnly,
+    /// Events that change no job queue (a job's claim, its result, its dispatch record): the
+    /// reader of job queues ([`LogWaker::for_job_queues`]) stays asleep. An agent working
+    /// through its queued jobs commits two of these per job, every few milliseconds; the job
+    /// dispatcher would otherwise run a round for each, to find nothing to publish.
+    NoJobQueueChange,
+    /// Anything else: every reader wakes.
+    Anything,
+}
+
+impl Appended {
+    /// Every kind, in order.
+    pub const ALL: [Appended; 3] = [
+        Appended::CheckinsOnly,
+        Appended::NoJobQueueChange,
+        Appended::Anything,
+    ];
+
+    /// The payload of its notification on [`EVENTS_CHANNEL`].
+    pub fn payload(self) -> &'static str {
+        match self {
+            Appended::CheckinsOnly => CHECKINS_ONLY,
+            Appended::NoJobQueueChange => NO_JOB_QUEUE_CHANGE,
+            Appended::Anything => "",
+        }
+    }
+
+    /// The kind a notification's payload names; any payload but the two named wakes every
+    /// reader.
+    pub fn from_payload(payload: &str) -> Self {
+        match payload {
+            CHECKINS_ONLY => Appended::CheckinsOnly,
+            NO_JOB_QUEUE_CHANGE => Appended::NoJobQueueChange,
+            _ => Appended::Anything,
+        }
+    }
+}
 
 /// Wakes log readers when new events commit: on `NOTIFY logbook_events` from any process, and
 /// directly through [`LocalWake`] from writers in this process. One per process; each reader
@@ -353,26 +396,16 @@ pub struct LocalWake {
 }
 
 impl LocalWake {
-    /// Wakes every reader waiting on the paired [`LogWaker`]s.
-    pub fn wake(&self) {
-        self.wake_beside_job_queues();
-        self.job_queues.send_modify(|n| *n = n.wrapping_add(1));
-    }
-
-    /// Wakes every reader but those of job queues: what committed changes no job queue (a
-    /// job's claim, its result, its dispatch record). An agent working through its queued jobs
-    /// commits two of these per job, every few milliseconds; the job dispatcher would otherwise
-    /// run a round for each, to find nothing to publish.
-    pub fn wake_beside_job_queues(&self) {
-        self.any.send_modify(|n| *n = n.wrapping_add(1));
-        self.beside_checkins.send_modify(|n| *n = n.wrapping_add(1));
-    }
-
-    /// Wakes the readers that read check-ins: what committed was check-ins only. Check-ins are
-    /// most of the log and arrive in a steady stream; readers that skip them would otherwise
-    /// run a round (and move their checkpoint past them) for every batch.
-    pub fn wake_for_checkins(&self) {
-        self.any.send_modify(|n| *n = n.wrapping_add(1));
+    /// Wakes the readers waiting on the paired [`LogWaker`]s that a commit of `appended` wakes.
+    pub fn wake(&self, appended: Appended) {
+        let bump = |n: &mut u64| *n = n.wrapping_add(1);
+        self.any.send_modify(bump);
+        if appended >= Appended::NoJobQueueChange {
+            self.beside_checkins.send_modify(bump);
+        }
+        if appended >= Appended::Anything {
+            self.job_queues.send_modify(bump);
+        }
     }
 
     fn pair() -> (Self, LogWaker) {
@@ -408,11 +441,7 @@ impl LogWaker {
                     listener.listen(EVENTS_CHANNEL).await?;
                     loop {
                         let notification = listener.recv().await?;
-                        match notification.payload() {
-                            CHECKINS_ONLY => listening.wake_for_checkins(),
-                            NO_JOB_QUEUE_CHANGE => listening.wake_beside_job_queues(),
-                            _ => listening.wake(),
-                        }
+                        listening.wake(Appended::from_payload(notification.payload()));
                     }
                     #[expect(unreachable_code, reason = "the loop only ends with an error")]
                     Ok::<(), sqlx::Error>(())
@@ -609,14 +638,14 @@ mod tests {
         let short = Duration::from_millis(20);
         let long = Duration::from_secs(5);
 
-        local.wake_for_checkins();
+        local.wake(Appended::CheckinsOnly);
         assert!(everything.wait(long).await, "check-ins wake their readers");
         assert!(
             !skipping.wait(short).await,
             "check-ins alone wake no one else"
         );
 
-        local.wake();
+        local.wake(Appended::Anything);
         assert!(everything.wait(long).await);
         assert!(skipping.wait(long).await, "other events wake every reader");
         assert!(!skipping.wait(short).await, "one commit, one wake-up");
@@ -631,7 +660,7 @@ mod tests {
         let short = Duration::from_millis(20);
         let long = Duration::from_secs(5);
 
-        local.wake_beside_job_queues();
+        local.wake(Appended::NoJobQueueChange);
         assert!(everything.wait(long).await);
         assert!(skipping.wait(long).await, "readers beside check-ins wake");
         assert!(
@@ -639,13 +668,21 @@ mod tests {
             "the reader of job queues does not"
         );
 
-        local.wake_for_checkins();
+        local.wake(Appended::CheckinsOnly);
         assert!(everything.wait(long).await);
         assert!(!queues.wait(short).await, "nor for check-ins");
 
-        local.wake();
+        local.wake(Appended::Anything);
         assert!(queues.wait(long).await, "anything else wakes it");
         assert!(!queues.wait(short).await, "one commit, one wake-up");
+    }
+
+    #[test]
+    fn each_kind_of_commit_is_named_by_its_payload() {
+        for appended in Appended::ALL {
+            assert_eq!(Appended::from_payload(appended.payload()), appended);
+        }
+        assert_eq!(Appended::from_payload("anything"), Appended::Anything);
     }
 
     #[test]

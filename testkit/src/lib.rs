@@ -10,3 +10,21 @@ pub mod postgres;
 pub mod proxy;
 
 pub use postgres::TestDb;
+
+/// Runs `cleanup` to its end from a `Drop` (a test's database, the streams its gateway made):
+/// on a short-lived thread with a runtime of its own, since a drop may run inside the test's
+/// runtime, which cannot be blocked on there. Returns when `cleanup` has finished.
+pub fn block_on_aside<F>(cleanup: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let _ = std::thread::spawn(move || {
+        if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            runtime.block_on(cleanup);
+        }
+    })
+    .join();
+}

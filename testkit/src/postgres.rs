@@ -70,29 +70,17 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
         let server = server_url();
-        // Drop runs outside any async context we could borrow; a short-lived thread with its own
-        // runtime does the cleanup. FORCE ends connections the test left open.
-        let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
+        // FORCE ends connections the test left open.
+        crate::block_on_aside(async move {
+            let Ok(base) = server.parse::<PgConnectOptions>() else {
                 return;
             };
-            runtime.block_on(async move {
-                let Ok(base) = server.parse::<PgConnectOptions>() else {
-                    return;
-                };
-                if let Ok(mut admin) = base.connect().await {
-                    let _ = admin
-                        .execute(
-                            format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#).as_str(),
-                        )
-                        .await;
-                }
-            });
-        })
-        .join();
+            if let Ok(mut admin) = base.connect().await {
+                let _ = admin
+                    .execute(format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#).as_str())
+                    .await;
+            }
+        });
     }
 }
 

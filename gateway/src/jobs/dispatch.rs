@@ -292,20 +292,7 @@ async fn acted_on_beyond_horizon(
     conn: &mut PgConnection,
     after: LogCursor,
 ) -> Result<bool, sqlx::Error> {
-    // Through the index of the log beside check-ins, from the cursor: what lies after it is
-    // only what committed since the round read the log.
-    let next: Option<i64> = sqlx::query_scalar(
-        "SELECT position FROM events \
-          WHERE aggregate_type <> 'agent_checkins' \
-            AND (tx_id, position) > ($1::bigint::text::xid8, $2) AND event_type = ANY($3) \
-          ORDER BY tx_id, position LIMIT 1",
-    )
-    .bind(after.tx_id)
-    .bind(after.position)
-    .bind(&ACTED_ON[..])
-    .fetch_optional(conn)
-    .await?;
-    Ok(next.is_some())
+    log::has_events_of_types_beyond_horizon(conn, after, &ACTED_ON).await
 }
 
 /// Looks for jobs that nats-server lost, once the jobs read model has read the log up to `goal`

@@ -19,7 +19,7 @@ pub mod results;
 pub mod transport;
 
 use chrono::{DateTime, Utc};
-use cqrs_es::Aggregate;
+use cqrs_es::{Aggregate, DomainEvent};
 use logbook_domain::agent::{Agent, AgentLifecycle};
 use logbook_domain::bulk_job::{
     BulkJob, BulkJobCommand, BulkJobError, BulkMember, BulkRetry, BulkTarget,
@@ -218,7 +218,8 @@ impl Commands {
         .await?;
         EventStore::append::<Job>(&mut tx, &job_id.to_string(), 0, &events, &ctx.metadata(now))
             .await?;
-        self.commit(tx).await?;
+        self.commit(tx, events.iter().map(DomainEvent::event_type))
+            .await?;
         Ok(QueuedJob {
             job_id,
             agent_seq: agent_seq as u64,
@@ -283,7 +284,8 @@ impl Commands {
             );
         }
         EventStore::append_rows(&mut tx, &rows, Conflicts::Fail).await?;
-        self.commit(tx).await?;
+        self.commit(tx, rows.iter().map(|row| &row.event_type))
+            .await?;
         Ok((bulk_id, members))
     }
 
@@ -385,7 +387,8 @@ impl Commands {
             );
         }
         EventStore::append_rows(&mut tx, &rows, Conflicts::Fail).await?;
-        self.commit(tx).await?;
+        self.commit(tx, rows.iter().map(|row| &row.event_type))
+            .await?;
         Ok(retries)
     }
 
@@ -631,9 +634,8 @@ impl Commands {
         // A claim that got there first owns sequence 2; the dispatch record then simply
         // does not happen.
         EventStore::append_rows(&mut tx, &rows, Conflicts::Skip).await?;
-        tx.commit().await?;
-        self.notify_appended(&rows);
-        Ok(())
+        self.commit(tx, rows.iter().map(|row| &row.event_type))
+            .await
     }
 }
 
