@@ -1,13 +1,14 @@
 //! Check-in ingest with group commit.
 //!
 //! Check-ins arrive far faster than one transaction each could record them, so concurrent
-//! check-ins are collected and appended by one multi-row statement. The statement does all of
-//! the work that must be atomic with the append:
+//! check-ins are collected and appended by one multi-row statement to the log's `checkins`
+//! table (docs/adr/0005). The statement does all of the work that must be atomic with the
+//! append:
 //!
 //! - **authentication**: it joins `credentials`, so a check-in whose credential is unknown,
 //!   belongs to another agent or was revoked (decommissioned agent) is simply not inserted;
 //! - **idempotency**: a check-in id already recorded for the agent is skipped (and the unique
-//!   index `events_idempotency` settles races: see below);
+//!   index `checkins_idempotency` settles races: see below);
 //! - **ordering**: each agent's sequence numbers continue from its current maximum, in arrival
 //!   order.
 //!
@@ -17,10 +18,10 @@
 //! The two per-row probes of the log (each agent's maximum, each known id) are needed only
 //! when this lane cannot vouch for an agent. Each lane remembers the last sequence it recorded
 //! for every agent it has seen, and numbers that agent's next check-ins from it without a probe;
-//! a retried id is then caught by the unique index `events_idempotency` instead of a lookup.
+//! a retried id is then caught by the unique index `checkins_idempotency` instead of a lookup.
 //! This is right whenever the lane's memory is: an agent's sequences are dense, so if another
 //! writer has appended since (another gateway), the number the lane picks is taken and the
-//! statement fails on the primary key; a retried id fails it on `events_idempotency`. Either
+//! statement fails on the primary key; a retried id fails it on `checkins_idempotency`. Either
 //! failure writes nothing, and the batch runs again at once with both probes for every row.
 //! The agents of a batch that failed so are then probed for ten minutes: an agent
 //! whose check-ins alternate between gateways, or whose ids are replayed, costs the probes it
@@ -49,7 +50,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use logbook_domain::checkin::CHECKIN_STREAM;
+use logbook_domain::checkin::CheckinReport;
 use logbook_domain::ids::{AgentId, CheckinId};
 use logbook_domain::metadata::{Actor, EventMetadata};
 use logbook_domain::secret::SecretHash;
@@ -77,8 +78,48 @@ pub struct Submission {
     pub checkin_id: CheckinId,
     /// The serialized `CheckinEvent` (JSON).
     pub payload: String,
+    /// The report's fields that are stored as columns of their own.
+    pub facts: CheckinFacts,
     /// The request that carried it.
     pub request_id: String,
+}
+
+/// The fields of a report that the agent list shows, stored beside the report as typed
+/// columns so that folding a check-in into the list never parses the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckinFacts {
+    /// When the agent collected the report.
+    pub collected_at: DateTime<Utc>,
+    /// The machine's hostname.
+    pub hostname: String,
+    /// OS family.
+    pub os_family: String,
+    /// OS name.
+    pub os_name: String,
+    /// OS version.
+    pub os_version: String,
+    /// Kernel version.
+    pub kernel_version: String,
+    /// CPU architecture.
+    pub arch: String,
+    /// The agent's version.
+    pub agent_version: String,
+}
+
+impl CheckinFacts {
+    /// The fields of `report` (moved, not copied: call it once the report is serialized).
+    pub fn of(report: CheckinReport) -> Self {
+        Self {
+            collected_at: report.collected_at,
+            hostname: report.hostname,
+            os_family: report.os.family,
+            os_name: report.os.name,
+            os_version: report.os.version,
+            kernel_version: report.os.kernel_version,
+            arch: report.os.arch,
+            agent_version: report.agent_version,
+        }
+    }
 }
 
 /// A recorded check-in.
@@ -414,49 +455,53 @@ enum Outcome {
 }
 
 /// The batch append: authenticate, skip known ids, number, insert, in one statement. Per row,
-/// `$8` is the last sequence of its agent when the lane can vouch for it, else null: then, and
+/// `$7` is the last sequence of its agent when the lane can vouch for it, else null: then, and
 /// only then, the row's id is looked up and its agent's maximum probed (see the module
 /// documentation). Every per-row step is an index probe (the
 /// `LATERAL ... LIMIT 1` keeps the planner from hashing the whole credentials table for a small
-/// batch), so its cost follows the batch, not the fleet.
+/// batch), so its cost follows the batch, not the fleet. The report's fields that the agent list
+/// shows arrive as columns of their own (`$8`..`$15`), so that nothing in Postgres parses the
+/// report; the payload is checked as JSON and stored as its text (`checkins.payload` is `json`).
 const APPEND_SQL: &str = "\
 WITH authed AS ( \
-    SELECT i.* FROM unnest($1::uuid[], $2::bytea[], $3::uuid[], $4::text[], $5::text[], $6::int[], $8::bigint[]) \
-        AS i(agent_id, secret_hash, checkin_id, payload, metadata, ord, last_sequence) \
+    SELECT i.* FROM unnest($1::uuid[], $2::bytea[], $3::uuid[], $4::text[], $5::text[], $6::int[], $7::bigint[], \
+                           $8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], \
+                           $14::text[], $15::text[]) \
+        AS i(agent_id, secret_hash, checkin_id, payload, metadata, ord, last_sequence, collected_at, hostname, \
+             os_family, os_name, os_version, kernel_version, arch, agent_version) \
      CROSS JOIN LATERAL (SELECT 1 FROM credentials c \
                           WHERE c.secret_hash = i.secret_hash AND c.kind = 'agent' \
                             AND c.subject_id = i.agent_id AND c.revoked_at IS NULL LIMIT 1) c \
 ), fresh AS ( \
     SELECT a.* FROM authed a \
      WHERE a.last_sequence IS NOT NULL \
-        OR NOT EXISTS (SELECT 1 FROM events e \
-                        WHERE e.aggregate_type = $7 AND e.aggregate_id = a.agent_id::text \
-                          AND e.idempotency_key = a.checkin_id) \
+        OR NOT EXISTS (SELECT 1 FROM checkins k \
+                        WHERE k.checkin_id = a.checkin_id AND k.agent_id = a.agent_id) \
 ), numbered AS ( \
     SELECT f.*, \
            CASE WHEN f.last_sequence IS NOT NULL THEN f.last_sequence \
-                ELSE COALESCE((SELECT max(e.sequence) FROM events e \
-                                WHERE e.aggregate_type = $7 AND e.aggregate_id = f.agent_id::text), 0) END \
+                ELSE COALESCE((SELECT max(k.sequence) FROM checkins k WHERE k.agent_id = f.agent_id), 0) END \
            + row_number() OVER (PARTITION BY f.agent_id ORDER BY f.ord) AS seq \
       FROM fresh f \
 ) \
-INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, idempotency_key) \
-SELECT $7, agent_id::text, seq, 'AgentCheckedIn', '1', payload::jsonb, metadata::jsonb, checkin_id \
+INSERT INTO checkins (agent_id, sequence, checkin_id, recorded_at, collected_at, hostname, os_family, os_name, \
+                      os_version, kernel_version, arch, agent_version, payload, metadata) \
+SELECT agent_id, seq, checkin_id, $16, collected_at, hostname, os_family, os_name, os_version, kernel_version, \
+       arch, agent_version, payload::json, metadata::json \
   FROM numbered ORDER BY numbered.agent_id, numbered.ord \
-RETURNING aggregate_id, sequence, idempotency_key";
+RETURNING agent_id, sequence, checkin_id";
 
 /// Why rows were left out of the append. The lookup of each id is a `LATERAL ... LIMIT 1`, an
 /// index probe per row whatever the planner thinks of the log's size: a plain join, planned
 /// once while the log was small, could hash the whole log for every batch ever after.
 const CLASSIFY_SQL: &str = "\
-SELECT i.ord, e.sequence AS existing, (e.metadata->>'recorded_at')::timestamptz AS first_recorded_at, \
+SELECT i.ord, k.sequence AS existing, k.recorded_at AS first_recorded_at, \
        EXISTS (SELECT 1 FROM credentials c \
                 WHERE c.secret_hash = i.secret_hash AND c.kind = 'agent' \
                   AND c.subject_id = i.agent_id AND c.revoked_at IS NULL) AS authed \
   FROM unnest($1::uuid[], $2::bytea[], $3::uuid[], $4::int[]) AS i(agent_id, secret_hash, checkin_id, ord) \
-  LEFT JOIN LATERAL (SELECT e.sequence, e.metadata FROM events e \
-                      WHERE e.aggregate_type = $5 AND e.aggregate_id = i.agent_id::text \
-                        AND e.idempotency_key = i.checkin_id LIMIT 1) e ON true";
+  LEFT JOIN LATERAL (SELECT k.sequence, k.recorded_at FROM checkins k \
+                      WHERE k.checkin_id = i.checkin_id AND k.agent_id = i.agent_id LIMIT 1) k ON true";
 
 /// Appends `batch`, numbering each check-in from `last` (per check-in, its agent's last
 /// sequence when the lane vouches for it) and probing the log where it is `None`, and says what
@@ -474,12 +519,29 @@ async fn append(
     let mut payloads = Vec::with_capacity(n);
     let mut metadata = Vec::with_capacity(n);
     let mut ords = Vec::with_capacity(n);
+    let mut collected = Vec::with_capacity(n);
+    let mut hostnames = Vec::with_capacity(n);
+    let mut families = Vec::with_capacity(n);
+    let mut names = Vec::with_capacity(n);
+    let mut versions = Vec::with_capacity(n);
+    let mut kernels = Vec::with_capacity(n);
+    let mut arches = Vec::with_capacity(n);
+    let mut agent_versions = Vec::with_capacity(n);
     for (i, pending) in batch.iter().enumerate() {
         let s = &pending.submission;
         agents.push(s.agent_id.as_uuid());
         hashes.push(s.credential.as_bytes().to_vec());
         checkins.push(s.checkin_id.as_uuid());
         payloads.push(s.payload.as_str());
+        let facts = &s.facts;
+        collected.push(facts.collected_at);
+        hostnames.push(facts.hostname.as_str());
+        families.push(facts.os_family.as_str());
+        names.push(facts.os_name.as_str());
+        versions.push(facts.os_version.as_str());
+        kernels.push(facts.kernel_version.as_str());
+        arches.push(facts.arch.as_str());
+        agent_versions.push(facts.agent_version.as_str());
         let meta = EventMetadata {
             actor: Actor::Agent(s.agent_id),
             correlation_id: logbook_domain::ids::CorrelationId::from(s.checkin_id.as_uuid()),
@@ -496,8 +558,16 @@ async fn append(
         .bind(&payloads)
         .bind(&metadata)
         .bind(&ords)
-        .bind(CHECKIN_STREAM)
         .bind(last)
+        .bind(&collected)
+        .bind(&hostnames)
+        .bind(&families)
+        .bind(&names)
+        .bind(&versions)
+        .bind(&kernels)
+        .bind(&arches)
+        .bind(&agent_versions)
+        .bind(recorded_at)
         .fetch_all(pool)
         .await?;
 
@@ -509,10 +579,9 @@ async fn append(
         .map(|(i, (a, c))| ((*a, *c), i))
         .collect();
     for row in rows {
-        let agent: String = row.try_get("aggregate_id")?;
-        let key: Uuid = row.try_get("idempotency_key")?;
+        let agent: Uuid = row.try_get("agent_id")?;
+        let key: Uuid = row.try_get("checkin_id")?;
         let sequence: i64 = row.try_get("sequence")?;
-        let agent = Uuid::parse_str(&agent).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
         if let Some(&i) = position.get(&(agent, key)) {
             outcomes[i] = Some(Outcome::Recorded(Recorded {
                 sequence,
@@ -534,7 +603,6 @@ async fn append(
             )
             .bind(missing.iter().map(|&i| checkins[i]).collect::<Vec<_>>())
             .bind(missing.iter().map(|&i| ords[i]).collect::<Vec<_>>())
-            .bind(CHECKIN_STREAM)
             .fetch_all(pool)
             .await?;
         for row in rows {

@@ -36,7 +36,7 @@ async fn an_enrolled_agent_checks_in_once_per_checkin_id() {
 
     // The stored event carries who, which request and when.
     let metadata: serde_json::Value = sqlx::query_scalar(
-        "SELECT metadata FROM events WHERE aggregate_type = 'agent_checkins' AND aggregate_id = $1 AND sequence = 1",
+        "SELECT metadata FROM checkins WHERE agent_id = $1::uuid AND sequence = 1",
     )
     .bind(&agent.id)
     .fetch_one(&app.db.pool)
@@ -128,8 +128,10 @@ async fn a_checkin_costs_no_replay_of_the_agents_history() {
     let agent = app.agent("busy").await;
     // A long history, written directly: the next check-in continues the sequence from it.
     sqlx::query(
-        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
-         SELECT 'agent_checkins', $1, s, 'AgentCheckedIn', '1', '{}'::jsonb, '{}'::jsonb FROM generate_series(1, 5000) s",
+        "INSERT INTO checkins (agent_id, sequence, checkin_id, recorded_at, collected_at, hostname, os_family, \
+                               os_name, os_version, kernel_version, arch, agent_version, payload, metadata) \
+         SELECT $1::uuid, s, gen_random_uuid(), now(), now(), 'busy', '', '', '', '', '', '', '{}', '{}' \
+           FROM generate_series(1, 5000) s",
     )
     .bind(&agent.id)
     .execute(&app.db.pool)
@@ -191,7 +193,7 @@ async fn many_agents_checking_in_at_once_are_all_recorded_in_order() {
 async fn two_gateways_checking_in_one_agent_at_once_record_each_checkin_once_in_order() {
     use logbook_domain::ids::{AgentId, CheckinId};
     use logbook_gateway::config::IngestConfig;
-    use logbook_gateway::ingest::{Ingest, Submission};
+    use logbook_gateway::ingest::{CheckinFacts, Ingest, Submission};
     use logbook_gateway::notify::LogNotifier;
 
     let app = TestApp::new().await;
@@ -221,6 +223,16 @@ async fn two_gateways_checking_in_one_agent_at_once_record_each_checkin_once_in_
                     credential,
                     checkin_id,
                     payload: payload.to_string(),
+                    facts: CheckinFacts {
+                        collected_at: chrono::Utc::now(),
+                        hostname: "racer".into(),
+                        os_family: "linux".into(),
+                        os_name: "Debian GNU/Linux".into(),
+                        os_version: "12".into(),
+                        kernel_version: "6.1.0".into(),
+                        arch: "x86_64".into(),
+                        agent_version: "0.1.0".into(),
+                    },
                     request_id: String::new(),
                 })
                 .await
@@ -253,8 +265,7 @@ async fn two_gateways_checking_in_one_agent_at_once_record_each_checkin_once_in_
     );
 
     let stored: Vec<(i64, uuid::Uuid)> = sqlx::query_as(
-        "SELECT sequence, idempotency_key FROM events \
-          WHERE aggregate_type = 'agent_checkins' AND aggregate_id = $1 ORDER BY sequence",
+        "SELECT sequence, checkin_id FROM checkins WHERE agent_id = $1::uuid ORDER BY sequence",
     )
     .bind(&agent.id)
     .fetch_all(&app.pool)

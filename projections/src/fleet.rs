@@ -25,7 +25,7 @@ use sqlx::types::Json;
 use sqlx::{FromRow, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-use crate::log::{LogWindow, ReadFilter, StoredEvent, WINDOW_SQL};
+use crate::log::{CHECKINS_WINDOW_SQL, LogWindow, ReadFilter, StoredEvent};
 use crate::runner::Projection;
 
 /// The kinds of events the fleet projection passes over inside Postgres: check-ins, most of the
@@ -205,54 +205,37 @@ async fn apply_agent_event(
 /// Folds the window's check-ins into the agent list, inside Postgres: per agent, the count, the
 /// newest server time, and the report collected last (a report collected before the one already
 /// shown, sent late after an outage, counts as a check-in but does not replace the newer facts).
-/// Only the chosen check-in's report is read, by its row address, and it never travels to this
-/// process; the row keeps the report's sequence, not a copy of it (queries read it from the log).
-/// (The window is materialized narrow first: sorting it with the whole rows spilled to disk
-/// during rebuilds. Its agent ids are grouped in byte order, `COLLATE "C"`: the database's
-/// collation would compare them through the C library, for an order nothing reads; about a
-/// third of the sort's time on a window of 50,000.)
+/// Everything it needs is a typed column of `checkins` (docs/adr/0005): no report is parsed and
+/// none travels to this process; the row keeps the chosen report's sequence, not a copy of it
+/// (queries read it from the log). (Its agent ids are grouped in the window as they come, by
+/// `uuid` order: the agent list's rows are then updated in that order.)
 ///
-/// Each value is computed once per agent: every field of the chosen report is one path walk
-/// (`#>>`, which copies nothing on the way) named in exactly one assignment, and the collection
-/// time is the one parsed to choose the report. (With the report as a column of `u` and
-/// `u.report->>'hostname'` in each assignment, the planner inlined the report's expression into
-/// every assignment and comparison and extracted it about twenty times per agent; measured
-/// alone, the fold took 20.8 µs per check-in then and 12.7 now, BENCHMARKS.md.)
+/// Each agent's row is found through the agent list's primary key, one probe per agent of the
+/// window: hash and merge joins are switched off for the statement. Left to itself, the planner
+/// read the whole agent list and hashed it for every window, a cost that follows the fleet, not
+/// the window, and grows with the dead row versions the fold leaves behind: on a window of 450
+/// check-ins and 10,000 agents, 12.5 ms against 7.2 ms (BENCHMARKS.md).
 async fn fold_checkins(conn: &mut PgConnection, window: LogWindow) -> Result<(), sqlx::Error> {
     // Whether the folded report replaces the one shown: written out in each assignment rather
     // than computed in `u`, which would need a second lookup of the agent's row.
     let newer = "(a.last_collected_at IS NULL OR u.collected_at >= a.last_collected_at)";
     let fold = format!(
-        "WITH c AS MATERIALIZED ( \
-            SELECT aggregate_id COLLATE \"C\" AS aggregate_id, sequence, tid, \
-                   (metadata->>'recorded_at')::timestamptz AS recorded_at, \
-                   (payload #>> '{{AgentCheckedIn,report,collected_at}}')::timestamptz AS collected_at \
-              FROM {WINDOW_SQL} w \
-             WHERE aggregate_type = $6 AND event_type = 'AgentCheckedIn' \
-         ), folded AS ( \
-            SELECT DISTINCT ON (aggregate_id) aggregate_id, tid, sequence, collected_at, \
+        "WITH u AS ( \
+            SELECT DISTINCT ON (agent_id) agent_id, sequence, collected_at, hostname, agent_version, \
+                   os_family, os_name, os_version, kernel_version, arch, \
                    count(*) OVER agent AS n, max(recorded_at) OVER agent AS recorded_at \
-              FROM c WINDOW agent AS (PARTITION BY aggregate_id ORDER BY collected_at DESC, sequence DESC \
-                                      ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) \
-             ORDER BY aggregate_id, collected_at DESC, sequence DESC \
-         ), u AS ( \
-            SELECT f.aggregate_id::uuid AS agent_id, f.n, f.recorded_at, f.sequence, f.collected_at, \
-                   e.payload #>> '{{AgentCheckedIn,report,hostname}}' AS hostname, \
-                   e.payload #>> '{{AgentCheckedIn,report,agent_version}}' AS agent_version, \
-                   e.payload #>> '{{AgentCheckedIn,report,os,family}}' AS family, \
-                   e.payload #>> '{{AgentCheckedIn,report,os,name}}' AS name, \
-                   e.payload #>> '{{AgentCheckedIn,report,os,version}}' AS version, \
-                   e.payload #>> '{{AgentCheckedIn,report,os,kernel_version}}' AS kernel_version, \
-                   e.payload #>> '{{AgentCheckedIn,report,os,arch}}' AS arch \
-              FROM folded f JOIN events e ON e.ctid = f.tid \
+              FROM {CHECKINS_WINDOW_SQL} w \
+            WINDOW agent AS (PARTITION BY agent_id ORDER BY collected_at DESC, sequence DESC \
+                             ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) \
+             ORDER BY agent_id, collected_at DESC, sequence DESC \
          ) \
          UPDATE agents_view a SET \
             checkins = a.checkins + u.n, \
             last_checkin_at = GREATEST(a.last_checkin_at, u.recorded_at), \
             hostname = CASE WHEN {newer} THEN u.hostname ELSE a.hostname END, \
-            os_family = CASE WHEN {newer} THEN u.family ELSE a.os_family END, \
-            os_name = CASE WHEN {newer} THEN u.name ELSE a.os_name END, \
-            os_version = CASE WHEN {newer} THEN u.version ELSE a.os_version END, \
+            os_family = CASE WHEN {newer} THEN u.os_family ELSE a.os_family END, \
+            os_name = CASE WHEN {newer} THEN u.os_name ELSE a.os_name END, \
+            os_version = CASE WHEN {newer} THEN u.os_version ELSE a.os_version END, \
             kernel_version = CASE WHEN {newer} THEN u.kernel_version ELSE a.kernel_version END, \
             arch = CASE WHEN {newer} THEN u.arch ELSE a.arch END, \
             agent_version = CASE WHEN {newer} THEN u.agent_version ELSE a.agent_version END, \
@@ -261,11 +244,19 @@ async fn fold_checkins(conn: &mut PgConnection, window: LogWindow) -> Result<(),
            FROM u \
           WHERE a.agent_id = u.agent_id"
     );
-    window
-        .bind(sqlx::query(&fold))
-        .bind(CHECKIN_STREAM)
-        .execute(conn)
-        .await?;
+    // For the batch's transaction (`is_local`), and set back right after the fold.
+    sqlx::query(
+        "SELECT set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true)",
+    )
+    .execute(&mut *conn)
+    .await?;
+    window.bind(sqlx::query(&fold)).execute(&mut *conn).await?;
+    sqlx::query(
+        "SELECT set_config(name, reset_val, true) FROM pg_settings \
+          WHERE name IN ('enable_hashjoin', 'enable_mergejoin')",
+    )
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -424,9 +415,8 @@ const AGENT_COLUMNS: &str = "a.agent_id, a.client_id, c.name AS client_name, a.s
 /// keeps only its sequence); joined after the page is chosen so only its rows pay for it.
 fn report_join(row: &str) -> String {
     format!(
-        "LEFT JOIN LATERAL (SELECT e.payload->'AgentCheckedIn'->'report' AS latest_report FROM events e \
-          WHERE e.aggregate_type = '{CHECKIN_STREAM}' AND e.aggregate_id = {row}.agent_id::text \
-            AND e.sequence = {row}.latest_report_sequence) r ON true"
+        "LEFT JOIN LATERAL (SELECT k.payload->'AgentCheckedIn'->'report' AS latest_report FROM checkins k \
+          WHERE k.agent_id = {row}.agent_id AND k.sequence = {row}.latest_report_sequence) r ON true"
     )
 }
 

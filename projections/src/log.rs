@@ -7,13 +7,17 @@
 //! larger id, so no row can ever appear behind a cursor that a reader has passed: the reader
 //! skips nothing and sees nothing twice (docs/adr/0001-global-event-order.md).
 //!
+//! The log is two tables with one order: `checkins`, the agents' check-ins (most of the log),
+//! and `events`, everything else (postgres-es's table). Both draw `position` from one sequence
+//! and record `tx_id` alike; the view `log` shows them as one (docs/adr/0005). A reader that
+//! needs nothing of check-ins reads `events` alone.
+//!
 //! One consequence for writers: a transaction's id is assigned at its first write, so an append
 //! must be the first write of its transaction. Then an aggregate's later events always carry a
 //! larger `tx_id` than its earlier ones, and the global order agrees with every stream's order.
 
 use std::collections::HashMap;
 
-use logbook_domain::checkin::CHECKIN_STREAM;
 use logbook_domain::event_log::{DecodeError, LogbookEvent};
 use logbook_domain::metadata::{EventMetadata, MetadataError};
 use sqlx::{PgConnection, Row};
@@ -131,18 +135,17 @@ pub enum ReadFilter<'a> {
         /// that reports its lag; [`LogBatch::passed_over_recorded_at`]).
         times: bool,
     },
-    /// Check-ins are not read at all, not even as part of a window: the reader follows a
-    /// partial index that holds every other event (`events_log_order_beside_checkins`), so a
-    /// stream of check-ins costs it nothing. A batch that is not full ends at the newest event
+    /// Check-ins are not read at all, not even as part of a window: the reader reads the
+    /// `events` table, which holds every other event, so a stream of check-ins costs it
+    /// nothing. A batch that is not full ends at the newest event
     /// below the horizon, whatever its kind, so that the reader's cursor still reaches the end
     /// of the log. For readers that need nothing of check-ins.
     SkipCheckins,
 }
 
 /// A stretch of the log: the events after `after` up to `end`, `len` of them. A reader
-/// that passes over a kind of event in Rust can still handle that kind with SQL over the
-/// window, inside Postgres: select it as [`WINDOW_SQL`] does, in log order with a limit, or
-/// the planner may prefer to read every event of that kind in the log.
+/// that passes over check-ins in Rust can still handle them with SQL over the window, inside
+/// Postgres: [`CHECKINS_WINDOW_SQL`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogWindow {
     /// Where the window starts (exclusive).
@@ -154,17 +157,19 @@ pub struct LogWindow {
     pub len: Option<i64>,
 }
 
-/// The events of a [`LogWindow`] bound as `$1`..`$5` (`after.tx_id`, `after.position`,
-/// `end.tx_id`, `end.position`, `len`; a `NULL` limit is none), as a subquery to select from. Its `tid` column is each
-/// row's `ctid`: within the statement, `events.ctid = tid` fetches the row again without an
-/// index lookup (events are never updated, so it cannot move).
-pub const WINDOW_SQL: &str = "(SELECT ctid AS tid, * FROM events \
+/// The check-ins of a [`LogWindow`] bound as `$1`..`$5` (`after.tx_id`, `after.position`,
+/// `end.tx_id`, `end.position`, `len`; a `NULL` limit is none), as a subquery of the `checkins`
+/// table to select from: a range of its `checkins_log_order` index. (The order and the limit,
+/// which the window's bounds make redundant, are what make it that range: the planner cannot
+/// estimate how many rows a row comparison of `xid8`s selects, and without them it read the
+/// whole table.)
+pub const CHECKINS_WINDOW_SQL: &str = "(SELECT * FROM checkins \
     WHERE (tx_id, position) > ($1::bigint::text::xid8, $2) \
       AND (tx_id, position) <= ($3::bigint::text::xid8, $4) \
     ORDER BY tx_id, position LIMIT $5)";
 
 impl LogWindow {
-    /// Binds the window as `$1`..`$5` of [`WINDOW_SQL`].
+    /// Binds the window as `$1`..`$5` of [`CHECKINS_WINDOW_SQL`].
     pub fn bind<'q>(
         &self,
         query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
@@ -212,7 +217,7 @@ pub async fn read_batch(
         let rows = sqlx::query(
             "SELECT tx_id::text::bigint AS tx, position, aggregate_type, aggregate_id, sequence, \
                     event_type, event_version, metadata::text AS metadata, payload::text AS payload \
-               FROM events \
+               FROM log \
               WHERE (tx_id, position) > ($1::bigint::text::xid8, $2) \
                 AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
               ORDER BY tx_id, position \
@@ -240,14 +245,14 @@ pub async fn read_batch(
                 wanted, n, scanned, CASE WHEN n = scanned THEN passed_over END AS passed_over \
            FROM (SELECT w.*, row_number() OVER (ORDER BY w.tx_id, w.position) AS n, \
                         count(*) OVER () AS scanned, \
-                        array_agg(w.metadata->>'recorded_at') FILTER (WHERE NOT w.wanted AND $5) \
+                        array_agg(w.recorded_at) FILTER (WHERE NOT w.wanted AND $5) \
                             OVER () \
                             AS passed_over \
                    FROM (SELECT tx_id, position, aggregate_type, aggregate_id, sequence, event_type, \
-                                event_version, metadata, \
+                                event_version, metadata, recorded_at, \
                                 CASE WHEN aggregate_type = ANY($4) THEN NULL ELSE payload END AS payload, \
                                 aggregate_type <> ALL($4) AS wanted \
-                           FROM events \
+                           FROM log \
                           WHERE (tx_id, position) > ($1::bigint::text::xid8, $2) \
                             AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
                           ORDER BY tx_id, position \
@@ -268,13 +273,9 @@ pub async fn read_batch(
         batch.scanned = row.try_get::<i64, _>("scanned")? as usize;
         batch.end = Some((event.cursor, event.metadata.recorded_at));
         if row.try_get::<i64, _>("n")? as usize == batch.scanned {
-            let passed_over: Option<Vec<String>> = row.try_get("passed_over")?;
-            batch.passed_over_recorded_at = passed_over
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
-                .map(|at| at.to_utc())
-                .collect();
+            let passed_over: Option<Vec<chrono::DateTime<chrono::Utc>>> =
+                row.try_get("passed_over")?;
+            batch.passed_over_recorded_at = passed_over.unwrap_or_default();
         }
         if row.try_get::<bool, _>("wanted")? {
             batch.events.push(event);
@@ -283,43 +284,37 @@ pub async fn read_batch(
     Ok(batch)
 }
 
-/// The statement behind [`ReadFilter::SkipCheckins`]: up to `$3` events other than check-ins
-/// after the cursor, through the partial index that leaves check-ins out, then the newest event
-/// below the horizon (`wanted` false, no payload), found by walking the log's order index back
-/// from the horizon. Both halves see the same horizon: it is the statement's snapshot. (The
-/// second half's columns are qualified: its `ORDER BY` must name the table's `tx_id`, which the
-/// index holds, not the output column of the same name.)
-static BESIDE_CHECKINS_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!(
-        "SELECT * FROM ( \
+/// The statement behind [`ReadFilter::SkipCheckins`]: up to `$3` events after the cursor from
+/// `events` (every event but check-ins), then the newest event of the whole log below the
+/// horizon (`wanted` false, no payload), found by walking both tables' order indexes back from
+/// the horizon. Both halves see the same horizon: it is the statement's snapshot. (The second
+/// half's columns are qualified: its `ORDER BY` must name the view's `tx_id`, which the
+/// indexes hold, not the output column of the same name.)
+const BESIDE_CHECKINS_SQL: &str = "SELECT * FROM ( \
            (SELECT tx_id::text::bigint AS tx, position, aggregate_type, aggregate_id, sequence, \
                    event_type, event_version, metadata::text AS metadata, payload::text AS payload, \
                    true AS wanted \
               FROM events \
-             WHERE aggregate_type <> '{checkins}' \
-               AND (tx_id, position) > ($1::bigint::text::xid8, $2) \
+             WHERE (tx_id, position) > ($1::bigint::text::xid8, $2) \
                AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
              ORDER BY tx_id, position \
              LIMIT $3) \
            UNION ALL \
            (SELECT e.tx_id::text::bigint, e.position, e.aggregate_type, e.aggregate_id, \
                    e.sequence, e.event_type, e.event_version, e.metadata::text, NULL, false \
-              FROM events e \
+              FROM log e \
              WHERE (e.tx_id, e.position) > ($1::bigint::text::xid8, $2) \
                AND e.tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
              ORDER BY e.tx_id DESC, e.position DESC \
              LIMIT 1)) batch \
-         ORDER BY tx, position, wanted DESC",
-        checkins = CHECKIN_STREAM
-    )
-});
+         ORDER BY tx, position, wanted DESC";
 
 async fn read_beside_checkins(
     conn: &mut PgConnection,
     after: LogCursor,
     limit: i64,
 ) -> Result<LogBatch, LogError> {
-    let rows = sqlx::query(&BESIDE_CHECKINS_SQL)
+    let rows = sqlx::query(BESIDE_CHECKINS_SQL)
         .bind(after.tx_id)
         .bind(after.position)
         .bind(limit)
@@ -412,7 +407,7 @@ pub async fn has_events_beyond_horizon(
     // Not `EXISTS`: the planner misjudges row comparisons and would scan the table from its
     // start; ordering by the index makes it look at the cursor's place only.
     let sql = match filter {
-        ReadFilter::SkipCheckins => &*NEXT_BESIDE_CHECKINS_SQL,
+        ReadFilter::SkipCheckins => NEXT_BESIDE_CHECKINS_SQL,
         _ => NEXT_SQL,
     };
     let next: Option<i64> = sqlx::query_scalar(sql)
@@ -423,17 +418,12 @@ pub async fn has_events_beyond_horizon(
     Ok(next.is_some())
 }
 
-const NEXT_SQL: &str = "SELECT position FROM events WHERE (tx_id, position) > ($1::bigint::text::xid8, $2) \
+const NEXT_SQL: &str = "SELECT position FROM log WHERE (tx_id, position) > ($1::bigint::text::xid8, $2) \
                           ORDER BY tx_id, position LIMIT 1";
 
-/// [`NEXT_SQL`] through the partial index that leaves check-ins out (its predicate is written
-/// out, not bound, so that the planner can use the index).
-static NEXT_BESIDE_CHECKINS_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!(
-        "SELECT position FROM events WHERE aggregate_type <> '{CHECKIN_STREAM}' \
-            AND (tx_id, position) > ($1::bigint::text::xid8, $2) ORDER BY tx_id, position LIMIT 1"
-    )
-});
+/// [`NEXT_SQL`] in `events` alone, which holds every event but check-ins.
+const NEXT_BESIDE_CHECKINS_SQL: &str = "SELECT position FROM events \
+    WHERE (tx_id, position) > ($1::bigint::text::xid8, $2) ORDER BY tx_id, position LIMIT 1";
 
 /// Whether a committed event of one of `event_types` (none of them check-ins) lies after
 /// `after` but beyond the horizon: [`has_events_beyond_horizon`] for a reader that waits only
@@ -443,44 +433,34 @@ pub async fn has_events_of_types_beyond_horizon(
     after: LogCursor,
     event_types: &[&str],
 ) -> Result<bool, sqlx::Error> {
-    let next: Option<i64> = sqlx::query_scalar(&NEXT_OF_TYPES_BESIDE_CHECKINS_SQL)
-        .bind(after.tx_id)
-        .bind(after.position)
-        .bind(event_types)
-        .fetch_optional(conn)
-        .await?;
+    let next: Option<i64> = sqlx::query_scalar(
+        "SELECT position FROM events \
+          WHERE (tx_id, position) > ($1::bigint::text::xid8, $2) AND event_type = ANY($3) \
+          ORDER BY tx_id, position LIMIT 1",
+    )
+    .bind(after.tx_id)
+    .bind(after.position)
+    .bind(event_types)
+    .fetch_optional(conn)
+    .await?;
     Ok(next.is_some())
 }
-
-/// [`NEXT_BESIDE_CHECKINS_SQL`] for events of the types `$3` only.
-static NEXT_OF_TYPES_BESIDE_CHECKINS_SQL: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| {
-        format!(
-            "SELECT position FROM events WHERE aggregate_type <> '{CHECKIN_STREAM}' \
-                AND (tx_id, position) > ($1::bigint::text::xid8, $2) AND event_type = ANY($3) \
-              ORDER BY tx_id, position LIMIT 1"
-        )
-    });
 
 /// How many events of the log a reader with `filter` reads or passes over: all of them, or with
 /// [`ReadFilter::SkipCheckins`] those that are not check-ins.
 pub async fn count(conn: &mut PgConnection, filter: ReadFilter<'_>) -> Result<u64, sqlx::Error> {
     let sql = match filter {
-        ReadFilter::SkipCheckins => {
-            format!("SELECT count(*) FROM events WHERE aggregate_type <> '{CHECKIN_STREAM}'")
-        }
-        ReadFilter::Everything | ReadFilter::PassOver { .. } => {
-            "SELECT count(*) FROM events".to_string()
-        }
+        ReadFilter::SkipCheckins => "SELECT count(*) FROM events",
+        ReadFilter::Everything | ReadFilter::PassOver { .. } => "SELECT count(*) FROM log",
     };
-    let count: i64 = sqlx::query_scalar(&sql).fetch_one(conn).await?;
+    let count: i64 = sqlx::query_scalar(sql).fetch_one(conn).await?;
     Ok(count as u64)
 }
 
 /// The newest committed event of the log (the start when it is empty).
 pub async fn end(conn: &mut PgConnection) -> Result<LogCursor, sqlx::Error> {
     let row = sqlx::query(
-        "SELECT tx_id::text::bigint AS tx, position FROM events \
+        "SELECT tx_id::text::bigint AS tx, position FROM log \
           ORDER BY tx_id DESC, position DESC LIMIT 1",
     )
     .fetch_optional(conn)
@@ -502,13 +482,14 @@ pub async fn backlog(
     cap: i64,
     filter: ReadFilter<'_>,
 ) -> Result<(i64, Option<chrono::DateTime<chrono::Utc>>), sqlx::Error> {
-    let beside = match filter {
-        ReadFilter::SkipCheckins => format!("aggregate_type <> '{CHECKIN_STREAM}' AND"),
-        _ => String::new(),
+    // `events` holds every event but check-ins; `log` both.
+    let table = match filter {
+        ReadFilter::SkipCheckins => "events",
+        _ => "log",
     };
     let count: i64 = sqlx::query_scalar(&format!(
-        "SELECT count(*) FROM (SELECT 1 FROM events \
-          WHERE {beside} (tx_id, position) > ($1::bigint::text::xid8, $2) ORDER BY tx_id, position LIMIT $3) pending"
+        "SELECT count(*) FROM (SELECT 1 FROM {table} \
+          WHERE (tx_id, position) > ($1::bigint::text::xid8, $2) ORDER BY tx_id, position LIMIT $3) pending"
     ))
     .bind(after.tx_id)
     .bind(after.position)
@@ -519,8 +500,8 @@ pub async fn backlog(
         return Ok((0, None));
     }
     let oldest = sqlx::query_scalar(&format!(
-        "SELECT (metadata->>'recorded_at')::timestamptz FROM events \
-          WHERE {beside} (tx_id, position) > ($1::bigint::text::xid8, $2) ORDER BY tx_id, position LIMIT 1"
+        "SELECT (metadata->>'recorded_at')::timestamptz FROM {table} \
+          WHERE (tx_id, position) > ($1::bigint::text::xid8, $2) ORDER BY tx_id, position LIMIT 1"
     ))
     .bind(after.tx_id)
     .bind(after.position)

@@ -168,7 +168,7 @@ const CHECKIN_EVENT: &str = "AgentCheckedIn";
 /// Reads a page of an agent's timeline, newest first.
 ///
 /// The page merges two sources in log order: the timeline's index for every event about the
-/// agent except its check-ins, and the agent's check-in stream in the log itself. The check-in
+/// agent except its check-ins, and the agent's check-ins in the log's `checkins` table. The check-in
 /// stream needs no index of its own: each agent's check-ins are numbered in the order they
 /// commit (the ingest numbers a check-in after the one before it is visible, in a later
 /// transaction), so walking the stream's primary key backwards walks them in log order. When
@@ -200,28 +200,26 @@ pub async fn agent_timeline(
              ORDER BY t.tx_id DESC, t.position DESC \
              LIMIT $7 \
          ), checkins AS MATERIALIZED ( \
-            SELECT e.tx_id, e.position, e.aggregate_type, e.sequence, e.event_type, \
-                   e.metadata->>'actor' AS actor, (e.metadata->>'recorded_at')::timestamptz AS recorded_at, \
-                   e.payload, e.metadata \
-              FROM events e \
+            SELECT k.tx_id, k.position, '{CHECKIN_STREAM}'::text AS aggregate_type, k.sequence, \
+                   '{CHECKIN_EVENT}'::text AS event_type, k.metadata->>'actor' AS actor, k.recorded_at, \
+                   k.payload, k.metadata \
+              FROM checkins k \
              WHERE (cardinality($4::text[]) = 0 OR '{CHECKIN_EVENT}' = ANY($4)) \
-               AND e.aggregate_type = '{CHECKIN_STREAM}' AND e.aggregate_id = $1::text \
-               AND e.sequence < COALESCE( \
-                     (SELECT b.sequence FROM events b \
-                       WHERE b.tx_id = $2::bigint::text::xid8 AND b.position = $3 \
-                         AND b.aggregate_type = '{CHECKIN_STREAM}' AND b.aggregate_id = $1::text), \
+               AND k.agent_id = $1 \
+               AND k.sequence < COALESCE( \
+                     (SELECT b.sequence FROM checkins b \
+                       WHERE b.tx_id = $2::bigint::text::xid8 AND b.position = $3 AND b.agent_id = $1), \
                      9223372036854775807) \
-               AND (e.tx_id, e.position) < ($2::bigint::text::xid8, $3) \
-               AND (cardinality($4::text[]) = 0 OR e.event_type = ANY($4)) \
-               AND ($5::timestamptz IS NULL OR (e.metadata->>'recorded_at')::timestamptz >= $5) \
-               AND ($6::timestamptz IS NULL OR (e.metadata->>'recorded_at')::timestamptz < $6) \
-             ORDER BY e.sequence DESC \
+               AND (k.tx_id, k.position) < ($2::bigint::text::xid8, $3) \
+               AND ($5::timestamptz IS NULL OR k.recorded_at >= $5) \
+               AND ($6::timestamptz IS NULL OR k.recorded_at < $6) \
+             ORDER BY k.sequence DESC \
              LIMIT $7 \
          ) \
          SELECT page.tx_id::text::bigint AS tx, page.position, page.aggregate_type, page.sequence, \
                 page.event_type, page.actor, page.recorded_at, page.payload, page.metadata FROM ( \
             SELECT t.tx_id, t.position, t.aggregate_type, t.sequence, t.event_type, t.actor, \
-                   t.recorded_at, e.payload, e.metadata \
+                   t.recorded_at, e.payload::json, e.metadata::json \
               FROM others t \
               JOIN events e ON e.aggregate_type = t.aggregate_type AND e.aggregate_id = t.aggregate_id \
                            AND e.sequence = t.sequence \

@@ -59,12 +59,20 @@ async fn concurrent_writers_with_delays_and_rollbacks_lose_nothing() {
     const WRITERS: usize = 12;
     const TXS_PER_WRITER: usize = 40;
 
-    // A third of the writers append check-ins, which the second reader skips.
+    // A third of the writers append check-ins (to agents whose ids are uuids), which the
+    // second reader skips.
     let stream_type = |w: usize| {
         if w.is_multiple_of(3) {
             CHECKIN_STREAM
         } else {
             "test_stream"
+        }
+    };
+    let stream_id = move |w: usize| {
+        if stream_type(w) == CHECKIN_STREAM {
+            Uuid::from_u128(w as u128).to_string()
+        } else {
+            format!("writer-{w}")
         }
     };
     let committed: Arc<Mutex<HashSet<(String, i64)>>> = Arc::default();
@@ -73,7 +81,7 @@ async fn concurrent_writers_with_delays_and_rollbacks_lose_nothing() {
         let pool = db.pool.clone();
         let committed = committed.clone();
         writers.push(tokio::spawn(async move {
-            let stream = format!("writer-{w}");
+            let stream = stream_id(w);
             let mut next_seq = 1i64;
             for _ in 0..TXS_PER_WRITER {
                 let (events, delay_ms, rollback) = {
@@ -157,7 +165,7 @@ async fn concurrent_writers_with_delays_and_rollbacks_lose_nothing() {
     check_read(&seen, &committed);
     let without_checkins: HashSet<_> = committed
         .iter()
-        .filter(|(stream, _)| stream_type(stream[7..].parse().expect("writer")) != CHECKIN_STREAM)
+        .filter(|(stream, _)| stream.starts_with("writer-"))
         .cloned()
         .collect();
     check_read(&seen_beside_checkins, &without_checkins);
@@ -392,8 +400,9 @@ async fn a_reader_skipping_checkins_reads_every_other_event_and_ends_at_the_newe
         ("wanted", 2),
         (CHECKIN_STREAM, 7),
     ];
+    let agent = Uuid::new_v4().to_string();
     for (stream, seq) in order {
-        append(&mut tx, stream, "a", seq).await;
+        append(&mut tx, stream, &agent, seq).await;
     }
     tx.commit().await.expect("commit");
     let mut conn = db.pool.acquire().await.expect("connection");

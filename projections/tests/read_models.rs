@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use common::report;
 use logbook_domain::agent::{AgentEvent, AgentIdentity};
-use logbook_domain::checkin::{CHECKIN_STREAM, CheckinEvent, CheckinReport};
+use logbook_domain::checkin::CheckinReport;
 use logbook_domain::client::ClientEvent;
 use logbook_domain::ids::*;
 use logbook_domain::secret::SecretHash;
@@ -103,15 +103,11 @@ async fn check_in(
     report: CheckinReport,
     recorded_at: DateTime<Utc>,
 ) {
-    common::append(
+    common::append_report(
         &mut *conn(pool).await,
-        CHECKIN_STREAM,
         &agent.to_string(),
         seq,
-        &CheckinEvent::AgentCheckedIn {
-            checkin_id: CheckinId::from(Uuid::new_v4()),
-            report,
-        },
+        report,
         recorded_at,
     )
     .await;

@@ -38,11 +38,25 @@ impl std::fmt::Debug for TestDb {
 impl TestDb {
     /// Creates a migrated database for this test.
     pub async fn new() -> Self {
+        Self::create(true).await
+    }
+
+    /// Creates an empty database for this test, with no migration applied (for tests of the
+    /// migrations themselves).
+    pub async fn empty() -> Self {
+        Self::create(false).await
+    }
+
+    async fn create(migrated: bool) -> Self {
         let server = server_url();
         let base: PgConnectOptions = server
             .parse()
             .unwrap_or_else(|e| panic!("LOGBOOK_TEST_DATABASE_URL {server:?} is invalid: {e}"));
-        let template = ensure_template(&base).await;
+        let template = if migrated {
+            ensure_template(&base).await
+        } else {
+            "template0".to_string()
+        };
         let name = format!("logbook_test_{}", uuid::Uuid::new_v4().simple());
         let mut admin = connect(&base).await;
         admin

@@ -1,6 +1,7 @@
 //! `checkin`: N simulated agents checking in over HTTP as fast as the gateway takes it, then at
 //! a fixed rate; and, in the same run and on the same database, the plain cqrs-es path
-//! (`CqrsFramework::execute` with postgres-es) and a raw batched `INSERT` into the same table.
+//! (`CqrsFramework::execute` with postgres-es, which writes postgres-es's `events` table) and a
+//! raw batched `INSERT` into the table the gateway's check-ins go to (`checkins`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -530,12 +531,15 @@ async fn cqrs_execute(pool: &PgPool, aggregates: usize, duration: Duration) -> a
     Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
 }
 
-/// Multi-row `INSERT ... SELECT FROM unnest` of 500 events per statement from 16 tasks.
+/// Multi-row `INSERT ... SELECT FROM unnest` of 500 check-ins per statement from 16 tasks, into
+/// the table the gateway's check-ins go to (`checkins`), with the same columns, the payload
+/// and metadata as the gateway sends them, and nothing else: no authentication, no numbering.
 async fn raw_insert(pool: &PgPool, duration: Duration) -> anyhow::Result<f64> {
     const BATCH: usize = 500;
-    let payload = serde_json::to_string(&PlainEvent::CheckedIn {
-        checkin_id: uuid::Uuid::nil(),
-        report: domain_report(0),
+    let report = domain_report(0);
+    let payload = serde_json::to_string(&logbook_domain::checkin::CheckinEvent::AgentCheckedIn {
+        checkin_id: uuid::Uuid::nil().into(),
+        report: report.clone(),
     })?;
     let meta = serde_json::to_string(&metadata("00000000-0000-0000-0000-000000000000"))?;
     let done = Arc::new(AtomicU64::new(0));
@@ -546,20 +550,36 @@ async fn raw_insert(pool: &PgPool, duration: Duration) -> anyhow::Result<f64> {
         let done = done.clone();
         let payload = payload.clone();
         let meta = meta.clone();
+        let report = report.clone();
         tokio::spawn(async move {
-            let stream = uuid::Uuid::now_v7().to_string();
+            let agent = uuid::Uuid::now_v7();
             let mut next = 1i64;
             while Instant::now() < deadline {
                 let sequences: Vec<i64> = (next..next + BATCH as i64).collect();
+                let ids: Vec<uuid::Uuid> = (0..BATCH).map(|_| uuid::Uuid::now_v7()).collect();
+                let payloads = vec![payload.as_str(); BATCH];
+                let metas = vec![meta.as_str(); BATCH];
                 next += BATCH as i64;
                 sqlx::query(
-                    "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
-                     SELECT 'bench_raw', $1, s, 'CheckedIn', '1', $2::jsonb, $3::jsonb FROM unnest($4::bigint[]) s",
+                    "INSERT INTO checkins (agent_id, sequence, checkin_id, recorded_at, collected_at, hostname, \
+                                           os_family, os_name, os_version, kernel_version, arch, agent_version, \
+                                           payload, metadata) \
+                     SELECT $1, s, id, now(), $2, $3, $4, $5, $6, $7, $8, $9, p::json, m::json \
+                       FROM unnest($10::bigint[], $11::uuid[], $12::text[], $13::text[]) AS i(s, id, p, m)",
                 )
-                .bind(&stream)
-                .bind(&payload)
-                .bind(&meta)
+                .bind(agent)
+                .bind(report.collected_at)
+                .bind(&report.hostname)
+                .bind(&report.os.family)
+                .bind(&report.os.name)
+                .bind(&report.os.version)
+                .bind(&report.os.kernel_version)
+                .bind(&report.os.arch)
+                .bind(&report.agent_version)
                 .bind(&sequences)
+                .bind(&ids)
+                .bind(&payloads)
+                .bind(&metas)
                 .execute(&pool)
                 .await?;
                 done.fetch_add(BATCH as u64, Ordering::Relaxed);
@@ -635,7 +655,7 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
     let mut raw_insert_runs = Vec::new();
     for run in 1..=options.runs {
         ui::step(&format!(
-            "CqrsFramework::execute, same table (run {run} of {})",
+            "CqrsFramework::execute into events (run {run} of {})",
             options.runs
         ));
         cqrs_execute_runs.push(
@@ -648,7 +668,7 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
             .context("the CqrsFramework::execute path")?,
         );
         ui::step(&format!(
-            "raw batched INSERT, same table (run {run} of {})",
+            "raw batched INSERT into checkins (run {run} of {})",
             options.runs
         ));
         raw_insert_runs.push(

@@ -51,7 +51,7 @@ pub(crate) struct Results {
 
 /// Writes check-in events in bulk until the log holds `target` events.
 async fn fill(db: &BenchDb, agents: &[SimAgent], target: u64) -> anyhow::Result<i64> {
-    let mut have: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+    let mut have: i64 = sqlx::query_scalar("SELECT count(*) FROM log")
         .fetch_one(&db.pool)
         .await?;
     if have as u64 >= target {
@@ -71,14 +71,16 @@ async fn fill(db: &BenchDb, agents: &[SimAgent], target: u64) -> anyhow::Result<
     while (have as u64) < target {
         let per_round = ids.len() as i64;
         sqlx::query(
-            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
-             SELECT 'agent_checkins', a.id, \
-                    COALESCE((SELECT max(sequence) FROM events e WHERE e.aggregate_type = 'agent_checkins' AND e.aggregate_id = a.id), 0) + 1, \
-                    'AgentCheckedIn', '1', \
-                    jsonb_set($2::jsonb, '{AgentCheckedIn,checkin_id}', to_jsonb(gen_random_uuid()::text)), \
-                    jsonb_build_object('actor', 'agent:' || a.id, 'correlation_id', gen_random_uuid()::text, \
-                                       'request_id', 'bench', 'recorded_at', to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')) \
-               FROM unnest($1::text[]) AS a(id)",
+            "INSERT INTO checkins (agent_id, sequence, checkin_id, recorded_at, collected_at, hostname, os_family, \
+                                   os_name, os_version, kernel_version, arch, agent_version, payload, metadata) \
+             SELECT a.id::uuid, \
+                    COALESCE((SELECT max(k.sequence) FROM checkins k WHERE k.agent_id = a.id::uuid), 0) + 1, \
+                    c.id, clock_timestamp(), '2026-01-01T00:00:00Z', 'sim', 'linux', 'Debian GNU/Linux', '12', \
+                    '6.1.0', 'x86_64', '0.1.0', \
+                    replace($2, '00000000-0000-0000-0000-000000000000', c.id::text)::json, \
+                    json_build_object('actor', 'agent:' || a.id, 'correlation_id', c.id::text, \
+                                      'request_id', 'bench', 'recorded_at', to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')) \
+               FROM unnest($1::text[]) AS a(id) CROSS JOIN LATERAL (SELECT gen_random_uuid() AS id) c",
         )
         .bind(&ids)
         .bind(&report)
@@ -88,7 +90,9 @@ async fn fill(db: &BenchDb, agents: &[SimAgent], target: u64) -> anyhow::Result<
         bar.set_position(have as u64);
     }
     bar.finish_and_clear();
-    sqlx::query("ANALYZE events").execute(&db.pool).await?;
+    sqlx::query("ANALYZE events, checkins")
+        .execute(&db.pool)
+        .await?;
     Ok(have)
 }
 
@@ -154,7 +158,7 @@ async fn time_queries(gateway: &Gateway, paths: &[String], n: usize) -> Latencie
 /// rebuilds above cover the agent list and the timeline, the others start from where the fill
 /// left them, and queries measured while they catch up would measure the catching up.
 async fn caught_up(db: &BenchDb) -> anyhow::Result<()> {
-    let end: i64 = sqlx::query_scalar("SELECT COALESCE(max(position), 0) FROM events")
+    let end: i64 = sqlx::query_scalar("SELECT COALESCE(max(position), 0) FROM log")
         .fetch_one(&db.pool)
         .await?;
     let bar = ui::bar("live projections catching up");

@@ -11,7 +11,7 @@ use super::auth::{AgentCredential, RequestId};
 use super::error::{ApiError, ErrorBody};
 use super::wire::{Reply, Wire};
 use crate::convert;
-use crate::ingest::{IngestError, Submission};
+use crate::ingest::{CheckinFacts, IngestError, Submission};
 
 /// How long a new agent's job consumer waits for the job streams of a gateway still starting.
 const CONSUMER_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -172,12 +172,10 @@ pub(super) async fn checkin(
     // Written into a buffer the size of a typical event (about 1.1 KiB), where
     // `serde_json::to_string` would start at 128 bytes and grow and copy four times.
     let mut payload = Vec::with_capacity(PAYLOAD_CAPACITY);
-    serde_json::to_writer(
-        &mut payload,
-        &CheckinEvent::AgentCheckedIn { checkin_id, report },
-    )
-    .map_err(ApiError::internal)?;
+    let event = CheckinEvent::AgentCheckedIn { checkin_id, report };
+    serde_json::to_writer(&mut payload, &event).map_err(ApiError::internal)?;
     let payload = String::from_utf8(payload).map_err(ApiError::internal)?;
+    let CheckinEvent::AgentCheckedIn { report, .. } = event;
     let recorded = state
         .ingest()
         .submit(Submission {
@@ -185,6 +183,7 @@ pub(super) async fn checkin(
             credential,
             checkin_id,
             payload,
+            facts: CheckinFacts::of(report),
             request_id,
         })
         .await

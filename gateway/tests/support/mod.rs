@@ -248,8 +248,9 @@ impl TestApp {
         .await
     }
 
+    /// Events in the whole log, check-ins included.
     pub async fn event_count(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM events")
+        sqlx::query_scalar("SELECT count(*) FROM log")
             .fetch_one(&self.db.pool)
             .await
             .expect("count")

@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use logbook_domain::checkin::{
-    CHECKIN_STREAM, CheckinEvent, CheckinReport, CpuInfo, DiskUsage, MemoryInfo, OsInfo,
+    CheckinEvent, CheckinReport, CpuInfo, DiskUsage, MemoryInfo, OsInfo,
 };
 use logbook_domain::cqrs_es::DomainEvent;
 use logbook_domain::ids::CheckinId;
@@ -86,17 +86,52 @@ pub fn report(hostname: &str, collected_at: DateTime<Utc>, used_gib: u64) -> Che
     }
 }
 
-/// Appends one check-in of agent `agent_id` (its `sequence`th) as the first write of its own
-/// statement.
+/// Appends one check-in of agent `agent_id` (a uuid; its `sequence`th) as the first write of its
+/// own statement, as the gateway's ingest writes it.
 pub async fn append_checkin(
     conn: &mut PgConnection,
     agent_id: &str,
     sequence: i64,
     at: DateTime<Utc>,
 ) {
+    append_report(conn, agent_id, sequence, report("host", at, 1), at).await;
+}
+
+/// Appends `report` as check-in `sequence` of agent `agent_id`, recorded at `at`, as the first
+/// write of its own statement.
+pub async fn append_report(
+    conn: &mut PgConnection,
+    agent_id: &str,
+    sequence: i64,
+    report: CheckinReport,
+    at: DateTime<Utc>,
+) {
+    let checkin_id = CheckinId::from(Uuid::new_v4());
     let event = CheckinEvent::AgentCheckedIn {
-        checkin_id: CheckinId::from(Uuid::new_v4()),
-        report: report("host", at, 1),
+        checkin_id,
+        report: report.clone(),
     };
-    append(conn, CHECKIN_STREAM, agent_id, sequence, &event, at).await;
+    sqlx::query(
+        "INSERT INTO checkins (agent_id, sequence, checkin_id, recorded_at, collected_at, hostname, \
+                               os_family, os_name, os_version, kernel_version, arch, agent_version, \
+                               payload, metadata) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::json, $14::json)",
+    )
+    .bind(Uuid::parse_str(agent_id).expect("a check-in's agent id is a uuid"))
+    .bind(sequence)
+    .bind(checkin_id.as_uuid())
+    .bind(at)
+    .bind(report.collected_at)
+    .bind(&report.hostname)
+    .bind(&report.os.family)
+    .bind(&report.os.name)
+    .bind(&report.os.version)
+    .bind(&report.os.kernel_version)
+    .bind(&report.os.arch)
+    .bind(&report.agent_version)
+    .bind(serde_json::to_string(&event).expect("payload json"))
+    .bind(metadata(at).to_string())
+    .execute(conn)
+    .await
+    .expect("append check-in");
 }
