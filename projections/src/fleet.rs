@@ -244,17 +244,23 @@ async fn fold_checkins(conn: &mut PgConnection, window: LogWindow) -> Result<(),
            FROM u \
           WHERE a.agent_id = u.agent_id"
     );
-    // For the batch's transaction (`is_local`), and set back right after the fold.
-    sqlx::query(
-        "SELECT set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true)",
+    // For the batch's transaction (`is_local`), and set back right after the fold to what they
+    // were (read first: the `MATERIALIZED` step runs before the settings change).
+    let (hashjoin, mergejoin): (String, String) = sqlx::query_as(
+        "WITH before AS MATERIALIZED ( \
+            SELECT current_setting('enable_hashjoin') AS h, current_setting('enable_mergejoin') AS m) \
+         SELECT h, m FROM before \
+          WHERE set_config('enable_hashjoin', 'off', true) IS NOT NULL \
+            AND set_config('enable_mergejoin', 'off', true) IS NOT NULL",
     )
-    .execute(&mut *conn)
+    .fetch_one(&mut *conn)
     .await?;
     window.bind(sqlx::query(&fold)).execute(&mut *conn).await?;
     sqlx::query(
-        "SELECT set_config(name, reset_val, true) FROM pg_settings \
-          WHERE name IN ('enable_hashjoin', 'enable_mergejoin')",
+        "SELECT set_config('enable_hashjoin', $1, true), set_config('enable_mergejoin', $2, true)",
     )
+    .bind(hashjoin)
+    .bind(mergejoin)
     .execute(conn)
     .await?;
     Ok(())

@@ -805,3 +805,29 @@ async fn two_competing_runners_apply_every_event_exactly_once() {
     assert_eq!(checkins, 200);
     assert_eq!(row.checkins, 200, "an event was applied twice");
 }
+
+#[tokio::test]
+async fn folding_checkins_leaves_the_planner_settings_of_the_transaction_as_they_were() {
+    let db = TestDb::new().await;
+    let mut tx = db.pool.begin().await.expect("begin");
+    let window = logbook_projections::log::LogWindow {
+        after: logbook_projections::log::LogCursor::START,
+        end: logbook_projections::log::LogCursor::START,
+        len: Some(0),
+    };
+    sqlx::query("SET LOCAL enable_mergejoin = off")
+        .execute(&mut *tx)
+        .await
+        .expect("set");
+    FleetProjection
+        .apply(&mut tx, &[], window)
+        .await
+        .expect("apply");
+    let settings: (String, String) = sqlx::query_as(
+        "SELECT current_setting('enable_hashjoin'), current_setting('enable_mergejoin')",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .expect("settings");
+    assert_eq!(settings, ("on".to_string(), "off".to_string()));
+}
