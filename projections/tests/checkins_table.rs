@@ -5,27 +5,14 @@
 mod common;
 
 use chrono::{DateTime, Duration, Utc};
+use common::{Ping, read_all};
 use logbook_domain::checkin::{CHECKIN_STREAM, CheckinEvent};
-use logbook_domain::cqrs_es::DomainEvent;
 use logbook_domain::event_log::LogbookEvent;
 use logbook_domain::ids::CheckinId;
-use logbook_projections::log::{self, LogCursor};
+use logbook_projections::log;
 use logbook_testkit::TestDb;
-use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use uuid::Uuid;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Ping(u32);
-
-impl DomainEvent for Ping {
-    fn event_type(&self) -> String {
-        "Ping".into()
-    }
-    fn event_version(&self) -> String {
-        "1".into()
-    }
-}
 
 /// A check-in as releases before 0011 recorded it: a row of `events`, with its id as the
 /// idempotency key (or, `keyed` false, only in its payload).
@@ -52,22 +39,6 @@ async fn old_checkin(
     .execute(conn)
     .await
     .expect("old check-in");
-}
-
-/// The whole log once it holds `count` readable events: other tests' transactions on the same
-/// server can hold the horizon back for a moment.
-async fn read_all(conn: &mut PgConnection, count: usize) -> Vec<log::StoredEvent> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let all = log::read_after(conn, LogCursor::START, 100)
-            .await
-            .expect("read the log");
-        if all.len() == count || std::time::Instant::now() > deadline {
-            assert_eq!(all.len(), count);
-            return all;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
 }
 
 /// Sequence, check-in id, hostname, collected at, recorded at, OS name.

@@ -7,25 +7,13 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{Ping, read_all};
 use logbook_domain::checkin::CHECKIN_STREAM;
 use logbook_projections::log::{self, LogCursor};
 use logbook_testkit::TestDb;
 use rand::Rng;
-use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use uuid::Uuid;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Ping(u32);
-
-impl logbook_domain::cqrs_es::DomainEvent for Ping {
-    fn event_type(&self) -> String {
-        "Ping".into()
-    }
-    fn event_version(&self) -> String {
-        "1".into()
-    }
-}
 
 /// Appends a ping, or a check-in when `aggregate_type` is the check-ins'.
 async fn append(conn: &mut sqlx::PgConnection, aggregate_type: &str, id: &str, seq: i64) {
@@ -34,22 +22,6 @@ async fn append(conn: &mut sqlx::PgConnection, aggregate_type: &str, id: &str, s
         common::append_checkin(conn, id, seq, now).await;
     } else {
         common::append(conn, aggregate_type, id, seq, &Ping(seq as u32), now).await;
-    }
-}
-
-/// The whole log once it holds `count` readable events: other tests' transactions on the same
-/// server can hold the horizon back for a moment.
-async fn read_all(conn: &mut sqlx::PgConnection, count: usize) -> Vec<log::StoredEvent> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let all = log::read_after(conn, LogCursor::START, 100)
-            .await
-            .expect("read");
-        if all.len() == count || std::time::Instant::now() > deadline {
-            assert_eq!(all.len(), count);
-            return all;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -11,8 +11,39 @@ use logbook_domain::cqrs_es::DomainEvent;
 use logbook_domain::ids::CheckinId;
 use logbook_domain::ids::CorrelationId;
 use logbook_domain::metadata::{Actor, EventMetadata};
+use logbook_projections::log::{self, LogCursor};
+use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use uuid::Uuid;
+
+/// An event of no aggregate of the domain, for tests of the log itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ping(pub u32);
+
+impl DomainEvent for Ping {
+    fn event_type(&self) -> String {
+        "Ping".into()
+    }
+    fn event_version(&self) -> String {
+        "1".into()
+    }
+}
+
+/// The whole log once it holds `count` readable events: other tests' transactions on the same
+/// server can hold the horizon back for a moment.
+pub async fn read_all(conn: &mut PgConnection, count: usize) -> Vec<log::StoredEvent> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let all = log::read_after(conn, LogCursor::START, 100)
+            .await
+            .expect("read the log");
+        if all.len() == count || std::time::Instant::now() > deadline {
+            assert_eq!(all.len(), count);
+            return all;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
 
 pub fn metadata(at: DateTime<Utc>) -> serde_json::Value {
     let meta = EventMetadata {
