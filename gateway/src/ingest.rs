@@ -461,7 +461,8 @@ enum Outcome {
 /// `LATERAL ... LIMIT 1` keeps the planner from hashing the whole credentials table for a small
 /// batch), so its cost follows the batch, not the fleet. The report's fields that the agent list
 /// shows arrive as columns of their own (`$8`..`$15`), so that nothing in Postgres parses the
-/// report; the payload is checked as JSON and stored as its text (`checkins.payload` is `json`).
+/// report; the payload is stored as the text the gateway serialized (`checkins.payload` is
+/// `text`: migration 0012), the metadata checked as JSON.
 const APPEND_SQL: &str = "\
 WITH authed AS ( \
     SELECT i.* FROM unnest($1::uuid[], $2::bytea[], $3::uuid[], $4::text[], $5::text[], $6::int[], $7::bigint[], \
@@ -487,7 +488,7 @@ WITH authed AS ( \
 INSERT INTO checkins (agent_id, sequence, checkin_id, recorded_at, collected_at, hostname, os_family, os_name, \
                       os_version, kernel_version, arch, agent_version, payload, metadata) \
 SELECT agent_id, seq, checkin_id, $16, collected_at, hostname, os_family, os_name, os_version, kernel_version, \
-       arch, agent_version, payload::json, metadata::json \
+       arch, agent_version, payload, metadata::json \
   FROM numbered ORDER BY numbered.agent_id, numbered.ord \
 RETURNING agent_id, sequence, checkin_id";
 

@@ -27,6 +27,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = migrations![
     9 => "0009_log_order_beside_checkins.sql",
     10 => "0010_idempotency_key_first.sql",
     11 => "0011_checkins_of_their_own.sql",
+    12 => "0012_checkin_payload_as_text.sql",
 ];
 
 /// A sqlx migrator over the embedded migrations.

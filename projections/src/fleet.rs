@@ -421,7 +421,7 @@ const AGENT_COLUMNS: &str = "a.agent_id, a.client_id, c.name AS client_name, a.s
 /// keeps only its sequence); joined after the page is chosen so only its rows pay for it.
 fn report_join(row: &str) -> String {
     format!(
-        "LEFT JOIN LATERAL (SELECT k.payload->'AgentCheckedIn'->'report' AS latest_report FROM checkins k \
+        "LEFT JOIN LATERAL (SELECT k.payload::json->'AgentCheckedIn'->'report' AS latest_report FROM checkins k \
           WHERE k.agent_id = {row}.agent_id AND k.sequence = {row}.latest_report_sequence) r ON true"
     )
 }

@@ -9,8 +9,9 @@
 //!
 //! The log is two tables with one order: `checkins`, the agents' check-ins (most of the log),
 //! and `events`, everything else (postgres-es's table). Both draw `position` from one sequence
-//! and record `tx_id` alike; the view `log` shows them as one (docs/adr/0005). A reader that
-//! needs nothing of check-ins reads `events` alone.
+//! and record `tx_id` alike; the view `log` shows them as one (docs/adr/0005), and the view
+//! `log_text`, which these readers read, the same with payload and metadata as text. A reader
+//! that needs nothing of check-ins reads `events` alone.
 //!
 //! One consequence for writers: a transaction's id is assigned at its first write, so an append
 //! must be the first write of its transaction. Then an aggregate's later events always carry a
@@ -217,7 +218,7 @@ pub async fn read_batch(
         let rows = sqlx::query(
             "SELECT tx_id::text::bigint AS tx, position, aggregate_type, aggregate_id, sequence, \
                     event_type, event_version, metadata::text AS metadata, payload::text AS payload \
-               FROM log \
+               FROM log_text \
               WHERE (tx_id, position) > ($1::bigint::text::xid8, $2) \
                 AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
               ORDER BY tx_id, position \
@@ -252,7 +253,7 @@ pub async fn read_batch(
                                 event_version, metadata, recorded_at, \
                                 CASE WHEN aggregate_type = ANY($4) THEN NULL ELSE payload END AS payload, \
                                 aggregate_type <> ALL($4) AS wanted \
-                           FROM log \
+                           FROM log_text \
                           WHERE (tx_id, position) > ($1::bigint::text::xid8, $2) \
                             AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
                           ORDER BY tx_id, position \
@@ -302,7 +303,7 @@ const BESIDE_CHECKINS_SQL: &str = "SELECT * FROM ( \
            UNION ALL \
            (SELECT e.tx_id::text::bigint, e.position, e.aggregate_type, e.aggregate_id, \
                    e.sequence, e.event_type, e.event_version, e.metadata::text, NULL, false \
-              FROM log e \
+              FROM log_text e \
              WHERE (e.tx_id, e.position) > ($1::bigint::text::xid8, $2) \
                AND e.tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
              ORDER BY e.tx_id DESC, e.position DESC \

@@ -202,7 +202,7 @@ pub async fn agent_timeline(
          ), checkins AS MATERIALIZED ( \
             SELECT k.tx_id, k.position, '{CHECKIN_STREAM}'::text AS aggregate_type, k.sequence, \
                    '{CHECKIN_EVENT}'::text AS event_type, k.metadata->>'actor' AS actor, k.recorded_at, \
-                   k.payload, k.metadata \
+                   k.payload::json AS payload, k.metadata \
               FROM checkins k \
              WHERE (cardinality($4::text[]) = 0 OR '{CHECKIN_EVENT}' = ANY($4)) \
                AND k.agent_id = $1 \

@@ -214,3 +214,26 @@ async fn the_log_view_merges_both_tables_in_one_order() {
         3
     );
 }
+
+#[tokio::test]
+async fn a_checkins_payload_is_stored_as_its_text_and_read_through_the_log_as_json() {
+    let db = TestDb::new().await;
+    let mut conn = db.pool.acquire().await.expect("connection");
+    let agent = Uuid::new_v4().to_string();
+    common::append_checkin(&mut conn, &agent, 1, Utc::now()).await;
+    let (stored, through_log, report_hostname): (String, String, Option<String>) = sqlx::query_as(
+        "SELECT pg_typeof(k.payload)::text, json_typeof(l.payload), \
+                l.payload #>> '{AgentCheckedIn,report,hostname}' \
+           FROM checkins k JOIN log l ON l.position = k.position",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .expect("the check-in");
+    assert_eq!(stored, "text");
+    assert_eq!(through_log, "object");
+    let hostname: String = sqlx::query_scalar("SELECT hostname FROM checkins")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("hostname");
+    assert_eq!(report_hostname.as_deref(), Some(hostname.as_str()));
+}

@@ -564,7 +564,7 @@ async fn raw_insert(pool: &PgPool, duration: Duration) -> anyhow::Result<f64> {
                     "INSERT INTO checkins (agent_id, sequence, checkin_id, recorded_at, collected_at, hostname, \
                                            os_family, os_name, os_version, kernel_version, arch, agent_version, \
                                            payload, metadata) \
-                     SELECT $1, s, id, now(), $2, $3, $4, $5, $6, $7, $8, $9, p::json, m::json \
+                     SELECT $1, s, id, now(), $2, $3, $4, $5, $6, $7, $8, $9, p, m::json \
                        FROM unnest($10::bigint[], $11::uuid[], $12::text[], $13::text[]) AS i(s, id, p, m)",
                 )
                 .bind(agent)

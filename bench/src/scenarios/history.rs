@@ -77,7 +77,7 @@ async fn fill(db: &BenchDb, agents: &[SimAgent], target: u64) -> anyhow::Result<
                     COALESCE((SELECT max(k.sequence) FROM checkins k WHERE k.agent_id = a.id::uuid), 0) + 1, \
                     c.id, clock_timestamp(), '2026-01-01T00:00:00Z', 'sim', 'linux', 'Debian GNU/Linux', '12', \
                     '6.1.0', 'x86_64', '0.1.0', \
-                    replace($2, '00000000-0000-0000-0000-000000000000', c.id::text)::json, \
+                    replace($2, '00000000-0000-0000-0000-000000000000', c.id::text), \
                     json_build_object('actor', 'agent:' || a.id, 'correlation_id', c.id::text, \
                                       'request_id', 'bench', 'recorded_at', to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')) \
                FROM unnest($1::text[]) AS a(id) CROSS JOIN LATERAL (SELECT gen_random_uuid() AS id) c",

@@ -146,7 +146,7 @@ pub async fn append_report(
         "INSERT INTO checkins (agent_id, sequence, checkin_id, recorded_at, collected_at, hostname, \
                                os_family, os_name, os_version, kernel_version, arch, agent_version, \
                                payload, metadata) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::json, $14::json)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::json)",
     )
     .bind(Uuid::parse_str(agent_id).expect("a check-in's agent id is a uuid"))
     .bind(sequence)
