@@ -54,11 +54,19 @@ const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
 /// Connections are not pinged before each use (a round trip per batch): a connection that broke
 /// fails its batch with an I/O error, answered 503 (agents retry with the same id), and is
 /// dropped from the pool.
+///
+/// Its sessions also ask the kernel to write back what they write as they go
+/// (`backend_flush_after`). These sessions write most of what reaches the disk, a log that is
+/// appended to and never rewritten, so nothing is gained by leaving it dirty in the page cache;
+/// left there, check-ins at full speed left 700 MB dirty, which the kernel wrote back in one
+/// burst 30 s later, and every commit in that second waited behind it (p99 of 120–240 ms at a
+/// steady 5,000 check-ins/s after a saturated phase: BENCHMARKS.md, the fifteenth machine).
 pub fn ingest_pool(config: &DatabaseConfig, lanes: usize) -> Result<PgPool, sqlx::Error> {
     let options: PgConnectOptions = config.url.parse()?;
-    let options = options
-        .application_name("logbook-ingest")
-        .options([("plan_cache_mode", "force_generic_plan")]);
+    let options = options.application_name("logbook-ingest").options([
+        ("plan_cache_mode", "force_generic_plan"),
+        ("backend_flush_after", "256kB"),
+    ]);
     Ok(PgPoolOptions::new()
         .max_connections(lanes as u32 + 1)
         .test_before_acquire(false)
