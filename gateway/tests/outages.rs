@@ -66,3 +66,21 @@ async fn postgres_down_answers_503_and_recovers_on_its_own() {
     assert_eq!(body["sequence"], 1);
     assert_eq!(app.event_count().await, before + 1);
 }
+
+#[tokio::test]
+async fn the_ingests_sessions_plan_once_and_write_back_as_they_go() {
+    let db = TestDb::new().await;
+    let config = logbook_gateway::config::DatabaseConfig {
+        url: db.url.clone(),
+        ..Default::default()
+    };
+    let pool = logbook_gateway::db::ingest_pool(&config, 2).expect("ingest pool");
+    let (plans, flush): (String, String) = sqlx::query_as(
+        "SELECT current_setting('plan_cache_mode'), current_setting('backend_flush_after')",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("the session's settings");
+    assert_eq!(plans, "force_generic_plan");
+    assert_eq!(flush, "256kB");
+}

