@@ -282,6 +282,100 @@ async fn two_gateways_checking_in_one_agent_at_once_record_each_checkin_once_in_
 }
 
 #[tokio::test]
+async fn a_batch_the_lane_vouches_for_records_its_agents_in_order_and_refuses_a_revoked_one() {
+    use logbook_domain::ids::AgentId;
+    use logbook_gateway::config::IngestConfig;
+    use logbook_gateway::ingest::{CheckinFacts, Ingest, IngestError, Submission};
+    use logbook_gateway::notify::LogNotifier;
+
+    let app = TestApp::new().await;
+    let (client_id, site_id) = app.site().await;
+    let agents = [
+        app.agent_in(&client_id, &site_id, "kept").await,
+        app.agent_in(&client_id, &site_id, "revoked").await,
+        app.agent_in(&client_id, &site_id, "other").await,
+    ];
+    // One lane that gathers a batch for a while: check-ins submitted together share a batch.
+    let (ingest, _) = Ingest::start(
+        app.pool.clone(),
+        IngestConfig {
+            concurrent_flushes: 1,
+            max_wait: std::time::Duration::from_millis(300),
+            ..IngestConfig::default()
+        },
+        LogNotifier::disabled(),
+    );
+    let submit = |agent: &support::Agent| {
+        let ingest = ingest.clone();
+        let agent_id: AgentId = agent.id.parse().expect("agent id");
+        let credential = logbook_gateway::secrets::hash(&agent.credential);
+        async move {
+            let checkin_id = new_id().parse().expect("id");
+            ingest
+                .submit(Submission {
+                    agent_id,
+                    credential,
+                    checkin_id,
+                    payload: json!({ "AgentCheckedIn": { "checkin_id": checkin_id } }).to_string(),
+                    facts: CheckinFacts {
+                        collected_at: chrono::Utc::now(),
+                        hostname: "h".into(),
+                        os_family: "linux".into(),
+                        os_name: "Debian GNU/Linux".into(),
+                        os_version: "12".into(),
+                        kernel_version: "6.1.0".into(),
+                        arch: "x86_64".into(),
+                        agent_version: "0.1.0".into(),
+                    },
+                    request_id: String::new(),
+                })
+                .await
+        }
+    };
+    // First batch: the lane knows none of them yet, and numbers them from the log.
+    let first = futures::future::join_all(agents.iter().map(&submit)).await;
+    for recorded in &first {
+        assert_eq!(recorded.as_ref().expect("recorded").sequence, 1);
+    }
+    let (status, _) = app
+        .admin(
+            Method::POST,
+            &format!("/api/v1/agents/{}/decommission", agents[1].id),
+            Some(json!({"reason": "stolen"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    // Second and third batches: the lane vouches for every agent, each appears once.
+    for sequence in [2, 3] {
+        let answers = futures::future::join_all(agents.iter().map(&submit)).await;
+        assert_eq!(answers[0].as_ref().expect("kept").sequence, sequence);
+        assert!(matches!(answers[1], Err(IngestError::Unauthorized)));
+        assert_eq!(answers[2].as_ref().expect("other").sequence, sequence);
+    }
+    let vouched = app
+        .metrics()
+        .await
+        .lines()
+        .find(|line| line.starts_with("logbook_ingest_vouched_batches_total"))
+        .and_then(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or_default();
+    assert!(
+        vouched >= 2.0,
+        "the vouched statement appended {vouched} batches"
+    );
+    for (agent, expected) in agents.iter().zip([vec![1, 2, 3], vec![1], vec![1, 2, 3]]) {
+        let stored: Vec<i64> = sqlx::query_scalar(
+            "SELECT sequence FROM checkins WHERE agent_id = $1::uuid ORDER BY sequence",
+        )
+        .bind(&agent.id)
+        .fetch_all(&app.pool)
+        .await
+        .expect("stream");
+        assert_eq!(stored, expected, "the stream of {}", agent.id);
+    }
+}
+
+#[tokio::test]
 async fn enrollment_refuses_unknown_expired_used_up_and_revoked_tokens_and_records_nothing() {
     let app = TestApp::new().await;
     let (_, site_id) = app.site().await;
