@@ -321,7 +321,7 @@ impl Sequences {
 /// Appends one batch and answers every caller in it.
 async fn flush(
     pool: &PgPool,
-    batch: Vec<Pending>,
+    mut batch: Vec<Pending>,
     retry: &mpsc::WeakSender<Pending>,
     notifier: &LogNotifier,
     sequences: &mut Sequences,
@@ -330,7 +330,6 @@ async fn flush(
     metrics::histogram!("logbook_ingest_batch_size").record(batch.len() as f64);
     // In agent order (each agent's check-ins keep their order of arrival): the order the rows are
     // inserted in, whichever statement appends them (see `append`).
-    let mut batch = batch;
     batch.sort_by_key(|pending| pending.submission.agent_id.as_uuid());
 
     // A check-in retried while its first attempt is still queued appears twice; send it once
@@ -461,21 +460,21 @@ enum Outcome {
 }
 
 /// The batch append: authenticate, skip known ids, number, insert, in one statement. Per row,
-/// `$7` is the last sequence of its agent when the lane can vouch for it, else null: then, and
+/// `$16` is the last sequence of its agent when the lane can vouch for it, else null: then, and
 /// only then, the row's id is looked up and its agent's maximum probed (see the module
 /// documentation). Every per-row step is an index probe (the
 /// `LATERAL ... LIMIT 1` keeps the planner from hashing the whole credentials table for a small
 /// batch), so its cost follows the batch, not the fleet. The report's fields that the agent list
-/// shows arrive as columns of their own (`$8`..`$15`), so that nothing in Postgres parses the
+/// shows arrive as columns of their own (`$6`..`$13`), so that nothing in Postgres parses the
 /// report; the payload is stored as the text the gateway serialized (`checkins.payload` is
 /// `text`: migration 0012), the metadata checked as JSON.
 const APPEND_SQL: &str = "\
 WITH authed AS ( \
-    SELECT i.* FROM unnest($1::uuid[], $2::bytea[], $3::uuid[], $4::text[], $5::text[], $6::int[], $7::bigint[], \
-                           $8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], \
-                           $14::text[], $15::text[]) \
-        AS i(agent_id, secret_hash, checkin_id, payload, metadata, ord, last_sequence, collected_at, hostname, \
-             os_family, os_name, os_version, kernel_version, arch, agent_version) \
+    SELECT i.* FROM unnest($1::uuid[], $2::bytea[], $3::uuid[], $4::text[], $5::text[], $6::timestamptz[], \
+                           $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], \
+                           $15::int[], $16::bigint[]) \
+        AS i(agent_id, secret_hash, checkin_id, payload, metadata, collected_at, hostname, os_family, os_name, \
+             os_version, kernel_version, arch, agent_version, ord, last_sequence) \
      CROSS JOIN LATERAL (SELECT 1 FROM credentials c \
                           WHERE c.secret_hash = i.secret_hash AND c.kind = 'agent' \
                             AND c.subject_id = i.agent_id AND c.revoked_at IS NULL LIMIT 1) c \
@@ -493,13 +492,13 @@ WITH authed AS ( \
 ) \
 INSERT INTO checkins (agent_id, sequence, checkin_id, recorded_at, collected_at, hostname, os_family, os_name, \
                       os_version, kernel_version, arch, agent_version, payload, metadata) \
-SELECT agent_id, seq, checkin_id, $16, collected_at, hostname, os_family, os_name, os_version, kernel_version, \
+SELECT agent_id, seq, checkin_id, $14, collected_at, hostname, os_family, os_name, os_version, kernel_version, \
        arch, agent_version, payload, metadata::json \
   FROM numbered ORDER BY numbered.agent_id, numbered.ord \
 RETURNING agent_id, sequence, checkin_id";
 
 /// The batch append when the lane vouches for every agent of the batch and each agent has one
-/// check-in in it, the steady state: `$6` is each row's sequence, numbered by the lane, so the
+/// check-in in it, the steady state: `$15` is each row's sequence, numbered by the lane, so the
 /// statement neither probes the log nor numbers rows (no window function, no sort: the rows
 /// arrive in agent order and are inserted in it). It authenticates each row as [`APPEND_SQL`]
 /// does; a row it leaves out leaves no gap, since its agent has no other row in the batch.
@@ -508,12 +507,12 @@ RETURNING agent_id, sequence, checkin_id";
 const APPEND_VOUCHED_SQL: &str = "\
 INSERT INTO checkins (agent_id, sequence, checkin_id, recorded_at, collected_at, hostname, os_family, os_name, \
                       os_version, kernel_version, arch, agent_version, payload, metadata) \
-SELECT i.agent_id, i.seq, i.checkin_id, $15, i.collected_at, i.hostname, i.os_family, i.os_name, i.os_version, \
+SELECT i.agent_id, i.seq, i.checkin_id, $14, i.collected_at, i.hostname, i.os_family, i.os_name, i.os_version, \
        i.kernel_version, i.arch, i.agent_version, i.payload, i.metadata::json \
-  FROM unnest($1::uuid[], $2::bytea[], $3::uuid[], $4::text[], $5::text[], $6::bigint[], $7::timestamptz[], \
-              $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[]) \
-       AS i(agent_id, secret_hash, checkin_id, payload, metadata, seq, collected_at, hostname, os_family, os_name, \
-            os_version, kernel_version, arch, agent_version) \
+  FROM unnest($1::uuid[], $2::bytea[], $3::uuid[], $4::text[], $5::text[], $6::timestamptz[], $7::text[], \
+              $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $15::bigint[]) \
+       AS i(agent_id, secret_hash, checkin_id, payload, metadata, collected_at, hostname, os_family, os_name, \
+            os_version, kernel_version, arch, agent_version, seq) \
  CROSS JOIN LATERAL (SELECT 1 FROM credentials c \
                       WHERE c.secret_hash = i.secret_hash AND c.kind = 'agent' \
                         AND c.subject_id = i.agent_id AND c.revoked_at IS NULL LIMIT 1) c \
@@ -585,47 +584,33 @@ async fn append(
     } else {
         None
     };
-    let rows = if let Some(sequences) = vouched {
+    // `$1`..`$14` are the same in both statements; each adds its own after them.
+    let sql = if vouched.is_some() {
         metrics::counter!("logbook_ingest_vouched_batches_total").increment(1);
-        sqlx::query(APPEND_VOUCHED_SQL)
-            .bind(&agents)
-            .bind(&hashes)
-            .bind(&checkins)
-            .bind(&payloads)
-            .bind(&metadata)
-            .bind(&sequences)
-            .bind(&collected)
-            .bind(&hostnames)
-            .bind(&families)
-            .bind(&names)
-            .bind(&versions)
-            .bind(&kernels)
-            .bind(&arches)
-            .bind(&agent_versions)
-            .bind(recorded_at)
-            .fetch_all(pool)
-            .await?
+        APPEND_VOUCHED_SQL
     } else {
-        sqlx::query(APPEND_SQL)
-            .bind(&agents)
-            .bind(&hashes)
-            .bind(&checkins)
-            .bind(&payloads)
-            .bind(&metadata)
-            .bind(&ords)
-            .bind(last)
-            .bind(&collected)
-            .bind(&hostnames)
-            .bind(&families)
-            .bind(&names)
-            .bind(&versions)
-            .bind(&kernels)
-            .bind(&arches)
-            .bind(&agent_versions)
-            .bind(recorded_at)
-            .fetch_all(pool)
-            .await?
+        APPEND_SQL
     };
+    let query = sqlx::query(sql)
+        .bind(&agents)
+        .bind(&hashes)
+        .bind(&checkins)
+        .bind(&payloads)
+        .bind(&metadata)
+        .bind(&collected)
+        .bind(&hostnames)
+        .bind(&families)
+        .bind(&names)
+        .bind(&versions)
+        .bind(&kernels)
+        .bind(&arches)
+        .bind(&agent_versions)
+        .bind(recorded_at);
+    let query = match &vouched {
+        Some(sequences) => query.bind(sequences),
+        None => query.bind(&ords).bind(last),
+    };
+    let rows = query.fetch_all(pool).await?;
 
     let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
     let position: HashMap<(Uuid, Uuid), usize> = agents

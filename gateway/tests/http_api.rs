@@ -189,16 +189,40 @@ async fn many_agents_checking_in_at_once_are_all_recorded_in_order() {
     }
 }
 
+/// A check-in submitted to an ingest directly, as the check-in handler would.
+fn submission(
+    agent: &support::Agent,
+    checkin_id: logbook_domain::ids::CheckinId,
+    hostname: &str,
+) -> logbook_gateway::ingest::Submission {
+    logbook_gateway::ingest::Submission {
+        agent_id: agent.id.parse().expect("agent id"),
+        credential: logbook_gateway::secrets::hash(&agent.credential),
+        checkin_id,
+        payload: json!({ "AgentCheckedIn": { "checkin_id": checkin_id } }).to_string(),
+        facts: logbook_gateway::ingest::CheckinFacts {
+            collected_at: chrono::Utc::now(),
+            hostname: hostname.into(),
+            os_family: "linux".into(),
+            os_name: "Debian GNU/Linux".into(),
+            os_version: "12".into(),
+            kernel_version: "6.1.0".into(),
+            arch: "x86_64".into(),
+            agent_version: "0.1.0".into(),
+        },
+        request_id: String::new(),
+    }
+}
+
 #[tokio::test]
 async fn two_gateways_checking_in_one_agent_at_once_record_each_checkin_once_in_order() {
-    use logbook_domain::ids::{AgentId, CheckinId};
+    use logbook_domain::ids::CheckinId;
     use logbook_gateway::config::IngestConfig;
-    use logbook_gateway::ingest::{CheckinFacts, Ingest, Submission};
+    use logbook_gateway::ingest::Ingest;
     use logbook_gateway::notify::LogNotifier;
 
     let app = TestApp::new().await;
     let agent = app.agent("contended").await;
-    let agent_id: AgentId = agent.id.parse().expect("agent id");
     // Two gateways' ingests on one database: nothing keeps their batches of this agent apart,
     // so they race for its sequence numbers, and a retry sent to the other gateway races the
     // first copy for its check-in id.
@@ -214,29 +238,8 @@ async fn two_gateways_checking_in_one_agent_at_once_record_each_checkin_once_in_
         .collect();
     let ids: Vec<CheckinId> = (0..400).map(|_| new_id().parse().expect("id")).collect();
     let submit = |ingest: Ingest, checkin_id: CheckinId| {
-        let credential = logbook_gateway::secrets::hash(&agent.credential);
-        tokio::spawn(async move {
-            let payload = serde_json::json!({ "AgentCheckedIn": { "checkin_id": checkin_id } });
-            ingest
-                .submit(Submission {
-                    agent_id,
-                    credential,
-                    checkin_id,
-                    payload: payload.to_string(),
-                    facts: CheckinFacts {
-                        collected_at: chrono::Utc::now(),
-                        hostname: "racer".into(),
-                        os_family: "linux".into(),
-                        os_name: "Debian GNU/Linux".into(),
-                        os_version: "12".into(),
-                        kernel_version: "6.1.0".into(),
-                        arch: "x86_64".into(),
-                        agent_version: "0.1.0".into(),
-                    },
-                    request_id: String::new(),
-                })
-                .await
-        })
+        let submission = submission(&agent, checkin_id, "racer");
+        tokio::spawn(async move { ingest.submit(submission).await })
     };
     let mut tasks = Vec::new();
     for (i, id) in ids.iter().enumerate() {
@@ -283,9 +286,8 @@ async fn two_gateways_checking_in_one_agent_at_once_record_each_checkin_once_in_
 
 #[tokio::test]
 async fn a_batch_the_lane_vouches_for_records_its_agents_in_order_and_refuses_a_revoked_one() {
-    use logbook_domain::ids::AgentId;
     use logbook_gateway::config::IngestConfig;
-    use logbook_gateway::ingest::{CheckinFacts, Ingest, IngestError, Submission};
+    use logbook_gateway::ingest::{Ingest, IngestError};
     use logbook_gateway::notify::LogNotifier;
 
     let app = TestApp::new().await;
@@ -307,30 +309,8 @@ async fn a_batch_the_lane_vouches_for_records_its_agents_in_order_and_refuses_a_
     );
     let submit = |agent: &support::Agent| {
         let ingest = ingest.clone();
-        let agent_id: AgentId = agent.id.parse().expect("agent id");
-        let credential = logbook_gateway::secrets::hash(&agent.credential);
-        async move {
-            let checkin_id = new_id().parse().expect("id");
-            ingest
-                .submit(Submission {
-                    agent_id,
-                    credential,
-                    checkin_id,
-                    payload: json!({ "AgentCheckedIn": { "checkin_id": checkin_id } }).to_string(),
-                    facts: CheckinFacts {
-                        collected_at: chrono::Utc::now(),
-                        hostname: "h".into(),
-                        os_family: "linux".into(),
-                        os_name: "Debian GNU/Linux".into(),
-                        os_version: "12".into(),
-                        kernel_version: "6.1.0".into(),
-                        arch: "x86_64".into(),
-                        agent_version: "0.1.0".into(),
-                    },
-                    request_id: String::new(),
-                })
-                .await
-        }
+        let submission = submission(agent, new_id().parse().expect("id"), "h");
+        async move { ingest.submit(submission).await }
     };
     // First batch: the lane knows none of them yet, and numbers them from the log.
     let first = futures::future::join_all(agents.iter().map(&submit)).await;
