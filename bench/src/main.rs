@@ -160,51 +160,77 @@ fn main() -> anyhow::Result<()> {
             machine: machine(),
             ..Default::default()
         };
-        for scenario in &cli.scenario {
-            match scenario {
-                Scenario::Checkin => {
-                    let options = scenarios::checkin::Options {
-                        agents: cli.agents,
-                        duration: cli.duration,
-                        concurrency: cli.concurrency,
-                        rate: cli.rate,
-                        runs: cli.runs.max(1),
-                    };
-                    report.checkin = Some(scenarios::checkin::run(&targets, &options).await?);
-                }
-                Scenario::Jobs | Scenario::Reconnect => {
-                    if report.jobs.is_none() {
-                        let options = scenarios::jobs::Options {
+        let work = async {
+            for scenario in &cli.scenario {
+                match scenario {
+                    Scenario::Checkin => {
+                        let options = scenarios::checkin::Options {
                             agents: cli.agents,
-                            single_jobs: if cli.smoke { 10 } else { 200 },
-                            catch_up_jobs: if cli.smoke { 20 } else { 1000 },
-                            history_jobs: cli.stream_history_jobs,
-                            jobs: cli.scenario.contains(&Scenario::Jobs),
-                            reconnect: cli.scenario.contains(&Scenario::Reconnect),
-                        };
-                        report.jobs = Some(scenarios::jobs::run(&targets, &options).await?);
-                    }
-                }
-                Scenario::Projections | Scenario::History => {
-                    if report.history.is_none() {
-                        let options = scenarios::history::Options {
-                            agents: cli.agents,
-                            events: cli.history_events,
-                            reuse: cli.reuse,
-                            lag_rate: cli.rate,
                             duration: cli.duration,
-                            queries: if cli.smoke { 20 } else { 200 },
+                            concurrency: cli.concurrency,
+                            rate: cli.rate,
+                            runs: cli.runs.max(1),
                         };
-                        report.history = Some(scenarios::history::run(&targets, &options).await?);
+                        report.checkin = Some(scenarios::checkin::run(&targets, &options).await?);
+                    }
+                    Scenario::Jobs | Scenario::Reconnect => {
+                        if report.jobs.is_none() {
+                            let options = scenarios::jobs::Options {
+                                agents: cli.agents,
+                                single_jobs: if cli.smoke { 10 } else { 200 },
+                                catch_up_jobs: if cli.smoke { 20 } else { 1000 },
+                                history_jobs: cli.stream_history_jobs,
+                                jobs: cli.scenario.contains(&Scenario::Jobs),
+                                reconnect: cli.scenario.contains(&Scenario::Reconnect),
+                            };
+                            report.jobs = Some(scenarios::jobs::run(&targets, &options).await?);
+                        }
+                    }
+                    Scenario::Projections | Scenario::History => {
+                        if report.history.is_none() {
+                            let options = scenarios::history::Options {
+                                agents: cli.agents,
+                                events: cli.history_events,
+                                reuse: cli.reuse,
+                                lag_rate: cli.rate,
+                                duration: cli.duration,
+                                queries: if cli.smoke { 20 } else { 200 },
+                            };
+                            report.history =
+                                Some(scenarios::history::run(&targets, &options).await?);
+                        }
                     }
                 }
             }
+            anyhow::Ok(())
+        };
+        // Interrupted, the scenario is dropped: its gateway and agents are stopped and its
+        // streams deleted (thousands of consumers left on the nats-server would slow every
+        // later run down).
+        tokio::select! {
+            done = work => done?,
+            signal = interrupted() => anyhow::bail!("interrupted by {signal}; cleaned up"),
         }
         print_table(&report);
         std::fs::write(&cli.out, serde_json::to_string_pretty(&report)?)?;
         eprintln!("results written to {}", cli.out.display());
         Ok(())
     })
+}
+
+/// Waits for Ctrl-C or SIGTERM and names it.
+async fn interrupted() -> &'static str {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return "Ctrl-C";
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "Ctrl-C",
+        _ = term.recv() => "SIGTERM",
+    }
 }
 
 fn row(what: &str, value: String, target: &str, ok: Option<bool>) {
@@ -391,12 +417,28 @@ fn print_table(report: &Report) {
                 Some(rate >= 2000.0),
             );
         }
+        if let Some(d) = j.reconnect_drain {
+            row(
+                "  per agent, until drained: p50 / p99 / max (ms)",
+                format!("{:.0} / {:.0} / {:.0}", d.p50_ms, d.p99_ms, d.max_ms),
+                "",
+                None,
+            );
+        }
         if let Some(rate) = j.reconnect_after_history_agents_per_sec {
             row(
                 &format!("  again after {} jobs through the stream", j.history_jobs),
                 format!("{rate:.0}"),
                 ">= 2000",
                 Some(rate >= 2000.0),
+            );
+        }
+        if let Some(d) = j.reconnect_after_history_drain {
+            row(
+                "  per agent, until drained: p50 / p99 / max (ms)",
+                format!("{:.0} / {:.0} / {:.0}", d.p50_ms, d.p99_ms, d.max_ms),
+                "",
+                None,
             );
         }
         row(

@@ -55,8 +55,11 @@ pub(crate) struct Results {
     pub(crate) catch_up_claim_interval_p50_ms: Option<f64>,
     pub(crate) catch_up_claim_interval_p90_ms: Option<f64>,
     pub(crate) reconnect_agents_per_sec: Option<f64>,
+    /// Per agent, from the storm's start until its waiting job was acknowledged.
+    pub(crate) reconnect_drain: Option<Summary>,
     pub(crate) history_jobs: usize,
     pub(crate) reconnect_after_history_agents_per_sec: Option<f64>,
+    pub(crate) reconnect_after_history_drain: Option<Summary>,
     pub(crate) gateway_peak_rss_mib: f64,
     pub(crate) agent_rss_mib: f64,
 }
@@ -70,8 +73,8 @@ enum Mode {
     AckOnly,
 }
 
-/// A received job: which agent, which job id, when the message arrived and when the claim was
-/// granted (the same instant for agents that only acknowledge).
+/// A received job: which agent, which job id, when the message arrived, and when the claim was
+/// granted (for agents that only acknowledge: when the acknowledgement was confirmed).
 type Received = (usize, String, Instant, Instant);
 
 /// Binds every agent's consumer over `connections` NATS connections and consumes until the
@@ -79,13 +82,37 @@ type Received = (usize, String, Instant, Instant);
 struct Fleet {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     // Held so that the connections close when the fleet is dropped.
-    _clients: Vec<async_nats::Client>,
+    clients: Vec<async_nats::Client>,
 }
 
 impl Drop for Fleet {
     fn drop(&mut self) {
         for task in &self.tasks {
             task.abort();
+        }
+    }
+}
+
+impl Fleet {
+    /// Disconnects the fleet the way the next phase needs it: once this returns, the server has
+    /// handled every pull subscription's unsubscribe, so no request the fleet left waiting on a
+    /// consumer can be handed a later message (which would then wait out the ack wait).
+    ///
+    /// Dropping the connections is not enough: the server notices a closed connection on its own
+    /// time, and a job published in between goes to the dead connection's pull request.
+    async fn close(mut self) {
+        let tasks = std::mem::take(&mut self.tasks);
+        for task in &tasks {
+            task.abort();
+        }
+        // Aborted tasks drop their pull streams, whose subscriptions send their unsubscribes.
+        for task in tasks {
+            let _ = task.await;
+        }
+        // A JetStream request on each connection is answered only after the server has read
+        // everything sent before it on that connection, the unsubscribes included.
+        for client in &self.clients {
+            let _ = jetstream::new(client.clone()).query_account().await;
         }
     }
 }
@@ -154,7 +181,7 @@ async fn connect_fleet(
                         .and_then(|r| pb::ClaimResponse::decode(r.payload).ok())
                         .is_some_and(|r| r.verdict == pb::ClaimVerdict::Run as i32);
                     if granted {
-                        let _ = received.send((i, job.clone(), at, Instant::now()));
+                        let granted_at = Instant::now();
                         let report = pb::JobResultReport {
                             job_id: job.clone(),
                             outcome: pb::JobOutcome::Succeeded as i32,
@@ -168,18 +195,21 @@ async fn connect_fleet(
                         if let Ok(ack) = js.send_publish(names.results(&agent_id), publish).await {
                             let _ = ack.await;
                         }
+                        // Counted once acknowledged: a phase that ends when every job was
+                        // counted leaves no message unacknowledged for the next one.
+                        let _ = message.double_ack().await;
+                        let _ = received.send((i, job, at, granted_at));
+                        continue;
                     }
+                    let _ = message.double_ack().await;
                 } else {
-                    let _ = received.send((i, job, at, at));
+                    let _ = message.double_ack().await;
+                    let _ = received.send((i, job, at, Instant::now()));
                 }
-                let _ = message.double_ack().await;
             }
         }));
     }
-    Ok(Fleet {
-        tasks,
-        _clients: clients,
-    })
+    Ok(Fleet { tasks, clients })
 }
 
 async fn wait_count<T>(rx: &mut mpsc::UnboundedReceiver<T>, n: usize, timeout: Duration) -> Vec<T> {
@@ -301,7 +331,7 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        drop(fleet);
+        fleet.close().await;
 
         ui::step(&format!(
             "offline catch-up: {} jobs queued for a stopped agent",
@@ -404,15 +434,18 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
     }
 
     if options.reconnect {
-        results.reconnect_agents_per_sec = Some(reconnect_storm(&gateway, &names, &agents).await?);
+        let (rate, drain) = reconnect_storm(&gateway, &names, &agents).await?;
+        results.reconnect_agents_per_sec = Some(rate);
+        results.reconnect_drain = Some(drain);
         ui::step(&format!(
             "pushing {} jobs through the stream",
             options.history_jobs
         ));
         push_history(&gateway, &names, &agents, options.history_jobs).await?;
         results.history_jobs = options.history_jobs;
-        results.reconnect_after_history_agents_per_sec =
-            Some(reconnect_storm(&gateway, &names, &agents).await?);
+        let (rate, drain) = reconnect_storm(&gateway, &names, &agents).await?;
+        results.reconnect_after_history_agents_per_sec = Some(rate);
+        results.reconnect_after_history_drain = Some(drain);
     }
 
     results.gateway_peak_rss_mib = env::memory_mib(gateway.pid()).0;
@@ -422,12 +455,13 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
     Ok(results)
 }
 
-/// One waiting job per agent, then every agent connects at once, binds and drains it.
+/// One waiting job per agent, then every agent connects at once, binds and drains it. Returns
+/// agents/s and, per agent, the time from the storm's start until its job was acknowledged.
 async fn reconnect_storm(
     gateway: &Gateway,
     names: &Names,
     agents: &[SimAgent],
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, Summary)> {
     let client = async_nats::connect(gateway.nats_url.as_str()).await?;
     let js = jetstream::new(client);
     // In windows: the JetStream context holds at most 5,000 unacknowledged publishes, and a
@@ -456,7 +490,11 @@ async fn reconnect_storm(
     .await?;
     let drained = wait_count(&mut rx, agents.len(), Duration::from_secs(300)).await;
     let elapsed = started.elapsed().as_secs_f64();
-    drop(fleet);
+    fleet.close().await;
+    let mut per_agent = Latencies::default();
+    for (_, _, _, acked) in &drained {
+        per_agent.record(*acked - started);
+    }
     anyhow::ensure!(
         drained.len() == agents.len(),
         "only {} of {} agents drained",
@@ -464,8 +502,12 @@ async fn reconnect_storm(
         agents.len()
     );
     let rate = agents.len() as f64 / elapsed;
-    ui::step(&format!("{rate:.0} agents/s"));
-    Ok(rate)
+    let per_agent = per_agent.summary();
+    ui::step(&format!(
+        "{rate:.0} agents/s; per agent p50 {:.0} ms, slowest {:.0} ms",
+        per_agent.p50_ms, per_agent.max_ms
+    ));
+    Ok((rate, per_agent))
 }
 
 /// Publishes `total` jobs spread over the agents' subjects and lets the agents consume them.
@@ -510,6 +552,6 @@ async fn push_history(
         bar.set_position(sent as u64);
     }
     bar.finish_and_clear();
-    drop(fleet);
+    fleet.close().await;
     Ok(())
 }
