@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use logbook_proto::agent::v1 as pb;
 use prost::Message;
+use serde::Serialize;
 use serde_json::{Value, json};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Executor, PgPool};
@@ -21,6 +22,111 @@ pub(crate) struct Targets {
     pub(crate) nats: String,
     /// Extra gateway settings (`LOGBOOK_*` variables) for every gateway the run starts.
     pub(crate) settings: Vec<(String, String)>,
+}
+
+/// The server settings Logbook recommends (`ops/postgresql.conf`), each value written the way
+/// `current_setting` shows it, so that the two compare as text.
+const RECOMMENDED_SETTINGS: &str = include_str!("../../ops/postgresql.conf");
+
+/// A setting of the server the benchmark ran against.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Setting {
+    pub(crate) name: String,
+    /// `None` when the server does not know the setting.
+    pub(crate) value: Option<String>,
+    /// What `ops/postgresql.conf` recommends, if it names the setting.
+    pub(crate) recommended: Option<String>,
+}
+
+/// The server the benchmark ran against: its figures depend on these settings as much as on
+/// the code (with the default `max_wal_size`, check-ins at full speed force a checkpoint every
+/// few seconds).
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct ServerSettings {
+    pub(crate) version: String,
+    pub(crate) settings: Vec<Setting>,
+}
+
+impl ServerSettings {
+    /// Reads the recommended settings and a few others that move the figures.
+    pub(crate) async fn read(targets: &Targets) -> anyhow::Result<Self> {
+        let admin: PgConnectOptions = targets
+            .postgres
+            .parse()
+            .context("--postgres is not a Postgres URL")?;
+        let mut conn = admin
+            .connect()
+            .await
+            .with_context(|| format!("connecting to Postgres at {}", targets.postgres))?;
+        let version: String = sqlx::query_scalar("SELECT current_setting('server_version')")
+            .fetch_one(&mut conn)
+            .await?;
+        let mut wanted: Vec<(String, Option<String>)> = ["shared_buffers", "fsync", "autovacuum"]
+            .into_iter()
+            .map(|name| (name.to_string(), None))
+            .collect();
+        wanted.extend(
+            recommended_settings()
+                .into_iter()
+                .map(|(name, value)| (name, Some(value))),
+        );
+        let mut settings = Vec::with_capacity(wanted.len());
+        for (name, recommended) in wanted {
+            let value: Option<String> = sqlx::query_scalar("SELECT current_setting($1, true)")
+                .bind(&name)
+                .fetch_one(&mut conn)
+                .await?;
+            settings.push(Setting {
+                name,
+                value,
+                recommended,
+            });
+        }
+        conn.close().await?;
+        Ok(Self { version, settings })
+    }
+
+    /// One line for the report: the version, the settings that move the figures, and those
+    /// that differ from the recommendation.
+    pub(crate) fn describe(&self) -> String {
+        let shown = |s: &Setting| format!("{} {}", s.name, s.value.as_deref().unwrap_or("unknown"));
+        let base: Vec<String> = self
+            .settings
+            .iter()
+            .filter(|s| s.recommended.is_none())
+            .map(shown)
+            .collect();
+        let differing: Vec<String> = self
+            .settings
+            .iter()
+            .filter_map(|s| {
+                let recommended = s.recommended.as_deref()?;
+                (s.value.as_deref() != Some(recommended))
+                    .then(|| format!("{} (recommended {recommended})", shown(s)))
+            })
+            .collect();
+        let advice = if differing.is_empty() {
+            "set as ops/postgresql.conf recommends".to_string()
+        } else {
+            format!("differs from ops/postgresql.conf: {}", differing.join(", "))
+        };
+        format!("PostgreSQL {}: {}; {advice}", self.version, base.join(", "))
+    }
+}
+
+/// The `name = value` lines of `ops/postgresql.conf` (quotes taken off, comments left out).
+pub(crate) fn recommended_settings() -> Vec<(String, String)> {
+    RECOMMENDED_SETTINGS
+        .lines()
+        .filter_map(|line| {
+            let line = line.split('#').next()?.trim();
+            let (name, value) = line.split_once('=')?;
+            Some((
+                name.trim().to_string(),
+                value.trim().trim_matches('\'').to_string(),
+            ))
+        })
+        .collect()
 }
 
 /// A database created for one benchmark run.

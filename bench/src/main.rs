@@ -106,6 +106,7 @@ enum Scenario {
 #[derive(Debug, Default, Serialize)]
 struct Report {
     machine: String,
+    postgres: env::ServerSettings,
     checkin: Option<scenarios::checkin::Results>,
     history: Option<scenarios::history::Results>,
     jobs: Option<scenarios::jobs::Results>,
@@ -158,6 +159,7 @@ fn main() -> anyhow::Result<()> {
         };
         let mut report = Report {
             machine: machine(),
+            postgres: env::ServerSettings::read(&targets).await?,
             ..Default::default()
         };
         let work = async {
@@ -243,7 +245,11 @@ fn row(what: &str, value: String, target: &str, ok: Option<bool>) {
 }
 
 fn print_table(report: &Report) {
-    println!("\nLogbook benchmark on {}\n", report.machine);
+    println!(
+        "\nLogbook benchmark on {}\n{}\n",
+        report.machine,
+        report.postgres.describe()
+    );
     println!(
         "| {:<48} | {:>18} | {:<16} | {:<6} |",
         "measure", "value", "target", ""

@@ -73,7 +73,20 @@ fn a_smoke_run_completes_and_writes_its_report() {
             .expect("count")
             > 0
     );
+    // Every setting ops/postgresql.conf names is one the server knows.
+    let settings = report["postgres"]["settings"].as_array().expect("settings");
+    assert!(
+        settings.iter().any(|s| s["recommended"].is_string()),
+        "{report}"
+    );
+    for setting in settings {
+        assert!(
+            setting["value"].is_string(),
+            "PostgreSQL does not know {setting}"
+        );
+    }
     let table = String::from_utf8_lossy(&output.stdout);
+    assert!(table.contains("PostgreSQL"), "{table}");
     assert!(table.contains("check-ins/s"), "{table}");
     let _ = std::fs::remove_dir_all(&dir);
 }

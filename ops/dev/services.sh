@@ -29,8 +29,10 @@ port_open() {
 if ! command -v pg_ctlcluster >/dev/null 2>&1 && ! command -v psql >/dev/null 2>&1; then
   apt_install postgresql
 fi
+started_postgres=
 if ! port_open 5432; then
   echo "==> starting PostgreSQL"
+  started_postgres=1
   version=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)
   if [ -z "$version" ]; then
     apt_install postgresql
@@ -63,6 +65,52 @@ pg_admin -c "DO \$\$ BEGIN
 END \$\$;"
 if [ "$(pg_admin -c "SELECT 1 FROM pg_database WHERE datname = 'logbook'")" != "1" ]; then
   pg_admin -c "CREATE DATABASE logbook OWNER logbook"
+fi
+
+# --- PostgreSQL settings ----------------------------------------------------------------------
+# ops/postgresql.conf holds what Logbook needs of the server (each setting says why). They are
+# applied with ALTER SYSTEM (kept in postgresql.auto.conf) and a reload, and only those that
+# differ are changed. A setting that takes effect only at a restart is named, not forced: when
+# to restart a server that other programs may use is the operator's call.
+# LOGBOOK_POSTGRES_SETTINGS=keep leaves the server's settings alone.
+if [ "${LOGBOOK_POSTGRES_SETTINGS:-apply}" != keep ]; then
+  changed=()
+  while IFS= read -r line; do
+    line=${line%%#*}
+    [[ $line =~ ^[[:space:]]*([a-z_]+)[[:space:]]*=[[:space:]]*(.*[^[:space:]])[[:space:]]*$ ]] || continue
+    name=${BASH_REMATCH[1]}
+    value=${BASH_REMATCH[2]}
+    value=${value#\'}
+    value=${value%\'}
+    if [ "$name" = shared_buffers ] && [ "$(awk '/^MemTotal/ {print $2}' /proc/meminfo)" -lt 8000000 ]; then
+      continue
+    fi
+    # Already in effect as written, or already set by an earlier run (as written there).
+    if [ "$(pg_admin -c "SELECT current_setting('$name') = '$value' OR EXISTS (
+                           SELECT 1 FROM pg_file_settings WHERE name = '$name' AND setting = '$value'
+                              AND sourcefile LIKE '%/postgresql.auto.conf')")" != t ]; then
+      if pg_admin -c "ALTER SYSTEM SET $name = '$value'" 2>/dev/null; then
+        changed+=("$name")
+      else
+        echo "==> PostgreSQL refused $name = '$value' from ops/postgresql.conf; left as it is" >&2
+      fi
+    fi
+  done <"$root/ops/postgresql.conf"
+  if [ ${#changed[@]} -gt 0 ]; then
+    pg_admin -c "SELECT pg_reload_conf()" >/dev/null
+    sleep 0.5
+    echo "==> PostgreSQL settings from ops/postgresql.conf applied: ${changed[*]}"
+  fi
+  restart=$(pg_admin -c "SELECT string_agg(name, ', ') FROM pg_settings WHERE pending_restart")
+  if [ -n "$restart" ] && [ -n "$started_postgres" ]; then
+    # Started by this script a moment ago: nothing else uses it yet.
+    echo "==> restarting PostgreSQL for: $restart"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main restart 2>/dev/null ||
+      as_root pg_ctlcluster "$version" main restart
+    for _ in $(seq 1 50); do port_open 5432 && break; sleep 0.2; done
+  elif [ -n "$restart" ]; then
+    echo "==> PostgreSQL applies these at its next restart: $restart"
+  fi
 fi
 
 # --- NATS with JetStream ----------------------------------------------------------------------
