@@ -82,7 +82,7 @@ if [ "${LOGBOOK_POSTGRES_SETTINGS:-apply}" != keep ]; then
     value=${BASH_REMATCH[2]}
     value=${value#\'}
     value=${value%\'}
-    if [ "$name" = shared_buffers ] && [ "$(awk '/^MemTotal/ {print $2}' /proc/meminfo)" -lt 8000000 ]; then
+    if [ "$name" = shared_buffers ] && [ "$(awk '/^MemTotal/ {print $2}' /proc/meminfo)" -lt 4000000 ]; then
       continue
     fi
     # Already in effect as written, or already set by an earlier run (as written there).
