@@ -28,6 +28,24 @@ pub(crate) struct Targets {
 /// `current_setting` shows it, so that the two compare as text.
 const RECOMMENDED_SETTINGS: &str = include_str!("../../ops/postgresql.conf");
 
+/// Settings the report's header always shows, whatever the file recommends.
+const SHOWN: [&str; 3] = ["shared_buffers", "fsync", "autovacuum"];
+
+/// A connection to `--postgres`, and the options it was made with.
+async fn admin_connection(
+    targets: &Targets,
+) -> anyhow::Result<(PgConnectOptions, sqlx::PgConnection)> {
+    let admin: PgConnectOptions = targets
+        .postgres
+        .parse()
+        .context("--postgres is not a Postgres URL")?;
+    let conn = admin
+        .connect()
+        .await
+        .with_context(|| format!("connecting to Postgres at {}", targets.postgres))?;
+    Ok((admin, conn))
+}
+
 /// A setting of the server the benchmark ran against.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Setting {
@@ -48,28 +66,21 @@ pub(crate) struct ServerSettings {
 }
 
 impl ServerSettings {
-    /// Reads the recommended settings and a few others that move the figures.
+    /// Reads the recommended settings and those of [`SHOWN`] the file does not name.
     pub(crate) async fn read(targets: &Targets) -> anyhow::Result<Self> {
-        let admin: PgConnectOptions = targets
-            .postgres
-            .parse()
-            .context("--postgres is not a Postgres URL")?;
-        let mut conn = admin
-            .connect()
-            .await
-            .with_context(|| format!("connecting to Postgres at {}", targets.postgres))?;
+        let (_, mut conn) = admin_connection(targets).await?;
         let version: String = sqlx::query_scalar("SELECT current_setting('server_version')")
             .fetch_one(&mut conn)
             .await?;
-        let mut wanted: Vec<(String, Option<String>)> = ["shared_buffers", "fsync", "autovacuum"]
+        let mut wanted: Vec<(String, Option<String>)> = recommended_settings()
             .into_iter()
-            .map(|name| (name.to_string(), None))
+            .map(|(name, value)| (name, Some(value)))
             .collect();
-        wanted.extend(
-            recommended_settings()
-                .into_iter()
-                .map(|(name, value)| (name, Some(value))),
-        );
+        for name in SHOWN {
+            if !wanted.iter().any(|(wanted, _)| wanted == name) {
+                wanted.push((name.to_string(), None));
+            }
+        }
         let mut settings = Vec::with_capacity(wanted.len());
         for (name, recommended) in wanted {
             let value: Option<String> = sqlx::query_scalar("SELECT current_setting($1, true)")
@@ -90,10 +101,9 @@ impl ServerSettings {
     /// that differ from the recommendation.
     pub(crate) fn describe(&self) -> String {
         let shown = |s: &Setting| format!("{} {}", s.name, s.value.as_deref().unwrap_or("unknown"));
-        let base: Vec<String> = self
-            .settings
+        let base: Vec<String> = SHOWN
             .iter()
-            .filter(|s| s.recommended.is_none())
+            .filter_map(|name| self.settings.iter().find(|s| s.name == *name))
             .map(shown)
             .collect();
         let differing: Vec<String> = self
@@ -146,14 +156,7 @@ impl BenchDb {
         reuse: bool,
         keep: bool,
     ) -> anyhow::Result<Self> {
-        let admin: PgConnectOptions = targets
-            .postgres
-            .parse()
-            .context("--postgres is not a Postgres URL")?;
-        let mut conn = admin
-            .connect()
-            .await
-            .with_context(|| format!("connecting to Postgres at {}", targets.postgres))?;
+        let (admin, mut conn) = admin_connection(targets).await?;
         let exists: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
                 .bind(name)

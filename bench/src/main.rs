@@ -244,6 +244,19 @@ fn row(what: &str, value: String, target: &str, ok: Option<bool>) {
     println!("| {what:<48} | {value:>18} | {target:<16} | {verdict:<6} |");
 }
 
+/// A reconnect storm's per-agent times until drained.
+fn drain_row(drain: &stats::Summary) {
+    row(
+        "  per agent, until drained: p50 / p99 / max (ms)",
+        format!(
+            "{:.0} / {:.0} / {:.0}",
+            drain.p50_ms, drain.p99_ms, drain.max_ms
+        ),
+        "",
+        None,
+    );
+}
+
 fn print_table(report: &Report) {
     println!(
         "\nLogbook benchmark on {}\n{}\n",
@@ -423,13 +436,8 @@ fn print_table(report: &Report) {
                 Some(rate >= 2000.0),
             );
         }
-        if let Some(d) = j.reconnect_drain {
-            row(
-                "  per agent, until drained: p50 / p99 / max (ms)",
-                format!("{:.0} / {:.0} / {:.0}", d.p50_ms, d.p99_ms, d.max_ms),
-                "",
-                None,
-            );
+        if let Some(drain) = &j.reconnect_drain {
+            drain_row(drain);
         }
         if let Some(rate) = j.reconnect_after_history_agents_per_sec {
             row(
@@ -439,13 +447,8 @@ fn print_table(report: &Report) {
                 Some(rate >= 2000.0),
             );
         }
-        if let Some(d) = j.reconnect_after_history_drain {
-            row(
-                "  per agent, until drained: p50 / p99 / max (ms)",
-                format!("{:.0} / {:.0} / {:.0}", d.p50_ms, d.p99_ms, d.max_ms),
-                "",
-                None,
-            );
+        if let Some(drain) = &j.reconnect_after_history_drain {
+            drain_row(drain);
         }
         row(
             "gateway peak RSS (MiB)",

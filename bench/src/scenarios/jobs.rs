@@ -168,48 +168,64 @@ async fn connect_fleet(
                 let job = pb::JobDispatch::decode(message.payload.clone())
                     .map(|d| d.job_id)
                     .unwrap_or_default();
-                if mode == Mode::Protocol {
-                    let claim = pb::ClaimRequest {
-                        job_id: job.clone(),
-                        attempt: String::new(),
-                    }
-                    .encode_to_vec();
-                    let granted = client
-                        .request(names.claims(&agent_id), claim.into())
-                        .await
-                        .ok()
-                        .and_then(|r| pb::ClaimResponse::decode(r.payload).ok())
-                        .is_some_and(|r| r.verdict == pb::ClaimVerdict::Run as i32);
-                    if granted {
-                        let granted_at = Instant::now();
-                        let report = pb::JobResultReport {
-                            job_id: job.clone(),
-                            outcome: pb::JobOutcome::Succeeded as i32,
-                            has_exit_code: true,
-                            finished_at_unix_ms: chrono::Utc::now().timestamp_millis(),
-                            ..Default::default()
-                        };
-                        let publish = jetstream::message::PublishMessage::build()
-                            .payload(report.encode_to_vec().into())
-                            .message_id(names.result_msg_id(&job));
-                        if let Ok(ack) = js.send_publish(names.results(&agent_id), publish).await {
-                            let _ = ack.await;
-                        }
-                        // Counted once acknowledged: a phase that ends when every job was
-                        // counted leaves no message unacknowledged for the next one.
-                        let _ = message.double_ack().await;
-                        let _ = received.send((i, job, at, granted_at));
-                        continue;
-                    }
-                    let _ = message.double_ack().await;
-                } else {
-                    let _ = message.double_ack().await;
-                    let _ = received.send((i, job, at, Instant::now()));
+                let granted_at = match mode {
+                    Mode::Protocol => run_job(&client, &js, &names, &agent_id, &job).await,
+                    Mode::AckOnly => None,
+                };
+                // Counted once acknowledged: a phase that ends when every job was counted leaves
+                // no message unacknowledged for the next one.
+                let _ = message.double_ack().await;
+                let counted = match mode {
+                    Mode::Protocol => granted_at,
+                    Mode::AckOnly => Some(Instant::now()),
+                };
+                if let Some(when) = counted {
+                    let _ = received.send((i, job, at, when));
                 }
             }
         }));
     }
     Ok(Fleet { tasks, clients })
+}
+
+/// Claims `job` for the agent and, if the claim is granted, "runs" it (instantly) and publishes
+/// its result. Returns when the claim was granted.
+async fn run_job(
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    names: &Names,
+    agent_id: &str,
+    job: &str,
+) -> Option<Instant> {
+    let claim = pb::ClaimRequest {
+        job_id: job.to_string(),
+        attempt: String::new(),
+    }
+    .encode_to_vec();
+    let granted = client
+        .request(names.claims(agent_id), claim.into())
+        .await
+        .ok()
+        .and_then(|r| pb::ClaimResponse::decode(r.payload).ok())
+        .is_some_and(|r| r.verdict == pb::ClaimVerdict::Run as i32);
+    if !granted {
+        return None;
+    }
+    let granted_at = Instant::now();
+    let report = pb::JobResultReport {
+        job_id: job.to_string(),
+        outcome: pb::JobOutcome::Succeeded as i32,
+        has_exit_code: true,
+        finished_at_unix_ms: chrono::Utc::now().timestamp_millis(),
+        ..Default::default()
+    };
+    let publish = jetstream::message::PublishMessage::build()
+        .payload(report.encode_to_vec().into())
+        .message_id(names.result_msg_id(job));
+    if let Ok(ack) = js.send_publish(names.results(agent_id), publish).await {
+        let _ = ack.await;
+    }
+    Some(granted_at)
 }
 
 async fn wait_count<T>(rx: &mut mpsc::UnboundedReceiver<T>, n: usize, timeout: Duration) -> Vec<T> {
