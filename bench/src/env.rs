@@ -28,6 +28,10 @@ pub(crate) struct Targets {
 /// `current_setting` shows it, so that the two compare as text.
 const RECOMMENDED_SETTINGS: &str = include_str!("../../ops/postgresql.conf");
 
+/// The kernel settings Logbook recommends for the database's host (`ops/sysctl.conf`), each
+/// value written the way `/proc/sys` shows it.
+const RECOMMENDED_KERNEL_SETTINGS: &str = include_str!("../../ops/sysctl.conf");
+
 /// Settings the report's header always shows, whatever the file recommends.
 const SHOWN: [&str; 3] = ["shared_buffers", "fsync", "autovacuum"];
 
@@ -100,34 +104,92 @@ impl ServerSettings {
     /// One line for the report: the version, the settings that move the figures, and those
     /// that differ from the recommendation.
     pub(crate) fn describe(&self) -> String {
-        let shown = |s: &Setting| format!("{} {}", s.name, s.value.as_deref().unwrap_or("unknown"));
         let base: Vec<String> = SHOWN
             .iter()
             .filter_map(|name| self.settings.iter().find(|s| s.name == *name))
-            .map(shown)
+            .map(Setting::shown)
             .collect();
-        let differing: Vec<String> = self
-            .settings
-            .iter()
-            .filter_map(|s| {
-                let recommended = s.recommended.as_deref()?;
-                (s.value.as_deref() != Some(recommended))
-                    .then(|| format!("{} (recommended {recommended})", shown(s)))
+        format!(
+            "PostgreSQL {}: {}; {}",
+            self.version,
+            base.join(", "),
+            advice(&self.settings, "ops/postgresql.conf")
+        )
+    }
+}
+
+/// The kernel settings of this host (the database's: the benchmark runs beside it) that
+/// `ops/sysctl.conf` names, read from `/proc/sys`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct KernelSettings {
+    pub(crate) settings: Vec<Setting>,
+}
+
+impl KernelSettings {
+    pub(crate) fn read() -> Self {
+        let settings = settings_file(RECOMMENDED_KERNEL_SETTINGS)
+            .into_iter()
+            .map(|(name, recommended)| {
+                let path = format!("/proc/sys/{}", name.replace('.', "/"));
+                let value = std::fs::read_to_string(path)
+                    .ok()
+                    .map(|value| value.trim().to_string());
+                Setting {
+                    name,
+                    value,
+                    recommended: Some(recommended),
+                }
             })
             .collect();
-        let advice = if differing.is_empty() {
-            "set as ops/postgresql.conf recommends".to_string()
-        } else {
-            format!("differs from ops/postgresql.conf: {}", differing.join(", "))
-        };
-        format!("PostgreSQL {}: {}; {advice}", self.version, base.join(", "))
+        Self { settings }
+    }
+
+    /// One line for the report: each setting, and whether it is as recommended.
+    pub(crate) fn describe(&self) -> String {
+        let all: Vec<String> = self.settings.iter().map(Setting::shown).collect();
+        format!(
+            "Linux: {}; {}",
+            all.join(", "),
+            advice(&self.settings, "ops/sysctl.conf")
+        )
+    }
+}
+
+impl Setting {
+    fn shown(&self) -> String {
+        format!(
+            "{} {}",
+            self.name,
+            self.value.as_deref().unwrap_or("unknown")
+        )
+    }
+}
+
+/// Says whether `settings` are as `file` recommends, naming those that are not.
+fn advice(settings: &[Setting], file: &str) -> String {
+    let differing: Vec<String> = settings
+        .iter()
+        .filter_map(|s| {
+            let recommended = s.recommended.as_deref()?;
+            (s.value.as_deref() != Some(recommended))
+                .then(|| format!("{} (recommended {recommended})", s.shown()))
+        })
+        .collect();
+    if differing.is_empty() {
+        format!("set as {file} recommends")
+    } else {
+        format!("differs from {file}: {}", differing.join(", "))
     }
 }
 
 /// The `name = value` lines of `ops/postgresql.conf` (quotes taken off, comments left out).
 pub(crate) fn recommended_settings() -> Vec<(String, String)> {
-    RECOMMENDED_SETTINGS
-        .lines()
+    settings_file(RECOMMENDED_SETTINGS)
+}
+
+/// The `name = value` lines of a settings file (quotes taken off, comments left out).
+fn settings_file(text: &str) -> Vec<(String, String)> {
+    text.lines()
         .filter_map(|line| {
             let line = line.split('#').next()?.trim();
             let (name, value) = line.split_once('=')?;

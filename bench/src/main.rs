@@ -107,6 +107,7 @@ enum Scenario {
 struct Report {
     machine: String,
     postgres: env::ServerSettings,
+    kernel: env::KernelSettings,
     checkin: Option<scenarios::checkin::Results>,
     history: Option<scenarios::history::Results>,
     jobs: Option<scenarios::jobs::Results>,
@@ -160,6 +161,7 @@ fn main() -> anyhow::Result<()> {
         let mut report = Report {
             machine: machine(),
             postgres: env::ServerSettings::read(&targets).await?,
+            kernel: env::KernelSettings::read(),
             ..Default::default()
         };
         let work = async {
@@ -259,9 +261,10 @@ fn drain_row(drain: &stats::Summary) {
 
 fn print_table(report: &Report) {
     println!(
-        "\nLogbook benchmark on {}\n{}\n",
+        "\nLogbook benchmark on {}\n{}\n{}\n",
         report.machine,
-        report.postgres.describe()
+        report.postgres.describe(),
+        report.kernel.describe()
     );
     println!(
         "| {:<48} | {:>18} | {:<16} | {:<6} |",

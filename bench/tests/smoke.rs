@@ -85,8 +85,17 @@ fn a_smoke_run_completes_and_writes_its_report() {
             "PostgreSQL does not know {setting}"
         );
     }
+    // Every setting ops/sysctl.conf names is one the kernel has.
+    let kernel = report["kernel"]["settings"]
+        .as_array()
+        .expect("kernel settings");
+    assert!(!kernel.is_empty(), "{report}");
+    for setting in kernel {
+        assert!(setting["value"].is_string(), "the kernel has no {setting}");
+    }
     let table = String::from_utf8_lossy(&output.stdout);
     assert!(table.contains("PostgreSQL"), "{table}");
+    assert!(table.contains("Linux: vm."), "{table}");
     assert!(table.contains("check-ins/s"), "{table}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -113,6 +113,34 @@ if [ "${LOGBOOK_POSTGRES_SETTINGS:-apply}" != keep ]; then
   fi
 fi
 
+# --- Kernel settings ----------------------------------------------------------------------------
+# ops/sysctl.conf holds what the database's host needs of the kernel (each setting says why).
+# They are applied to the running kernel, only those that differ, and last until the next
+# reboot: copying the file to /etc/sysctl.d/ is the operator's call. A kernel that refuses one
+# (a container without the right to) is named and left as it is. LOGBOOK_POSTGRES_SETTINGS=keep
+# leaves these alone too.
+if [ "${LOGBOOK_POSTGRES_SETTINGS:-apply}" != keep ] && ! command -v sysctl >/dev/null 2>&1; then
+  echo "==> no sysctl here (Debian's procps); the kernel settings of ops/sysctl.conf are not applied" >&2
+elif [ "${LOGBOOK_POSTGRES_SETTINGS:-apply}" != keep ]; then
+  changed=()
+  while IFS= read -r line; do
+    line=${line%%#*}
+    [[ $line =~ ^[[:space:]]*([a-z0-9_.]+)[[:space:]]*=[[:space:]]*(.*[^[:space:]])[[:space:]]*$ ]] || continue
+    name=${BASH_REMATCH[1]}
+    value=${BASH_REMATCH[2]}
+    current=$(sysctl -n "$name" 2>/dev/null) || { echo "==> this kernel has no $name (ops/sysctl.conf); skipped" >&2; continue; }
+    [ "$current" = "$value" ] && continue
+    if as_root sysctl -qw "$name=$value" >/dev/null 2>&1; then
+      changed+=("$name")
+    else
+      echo "==> the kernel refused $name = $value from ops/sysctl.conf; left at $current" >&2
+    fi
+  done <"$root/ops/sysctl.conf"
+  if [ ${#changed[@]} -gt 0 ]; then
+    echo "==> kernel settings from ops/sysctl.conf applied until the next reboot: ${changed[*]} (copy the file to /etc/sysctl.d/ to keep them)"
+  fi
+fi
+
 # --- NATS with JetStream ----------------------------------------------------------------------
 nats_bin=$(command -v nats-server || true)
 [ -z "$nats_bin" ] && [ -x /usr/sbin/nats-server ] && nats_bin=/usr/sbin/nats-server
