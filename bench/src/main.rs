@@ -307,6 +307,19 @@ fn print_table(report: &Report) {
             "p99 <= 50",
             Some(c.fixed_rate_latency.p99_ms <= 50.0),
         );
+        if let Some((second, slowest)) = c
+            .fixed_rate_by_second
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.p99_ms.total_cmp(&b.1.p99_ms))
+        {
+            row(
+                "  its slowest second: from start (s), p99 / max (ms)",
+                format!("{second}: {:.1} / {:.0}", slowest.p99_ms, slowest.max_ms),
+                "",
+                None,
+            );
+        }
         row(
             "CqrsFramework::execute commands/s (same run)",
             format!("{:.0}", c.cqrs_execute_per_sec),

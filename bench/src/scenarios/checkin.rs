@@ -49,6 +49,9 @@ pub(crate) struct Results {
     pub(crate) fixed_rate_target: u64,
     pub(crate) fixed_rate_achieved: f64,
     pub(crate) fixed_rate_latency: Summary,
+    /// The fixed-rate phase second by second (by scheduled start), so that a tail can be placed
+    /// in time beside the server's logs (a checkpoint, a writeback burst).
+    pub(crate) fixed_rate_by_second: Vec<Summary>,
     pub(crate) errors: u64,
     pub(crate) mean_batch: f64,
     pub(crate) mean_flush_ms: f64,
@@ -317,13 +320,14 @@ pub(crate) async fn saturate(
 }
 
 /// Check-ins started at a fixed rate; latency counts from the scheduled start, so a stall is
-/// not hidden by fewer requests being sent (no coordinated omission).
+/// not hidden by fewer requests being sent (no coordinated omission). Returns the rate
+/// achieved, the latencies, each second's summary, and the failures.
 pub(crate) async fn fixed_rate(
     client: &Arc<CheckinClient>,
     agents: usize,
     rate: u64,
     duration: Duration,
-) -> (f64, Latencies, u64) {
+) -> (f64, Latencies, Vec<Summary>, u64) {
     let errors = Arc::new(AtomicU64::new(0));
     // Enough open connections for a second of latency at this rate's usual concurrency.
     if client.open(256).await.is_err() {
@@ -343,7 +347,7 @@ pub(crate) async fn fixed_rate(
         tokio::spawn(async move {
             match client.send(i).await {
                 Ok(()) => {
-                    let _ = tx.send(scheduled.elapsed());
+                    let _ = tx.send((n / rate.max(1), scheduled.elapsed()));
                 }
                 Err(_) => {
                     errors.fetch_add(1, Ordering::Relaxed);
@@ -353,13 +357,20 @@ pub(crate) async fn fixed_rate(
     }
     drop(tx);
     let mut latencies = Latencies::default();
-    while let Some(latency) = rx.recv().await {
+    let mut seconds: Vec<Latencies> = Vec::new();
+    while let Some((second, latency)) = rx.recv().await {
         latencies.record(latency);
+        let second = second as usize;
+        if seconds.len() <= second {
+            seconds.resize_with(second + 1, Latencies::default);
+        }
+        seconds[second].record(latency);
     }
     let elapsed = started.elapsed().as_secs_f64();
     (
         latencies.len() as f64 / elapsed,
         latencies,
+        seconds.iter_mut().map(Latencies::summary).collect(),
         errors.load(Ordering::Relaxed),
     )
 }
@@ -640,8 +651,13 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
     ui::step(&format!(
         "mean ingest batch {mean_batch:.0} check-ins, mean flush {mean_flush_ms:.1} ms"
     ));
-    ui::step(&format!("check-ins at {}/s", options.rate));
-    let (fixed_rate_achieved, mut fixed, errors_b) =
+    // The wall-clock start, to place the slowest second beside the server's logs.
+    ui::step(&format!(
+        "check-ins at {}/s from {} UTC",
+        options.rate,
+        chrono::Utc::now().format("%H:%M:%S")
+    ));
+    let (fixed_rate_achieved, mut fixed, fixed_rate_by_second, errors_b) =
         fixed_rate(&client, agents.len(), options.rate, options.duration).await;
 
     let (gateway_peak_rss_mib, _) = env::memory_mib(gateway.pid());
@@ -699,6 +715,7 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
         fixed_rate_target: options.rate,
         fixed_rate_achieved,
         fixed_rate_latency: fixed.summary(),
+        fixed_rate_by_second,
         errors: errors_a + errors_b,
         mean_batch,
         mean_flush_ms,
