@@ -148,7 +148,7 @@ impl KernelSettings {
     pub(crate) fn describe(&self) -> String {
         let all: Vec<String> = self.settings.iter().map(Setting::shown).collect();
         format!(
-            "Linux: {}; {}",
+            "Linux (this host): {}; {}",
             all.join(", "),
             advice(&self.settings, "ops/sysctl.conf")
         )

@@ -95,7 +95,7 @@ fn a_smoke_run_completes_and_writes_its_report() {
     }
     let table = String::from_utf8_lossy(&output.stdout);
     assert!(table.contains("PostgreSQL"), "{table}");
-    assert!(table.contains("Linux: vm."), "{table}");
+    assert!(table.contains("Linux (this host): vm."), "{table}");
     assert!(table.contains("check-ins/s"), "{table}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -116,10 +116,13 @@ fi
 # --- Kernel settings ----------------------------------------------------------------------------
 # ops/sysctl.conf holds what the database's host needs of the kernel (each setting says why).
 # They are applied to the running kernel, only those that differ, and last until the next
-# reboot: copying the file to /etc/sysctl.d/ is the operator's call. A kernel that refuses one
-# (a container without the right to) is named and left as it is. LOGBOOK_POSTGRES_SETTINGS=keep
-# leaves these alone too.
-if [ "${LOGBOOK_POSTGRES_SETTINGS:-apply}" != keep ] && ! command -v sysctl >/dev/null 2>&1; then
+# reboot: copying the file to /etc/sysctl.d/ is the operator's call. Setting one needs root
+# (or sudo without a password prompt: the scripts never stop to ask for this); one that cannot
+# be set (no root, a container without the right to) is named and left as it is. In a
+# privileged container these settings are the host's. `sysctl -w vm.dirty_background_ratio=10`
+# restores the kernel's default writeback. LOGBOOK_POSTGRES_SETTINGS=keep leaves these alone too.
+sysctl_bin=$(command -v sysctl || echo /usr/sbin/sysctl)
+if [ "${LOGBOOK_POSTGRES_SETTINGS:-apply}" != keep ] && [ ! -x "$sysctl_bin" ]; then
   echo "==> no sysctl here (Debian's procps); the kernel settings of ops/sysctl.conf are not applied" >&2
 elif [ "${LOGBOOK_POSTGRES_SETTINGS:-apply}" != keep ]; then
   changed=()
@@ -128,12 +131,13 @@ elif [ "${LOGBOOK_POSTGRES_SETTINGS:-apply}" != keep ]; then
     [[ $line =~ ^[[:space:]]*([a-z0-9_.]+)[[:space:]]*=[[:space:]]*(.*[^[:space:]])[[:space:]]*$ ]] || continue
     name=${BASH_REMATCH[1]}
     value=${BASH_REMATCH[2]}
-    current=$(sysctl -n "$name" 2>/dev/null) || { echo "==> this kernel has no $name (ops/sysctl.conf); skipped" >&2; continue; }
+    current=$("$sysctl_bin" -n "$name" 2>/dev/null) || { echo "==> this kernel has no $name (ops/sysctl.conf); skipped" >&2; continue; }
     [ "$current" = "$value" ] && continue
-    if as_root sysctl -qw "$name=$value" >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ]; then set_it=("$sysctl_bin"); else set_it=(sudo -n "$sysctl_bin"); fi
+    if "${set_it[@]}" -qw "$name=$value" >/dev/null 2>&1; then
       changed+=("$name")
     else
-      echo "==> the kernel refused $name = $value from ops/sysctl.conf; left at $current" >&2
+      echo "==> could not set $name = $value from ops/sysctl.conf (needs root, or the kernel refused it); left at $current" >&2
     fi
   done <"$root/ops/sysctl.conf"
   if [ ${#changed[@]} -gt 0 ]; then

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use futures::{StreamExt, TryStreamExt};
@@ -52,6 +53,8 @@ pub(crate) struct Results {
     /// The fixed-rate phase second by second (by scheduled start), so that a tail can be placed
     /// in time beside the server's logs (a checkpoint, a writeback burst).
     pub(crate) fixed_rate_by_second: Vec<Summary>,
+    /// When the fixed-rate phase's first check-in was scheduled (UTC).
+    pub(crate) fixed_rate_started_at: DateTime<Utc>,
     pub(crate) errors: u64,
     pub(crate) mean_batch: f64,
     pub(crate) mean_flush_ms: f64,
@@ -320,14 +323,13 @@ pub(crate) async fn saturate(
 }
 
 /// Check-ins started at a fixed rate; latency counts from the scheduled start, so a stall is
-/// not hidden by fewer requests being sent (no coordinated omission). Returns the rate
-/// achieved, the latencies, each second's summary, and the failures.
+/// not hidden by fewer requests being sent (no coordinated omission).
 pub(crate) async fn fixed_rate(
     client: &Arc<CheckinClient>,
     agents: usize,
     rate: u64,
     duration: Duration,
-) -> (f64, Latencies, Vec<Summary>, u64) {
+) -> FixedRate {
     let errors = Arc::new(AtomicU64::new(0));
     // Enough open connections for a second of latency at this rate's usual concurrency.
     if client.open(256).await.is_err() {
@@ -336,6 +338,7 @@ pub(crate) async fn fixed_rate(
     let total = (rate as f64 * duration.as_secs_f64()) as u64;
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let started = tokio::time::Instant::now();
+    let started_at = Utc::now();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     for n in 0..total {
         let scheduled = started + interval * n as u32;
@@ -367,12 +370,26 @@ pub(crate) async fn fixed_rate(
         seconds[second].record(latency);
     }
     let elapsed = started.elapsed().as_secs_f64();
-    (
-        latencies.len() as f64 / elapsed,
+    FixedRate {
+        achieved: latencies.len() as f64 / elapsed,
         latencies,
-        seconds.iter_mut().map(Latencies::summary).collect(),
-        errors.load(Ordering::Relaxed),
-    )
+        by_second: seconds.iter_mut().map(Latencies::summary).collect(),
+        started_at,
+        errors: errors.load(Ordering::Relaxed),
+    }
+}
+
+/// What a fixed-rate phase measured.
+pub(crate) struct FixedRate {
+    /// Check-ins answered per second.
+    pub(crate) achieved: f64,
+    pub(crate) latencies: Latencies,
+    /// Each second's latencies, by scheduled start.
+    pub(crate) by_second: Vec<Summary>,
+    /// When the first check-in was scheduled.
+    pub(crate) started_at: DateTime<Utc>,
+    /// Check-ins that failed.
+    pub(crate) errors: u64,
 }
 
 /// The aggregate a plain cqrs-es design would use: every check-in an event of the agent,
@@ -651,14 +668,14 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
     ui::step(&format!(
         "mean ingest batch {mean_batch:.0} check-ins, mean flush {mean_flush_ms:.1} ms"
     ));
-    // The wall-clock start, to place the slowest second beside the server's logs.
-    ui::step(&format!(
-        "check-ins at {}/s from {} UTC",
-        options.rate,
-        chrono::Utc::now().format("%H:%M:%S")
-    ));
-    let (fixed_rate_achieved, mut fixed, fixed_rate_by_second, errors_b) =
-        fixed_rate(&client, agents.len(), options.rate, options.duration).await;
+    ui::step(&format!("check-ins at {}/s", options.rate));
+    let FixedRate {
+        achieved: fixed_rate_achieved,
+        latencies: mut fixed,
+        by_second: fixed_rate_by_second,
+        started_at: fixed_rate_started_at,
+        errors: errors_b,
+    } = fixed_rate(&client, agents.len(), options.rate, options.duration).await;
 
     let (gateway_peak_rss_mib, _) = env::memory_mib(gateway.pid());
     let (agent_peak_rss_mib, agent_rss_mib) = real_agent.pid().map_or((0.0, 0.0), env::memory_mib);
@@ -716,6 +733,7 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
         fixed_rate_achieved,
         fixed_rate_latency: fixed.summary(),
         fixed_rate_by_second,
+        fixed_rate_started_at,
         errors: errors_a + errors_b,
         mean_batch,
         mean_flush_ms,
