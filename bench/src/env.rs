@@ -50,13 +50,13 @@ async fn admin_connection(
     Ok((admin, conn))
 }
 
-/// A setting of the server the benchmark ran against.
+/// A setting of the server or the host the benchmark ran against.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Setting {
     pub(crate) name: String,
-    /// `None` when the server does not know the setting.
+    /// `None` when the server (or the kernel) does not know the setting.
     pub(crate) value: Option<String>,
-    /// What `ops/postgresql.conf` recommends, if it names the setting.
+    /// What `ops/postgresql.conf` (or `ops/sysctl.conf`) recommends, if it names the setting.
     pub(crate) recommended: Option<String>,
 }
 
@@ -76,7 +76,7 @@ impl ServerSettings {
         let version: String = sqlx::query_scalar("SELECT current_setting('server_version')")
             .fetch_one(&mut conn)
             .await?;
-        let mut wanted: Vec<(String, Option<String>)> = recommended_settings()
+        let mut wanted: Vec<(String, Option<String>)> = settings_file(RECOMMENDED_SETTINGS)
             .into_iter()
             .map(|(name, value)| (name, Some(value)))
             .collect();
@@ -180,11 +180,6 @@ fn advice(settings: &[Setting], file: &str) -> String {
     } else {
         format!("differs from {file}: {}", differing.join(", "))
     }
-}
-
-/// The `name = value` lines of `ops/postgresql.conf` (quotes taken off, comments left out).
-pub(crate) fn recommended_settings() -> Vec<(String, String)> {
-    settings_file(RECOMMENDED_SETTINGS)
 }
 
 /// The `name = value` lines of a settings file (quotes taken off, comments left out).

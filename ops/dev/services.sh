@@ -25,6 +25,20 @@ port_open() {
   (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
+# The `name = value` lines of a settings file (ops/postgresql.conf, ops/sysctl.conf), one
+# `name<TAB>value` per line, comments and quotes taken off.
+settings_in() {
+  local line value
+  while IFS= read -r line; do
+    line=${line%%#*}
+    [[ $line =~ ^[[:space:]]*([a-z0-9_.]+)[[:space:]]*=[[:space:]]*(.*[^[:space:]])[[:space:]]*$ ]] || continue
+    value=${BASH_REMATCH[2]}
+    value=${value#\'}
+    value=${value%\'}
+    printf '%s\t%s\n' "${BASH_REMATCH[1]}" "$value"
+  done <"$1"
+}
+
 # --- PostgreSQL -----------------------------------------------------------------------------
 if ! command -v pg_ctlcluster >/dev/null 2>&1 && ! command -v psql >/dev/null 2>&1; then
   apt_install postgresql
@@ -75,13 +89,7 @@ fi
 # LOGBOOK_POSTGRES_SETTINGS=keep leaves the server's settings alone.
 if [ "${LOGBOOK_POSTGRES_SETTINGS:-apply}" != keep ]; then
   changed=()
-  while IFS= read -r line; do
-    line=${line%%#*}
-    [[ $line =~ ^[[:space:]]*([a-z_]+)[[:space:]]*=[[:space:]]*(.*[^[:space:]])[[:space:]]*$ ]] || continue
-    name=${BASH_REMATCH[1]}
-    value=${BASH_REMATCH[2]}
-    value=${value#\'}
-    value=${value%\'}
+  while IFS=$'\t' read -r name value; do
     if [ "$name" = shared_buffers ] && [ "$(awk '/^MemTotal/ {print $2}' /proc/meminfo)" -lt 4000000 ]; then
       continue
     fi
@@ -95,7 +103,7 @@ if [ "${LOGBOOK_POSTGRES_SETTINGS:-apply}" != keep ]; then
         echo "==> PostgreSQL refused $name = '$value' from ops/postgresql.conf; left as it is" >&2
       fi
     fi
-  done <"$root/ops/postgresql.conf"
+  done < <(settings_in "$root/ops/postgresql.conf")
   if [ ${#changed[@]} -gt 0 ]; then
     pg_admin -c "SELECT pg_reload_conf()" >/dev/null
     sleep 0.5
@@ -121,28 +129,29 @@ fi
 # be set (no root, a container without the right to) is named and left as it is. In a
 # privileged container these settings are the host's. `sysctl -w vm.dirty_background_ratio=10`
 # restores the kernel's default writeback. LOGBOOK_POSTGRES_SETTINGS=keep leaves these alone too.
-sysctl_bin=$(command -v sysctl || echo /usr/sbin/sysctl)
-if [ "${LOGBOOK_POSTGRES_SETTINGS:-apply}" != keep ] && [ ! -x "$sysctl_bin" ]; then
-  echo "==> no sysctl here (Debian's procps); the kernel settings of ops/sysctl.conf are not applied" >&2
-elif [ "${LOGBOOK_POSTGRES_SETTINGS:-apply}" != keep ]; then
-  changed=()
-  while IFS= read -r line; do
-    line=${line%%#*}
-    [[ $line =~ ^[[:space:]]*([a-z0-9_.]+)[[:space:]]*=[[:space:]]*(.*[^[:space:]])[[:space:]]*$ ]] || continue
-    name=${BASH_REMATCH[1]}
-    value=${BASH_REMATCH[2]}
+apply_kernel_settings() {
+  local sysctl_bin changed=() name value current set_it
+  sysctl_bin=$(command -v sysctl || echo /usr/sbin/sysctl)
+  if [ ! -x "$sysctl_bin" ]; then
+    echo "==> no sysctl here (Debian's procps); the kernel settings of ops/sysctl.conf are not applied" >&2
+    return
+  fi
+  if [ "$(id -u)" -eq 0 ]; then set_it=("$sysctl_bin"); else set_it=(sudo -n "$sysctl_bin"); fi
+  while IFS=$'\t' read -r name value; do
     current=$("$sysctl_bin" -n "$name" 2>/dev/null) || { echo "==> this kernel has no $name (ops/sysctl.conf); skipped" >&2; continue; }
     [ "$current" = "$value" ] && continue
-    if [ "$(id -u)" -eq 0 ]; then set_it=("$sysctl_bin"); else set_it=(sudo -n "$sysctl_bin"); fi
     if "${set_it[@]}" -qw "$name=$value" >/dev/null 2>&1; then
       changed+=("$name")
     else
       echo "==> could not set $name = $value from ops/sysctl.conf (needs root, or the kernel refused it); left at $current" >&2
     fi
-  done <"$root/ops/sysctl.conf"
+  done < <(settings_in "$root/ops/sysctl.conf")
   if [ ${#changed[@]} -gt 0 ]; then
     echo "==> kernel settings from ops/sysctl.conf applied until the next reboot: ${changed[*]} (copy the file to /etc/sysctl.d/ to keep them)"
   fi
+}
+if [ "${LOGBOOK_POSTGRES_SETTINGS:-apply}" != keep ]; then
+  apply_kernel_settings
 fi
 
 # --- NATS with JetStream ----------------------------------------------------------------------

@@ -350,7 +350,7 @@ pub(crate) async fn fixed_rate(
         tokio::spawn(async move {
             match client.send(i).await {
                 Ok(()) => {
-                    let _ = tx.send((n / rate.max(1), scheduled.elapsed()));
+                    let _ = tx.send((n / rate, scheduled.elapsed()));
                 }
                 Err(_) => {
                     errors.fetch_add(1, Ordering::Relaxed);
@@ -359,10 +359,8 @@ pub(crate) async fn fixed_rate(
         });
     }
     drop(tx);
-    let mut latencies = Latencies::default();
     let mut seconds: Vec<Latencies> = Vec::new();
     while let Some((second, latency)) = rx.recv().await {
-        latencies.record(latency);
         let second = second as usize;
         if seconds.len() <= second {
             seconds.resize_with(second + 1, Latencies::default);
@@ -370,10 +368,15 @@ pub(crate) async fn fixed_rate(
         seconds[second].record(latency);
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let by_second = seconds.iter_mut().map(Latencies::summary).collect();
+    let mut latencies = Latencies::default();
+    for second in seconds {
+        latencies.extend(second);
+    }
     FixedRate {
         achieved: latencies.len() as f64 / elapsed,
         latencies,
-        by_second: seconds.iter_mut().map(Latencies::summary).collect(),
+        by_second,
         started_at,
         errors: errors.load(Ordering::Relaxed),
     }
