@@ -389,18 +389,90 @@ impl CpuTimes {
 /// Seconds the machine's CPUs have spent on anything but idling and waiting for I/O, summed
 /// over the CPUs, from the first line of `/proc/stat` (in `USER_HZ` ticks).
 fn machine_busy_seconds() -> Option<f64> {
+    let ticks = machine_ticks()?;
+    let total: u64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3)? + ticks.get(4)?;
+    Some((total - idle) as f64 / 100.0)
+}
+
+/// The first line of `/proc/stat`: ticks of all CPUs spent in user, nice, system, idle, iowait,
+/// irq, softirq and steal time, then the rest.
+fn machine_ticks() -> Option<Vec<u64>> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let ticks: Vec<u64> = stat
-        .lines()
+    stat.lines()
         .next()?
         .split_whitespace()
         .skip(1)
         .map(str::parse)
         .collect::<Result<_, _>>()
-        .ok()?;
-    let total: u64 = ticks.iter().take(8).sum();
-    let idle = ticks.get(3)? + ticks.get(4)?;
-    Some((total - idle) as f64 / 100.0)
+        .ok()
+}
+
+/// What the host was doing, read at one moment: the CPUs' tick counters and the page cache's
+/// dirty and writeback sizes. Two of them, a second apart, say what that second held besides
+/// the benchmark's own work: a hypervisor taking the CPUs away (steal), CPUs idle while I/O
+/// was pending (iowait), a writeback burst.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HostSample {
+    ticks: Vec<u64>,
+    dirty_kib: u64,
+    writeback_kib: u64,
+}
+
+/// The host over an interval between two [`HostSample`]s: CPU shares as percentages of all
+/// CPUs' time, the page cache at the interval's end.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub(crate) struct HostInterval {
+    pub(crate) busy_pct: f64,
+    pub(crate) iowait_pct: f64,
+    pub(crate) steal_pct: f64,
+    pub(crate) dirty_mib: f64,
+    pub(crate) writeback_mib: f64,
+}
+
+impl HostSample {
+    pub(crate) fn now() -> Self {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let kib = |name: &str| {
+            meminfo
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Self {
+            ticks: machine_ticks().unwrap_or_default(),
+            dirty_kib: kib("Dirty:"),
+            writeback_kib: kib("Writeback:"),
+        }
+    }
+
+    /// The interval from `earlier` to this sample (zeros where `/proc` could not be read).
+    pub(crate) fn since(&self, earlier: &HostSample) -> HostInterval {
+        let delta = |i: usize| {
+            self.ticks
+                .get(i)
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(earlier.ticks.get(i).copied().unwrap_or(0)) as f64
+        };
+        let total: f64 = (0..8).map(delta).sum();
+        let pct = |ticks: f64| {
+            if total > 0.0 {
+                100.0 * ticks / total
+            } else {
+                0.0
+            }
+        };
+        HostInterval {
+            busy_pct: pct(total - delta(3) - delta(4)),
+            iowait_pct: pct(delta(4)),
+            steal_pct: pct(delta(7)),
+            dirty_mib: self.dirty_kib as f64 / 1024.0,
+            writeback_mib: self.writeback_kib as f64 / 1024.0,
+        }
+    }
 }
 
 /// A running `logbook serve`.

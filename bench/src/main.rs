@@ -328,6 +328,23 @@ fn print_table(report: &Report) {
                 "",
                 None,
             );
+            if let Some(host) = c.fixed_rate_host_by_second.get(second) {
+                row(
+                    "    the host then: busy / iowait / steal (%)",
+                    format!(
+                        "{:.0} / {:.0} / {:.0}",
+                        host.busy_pct, host.iowait_pct, host.steal_pct
+                    ),
+                    "",
+                    None,
+                );
+                row(
+                    "    page cache dirty / writeback (MiB)",
+                    format!("{:.0} / {:.0}", host.dirty_mib, host.writeback_mib),
+                    "",
+                    None,
+                );
+            }
         }
         row(
             "CqrsFramework::execute commands/s (same run)",

@@ -41,6 +41,22 @@ fn a_smoke_run_completes_and_writes_its_report() {
     assert!(checkin["cqrs_execute_per_sec"].as_f64().expect("rate") > 0.0);
     assert!(checkin["raw_insert_rows_per_sec"].as_f64().expect("rate") > 0.0);
     assert_eq!(checkin["errors"], 0);
+    // The host was read beside each second of the fixed-rate phase, and was busy then.
+    let host = checkin["fixed_rate_host_by_second"]
+        .as_array()
+        .expect("the host by second");
+    assert!(!host.is_empty(), "{report}");
+    for second in host {
+        for share in ["busy_pct", "iowait_pct", "steal_pct"] {
+            let pct = second[share].as_f64().expect("a share");
+            assert!((0.0..=100.0).contains(&pct), "{share} {pct} in {second}");
+        }
+    }
+    assert!(
+        host.iter()
+            .any(|s| s["busy_pct"].as_f64().is_some_and(|b| b > 0.0)),
+        "{report}"
+    );
     let jobs = &report["jobs"];
     assert!(
         jobs["issue_to_start"]["count"].as_u64().expect("count") > 0,
@@ -97,6 +113,7 @@ fn a_smoke_run_completes_and_writes_its_report() {
     assert!(table.contains("PostgreSQL"), "{table}");
     assert!(table.contains("Linux (this host): vm."), "{table}");
     assert!(table.contains("check-ins/s"), "{table}");
+    assert!(table.contains("the host then: busy"), "{table}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -53,6 +53,8 @@ pub(crate) struct Results {
     /// The fixed-rate phase second by second (by scheduled start), so that a tail can be placed
     /// in time beside the server's logs (a checkpoint, a writeback burst).
     pub(crate) fixed_rate_by_second: Vec<Summary>,
+    /// The host in each of those seconds ([`FixedRate::host_by_second`]).
+    pub(crate) fixed_rate_host_by_second: Vec<env::HostInterval>,
     /// When the fixed-rate phase's first check-in was scheduled (UTC).
     pub(crate) fixed_rate_started_at: DateTime<Utc>,
     pub(crate) errors: u64,
@@ -339,6 +341,20 @@ pub(crate) async fn fixed_rate(
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let started = tokio::time::Instant::now();
     let started_at = Utc::now();
+    // The host, second by second beside the latencies (see `FixedRate::host_by_second`).
+    let host = tokio::spawn(async move {
+        let mut seconds = Vec::new();
+        let mut earlier = env::HostSample::now();
+        let mut tick =
+            tokio::time::interval_at(started + Duration::from_secs(1), Duration::from_secs(1));
+        for _ in 0..duration.as_secs().max(1) {
+            tick.tick().await;
+            let now = env::HostSample::now();
+            seconds.push(now.since(&earlier));
+            earlier = now;
+        }
+        seconds
+    });
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     for n in 0..total {
         let scheduled = started + interval * n as u32;
@@ -377,6 +393,7 @@ pub(crate) async fn fixed_rate(
         achieved: latencies.len() as f64 / elapsed,
         latencies,
         by_second,
+        host_by_second: host.await.unwrap_or_default(),
         started_at,
         errors: errors.load(Ordering::Relaxed),
     }
@@ -389,6 +406,9 @@ pub(crate) struct FixedRate {
     pub(crate) latencies: Latencies,
     /// Each second's latencies, by scheduled start.
     pub(crate) by_second: Vec<Summary>,
+    /// The host in each second of the phase: CPU busy, in iowait and stolen by the hypervisor,
+    /// the page cache's dirty and writeback sizes. A slow second with steal is the host's.
+    pub(crate) host_by_second: Vec<env::HostInterval>,
     /// When the first check-in was scheduled.
     pub(crate) started_at: DateTime<Utc>,
     /// Check-ins that failed.
@@ -676,6 +696,7 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
         achieved: fixed_rate_achieved,
         latencies: mut fixed,
         by_second: fixed_rate_by_second,
+        host_by_second: fixed_rate_host_by_second,
         started_at: fixed_rate_started_at,
         errors: errors_b,
     } = fixed_rate(&client, agents.len(), options.rate, options.duration).await;
@@ -736,6 +757,7 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
         fixed_rate_achieved,
         fixed_rate_latency: fixed.summary(),
         fixed_rate_by_second,
+        fixed_rate_host_by_second,
         fixed_rate_started_at,
         errors: errors_a + errors_b,
         mean_batch,
