@@ -281,15 +281,16 @@ pub(crate) fn binary(name: &str) -> anyhow::Result<PathBuf> {
 /// Peak and current resident memory of a process, in MiB, from /proc.
 pub(crate) fn memory_mib(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kib| kib.parse::<f64>().ok())
-            .map_or(0.0, |kib| kib / 1024.0)
-    };
-    (field("VmHWM:"), field("VmRSS:"))
+    (mib_field(&status, "VmHWM:"), mib_field(&status, "VmRSS:"))
+}
+
+/// A `Name:   1234 kB` line of a `/proc` file (`status`, `meminfo`) in MiB; 0 when it is missing.
+fn mib_field(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 /// CPU time (user and system) consumed so far by the processes that serve a check-in: the
@@ -389,10 +390,16 @@ impl CpuTimes {
 /// Seconds the machine's CPUs have spent on anything but idling and waiting for I/O, summed
 /// over the CPUs, from the first line of `/proc/stat` (in `USER_HZ` ticks).
 fn machine_busy_seconds() -> Option<f64> {
-    let ticks = machine_ticks()?;
+    let (busy, _) = busy_and_total(&machine_ticks()?);
+    Some(busy as f64 / 100.0)
+}
+
+/// Of `/proc/stat` CPU ticks (counters, or the differences of two readings): those spent on
+/// anything but idling and waiting for I/O, and all of them (the first eight fields).
+fn busy_and_total(ticks: &[u64]) -> (u64, u64) {
     let total: u64 = ticks.iter().take(8).sum();
-    let idle = ticks.get(3)? + ticks.get(4)?;
-    Some((total - idle) as f64 / 100.0)
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    (total.saturating_sub(idle), total)
 }
 
 /// The first line of `/proc/stat`: ticks of all CPUs spent in user, nice, system, idle, iowait,
@@ -415,8 +422,8 @@ fn machine_ticks() -> Option<Vec<u64>> {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct HostSample {
     ticks: Vec<u64>,
-    dirty_kib: u64,
-    writeback_kib: u64,
+    dirty_mib: f64,
+    writeback_mib: f64,
 }
 
 /// The host over an interval between two [`HostSample`]s: CPU shares as percentages of all
@@ -433,44 +440,36 @@ pub(crate) struct HostInterval {
 impl HostSample {
     pub(crate) fn now() -> Self {
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        let kib = |name: &str| {
-            meminfo
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
         Self {
             ticks: machine_ticks().unwrap_or_default(),
-            dirty_kib: kib("Dirty:"),
-            writeback_kib: kib("Writeback:"),
+            dirty_mib: mib_field(&meminfo, "Dirty:"),
+            writeback_mib: mib_field(&meminfo, "Writeback:"),
         }
     }
 
     /// The interval from `earlier` to this sample (zeros where `/proc` could not be read).
     pub(crate) fn since(&self, earlier: &HostSample) -> HostInterval {
-        let delta = |i: usize| {
-            self.ticks
-                .get(i)
-                .copied()
-                .unwrap_or(0)
-                .saturating_sub(earlier.ticks.get(i).copied().unwrap_or(0)) as f64
-        };
-        let total: f64 = (0..8).map(delta).sum();
-        let pct = |ticks: f64| {
-            if total > 0.0 {
-                100.0 * ticks / total
+        let delta: Vec<u64> = self
+            .ticks
+            .iter()
+            .zip(&earlier.ticks)
+            .map(|(now, then)| now.saturating_sub(*then))
+            .collect();
+        let (busy, total) = busy_and_total(&delta);
+        let pct = |ticks: u64| {
+            if total > 0 {
+                100.0 * ticks as f64 / total as f64
             } else {
                 0.0
             }
         };
+        let field = |i: usize| delta.get(i).copied().unwrap_or(0);
         HostInterval {
-            busy_pct: pct(total - delta(3) - delta(4)),
-            iowait_pct: pct(delta(4)),
-            steal_pct: pct(delta(7)),
-            dirty_mib: self.dirty_kib as f64 / 1024.0,
-            writeback_mib: self.writeback_kib as f64 / 1024.0,
+            busy_pct: pct(busy),
+            iowait_pct: pct(field(4)),
+            steal_pct: pct(field(7)),
+            dirty_mib: self.dirty_mib,
+            writeback_mib: self.writeback_mib,
         }
     }
 }

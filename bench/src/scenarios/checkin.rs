@@ -347,7 +347,8 @@ pub(crate) async fn fixed_rate(
         let mut earlier = env::HostSample::now();
         let mut tick =
             tokio::time::interval_at(started + Duration::from_secs(1), Duration::from_secs(1));
-        for _ in 0..duration.as_secs().max(1) {
+        // One reading per second that check-ins are scheduled in, as `by_second` has.
+        for _ in 0..total.div_ceil(rate).max(1) {
             tick.tick().await;
             let now = env::HostSample::now();
             seconds.push(now.since(&earlier));
