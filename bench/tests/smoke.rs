@@ -40,6 +40,18 @@ fn a_smoke_run_completes_and_writes_its_report() {
     );
     assert!(checkin["cqrs_execute_per_sec"].as_f64().expect("rate") > 0.0);
     assert!(checkin["raw_insert_rows_per_sec"].as_f64().expect("rate") > 0.0);
+    // One ratio per run, each of a saturated phase to the `execute` phase right after it.
+    let pairs = checkin["ratio_vs_execute_runs"]
+        .as_array()
+        .expect("the ratio of each run");
+    assert_eq!(pairs.len(), 1, "{report}");
+    assert_eq!(pairs[0], checkin["ratio_vs_execute"], "{report}");
+    let expected = checkin["saturated_runs"][0].as_f64().expect("rate")
+        / checkin["cqrs_execute_runs"][0].as_f64().expect("rate");
+    assert!(
+        (pairs[0].as_f64().expect("ratio") - expected).abs() < 1e-9 * expected,
+        "{report}"
+    );
     assert_eq!(checkin["errors"], 0);
     // The host was read beside each second of the fixed-rate phase, and was busy then.
     let host = checkin["fixed_rate_host_by_second"]

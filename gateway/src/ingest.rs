@@ -57,7 +57,8 @@ use logbook_domain::ids::{AgentId, CheckinId};
 use logbook_domain::metadata::{Actor, EventMetadata};
 use logbook_domain::secret::SecretHash;
 use logbook_projections::runner::Appended;
-use sqlx::{PgPool, Row};
+use sqlx::postgres::PgArguments;
+use sqlx::{Arguments, PgPool, Row};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -518,6 +519,33 @@ SELECT i.agent_id, i.seq, i.checkin_id, $14, i.collected_at, i.hostname, i.os_fa
                         AND c.subject_id = i.agent_id AND c.revoked_at IS NULL LIMIT 1) c \
 RETURNING agent_id, sequence, checkin_id";
 
+/// About how many bytes the append's arguments take encoded: each row's texts, its fixed-size
+/// values, and the length sqlx writes before every array element.
+fn encoded_size(batch: &[Pending], metadata: &[String]) -> usize {
+    const ARRAYS: usize = 16;
+    // Per row: agent, check-in id (16 each), hash (32), collection time, sequence or order and
+    // last sequence (8 each), and a 4-byte length per element.
+    const FIXED_PER_ROW: usize = 16 + 16 + 32 + 8 + 8 + 8 + 4 * ARRAYS;
+    let texts: usize = batch
+        .iter()
+        .map(|pending| {
+            let s = &pending.submission;
+            let f = &s.facts;
+            s.payload.len()
+                + f.hostname.len()
+                + f.os_family.len()
+                + f.os_name.len()
+                + f.os_version.len()
+                + f.kernel_version.len()
+                + f.arch.len()
+                + f.agent_version.len()
+        })
+        .sum();
+    let metadata: usize = metadata.iter().map(String::len).sum();
+    // An array's header (dimensions, element type, bounds) and its argument's length: 24 bytes.
+    texts + metadata + batch.len() * FIXED_PER_ROW + ARRAYS * 24
+}
+
 /// Why rows were left out of the append. The lookup of each id is a `LATERAL ... LIMIT 1`, an
 /// index probe per row whatever the planner thinks of the log's size: a plain join, planned
 /// once while the log was small, could hash the whole log for every batch ever after.
@@ -591,7 +619,14 @@ async fn append(
     } else {
         APPEND_SQL
     };
-    let query = sqlx::query(sql)
+    // The statement's arguments are encoded into one buffer, sized here once. Grown as it was
+    // filled, a batch's buffer (about 1.5 KiB per check-in) was copied into one twice as large
+    // again and again, often into memory the kernel had to zero first: under saturated
+    // check-ins the kernel's page zeroing alone was 2.6 % of the gateway's CPU, 0.5 % since
+    // (BENCHMARKS.md, the nineteenth machine).
+    let mut arguments = PgArguments::default();
+    arguments.reserve(16, encoded_size(batch, &metadata));
+    let query = sqlx::query_with(sql, arguments)
         .bind(&agents)
         .bind(&hashes)
         .bind(&checkins)

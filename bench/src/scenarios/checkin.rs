@@ -1,7 +1,15 @@
 //! `checkin`: N simulated agents checking in over HTTP as fast as the gateway takes it, then at
-//! a fixed rate; and, in the same run and on the same database, the plain cqrs-es path
+//! a fixed rate; and, in the same run and on the same Postgres, the plain cqrs-es path
 //! (`CqrsFramework::execute` with postgres-es, which writes postgres-es's `events` table) and a
 //! raw batched `INSERT` into the table the gateway's check-ins go to (`checkins`).
+//!
+//! Each saturated phase is followed at once by one phase of each comparison path, and each ratio
+//! is the median of the ratios of these pairs. The host's speed drifts over minutes (on some
+//! hosts every part of the machine took a quarter more CPU per check-in in a run's third phase
+//! than in its first, BENCHMARKS.md): measured in two blocks minutes apart, as they once were,
+//! the same build's ratio to `execute` came out at 4.5x in one run and 8.1x in the next. The
+//! comparison paths write a database of their own, in which the gateway (idle meanwhile) has
+//! nothing to read or fold.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,7 +72,11 @@ pub(crate) struct Results {
     pub(crate) cqrs_execute_runs: Vec<f64>,
     pub(crate) raw_insert_rows_per_sec: f64,
     pub(crate) raw_insert_runs: Vec<f64>,
+    /// The median of `ratio_vs_execute_runs`.
     pub(crate) ratio_vs_execute: f64,
+    /// Per run: its saturated phase's check-ins/s over the `execute` phase that followed it.
+    pub(crate) ratio_vs_execute_runs: Vec<f64>,
+    /// The median of the same ratios to the raw `INSERT`.
     pub(crate) ratio_vs_raw: f64,
     pub(crate) gateway_peak_rss_mib: f64,
     pub(crate) agent_rss_mib: f64,
@@ -663,11 +675,25 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
         Duration::from_secs(2),
     )
     .await;
+    // Created before the first phase: its migration writes too.
+    let compare = BenchDb::open(targets, "logbook_bench_checkin_compare", false, false).await?;
     let mut saturated_runs = Vec::new();
     let mut saturated = Latencies::default();
     let mut errors_a = 0;
     let mut cpu_runs = Vec::new();
+    let mut cqrs_execute_runs = Vec::new();
+    let mut raw_insert_runs = Vec::new();
     for run in 1..=options.runs {
+        if run > 1 {
+            ui::step("warming up");
+            saturate(
+                &client,
+                agents.len(),
+                options.concurrency,
+                Duration::from_secs(2),
+            )
+            .await;
+        }
         ui::step(&format!(
             "check-ins at saturation for {} (run {run} of {})",
             humantime::format_duration(options.duration),
@@ -682,7 +708,33 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
         saturated_runs.push(rate);
         saturated.extend(latencies);
         errors_a += errors;
+
+        // The read models catch up on the phase's last check-ins before the next path starts.
+        tokio::time::sleep(SETTLE).await;
+        ui::step(&format!(
+            "CqrsFramework::execute into events (run {run} of {})",
+            options.runs
+        ));
+        cqrs_execute_runs.push(
+            cqrs_execute(
+                &compare.pool,
+                10_000.min(options.agents.max(100)),
+                options.duration,
+            )
+            .await
+            .context("the CqrsFramework::execute path")?,
+        );
+        ui::step(&format!(
+            "raw batched INSERT into checkins (run {run} of {})",
+            options.runs
+        ));
+        raw_insert_runs.push(
+            raw_insert(&compare.pool, options.duration)
+                .await
+                .context("the raw INSERT path")?,
+        );
     }
+    compare.drop_unless_kept().await;
     let metrics = gateway.metrics().await.unwrap_or_default();
     if let Some(path) = std::env::var_os("LOGBOOK_BENCH_METRICS_DUMP") {
         let _ = std::fs::write(path, &metrics);
@@ -692,6 +744,14 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
     ui::step(&format!(
         "mean ingest batch {mean_batch:.0} check-ins, mean flush {mean_flush_ms:.1} ms"
     ));
+    ui::step("warming up");
+    saturate(
+        &client,
+        agents.len(),
+        options.concurrency,
+        Duration::from_secs(2),
+    )
+    .await;
     ui::step(&format!("check-ins at {}/s", options.rate));
     let FixedRate {
         achieved: fixed_rate_achieved,
@@ -705,40 +765,14 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
     let (gateway_peak_rss_mib, _) = env::memory_mib(gateway.pid());
     let (agent_peak_rss_mib, agent_rss_mib) = real_agent.pid().map_or((0.0, 0.0), env::memory_mib);
     drop(real_agent);
-    // The comparison paths run with the gateway stopped, so that nothing else competes.
     gateway.remove_streams().await;
     gateway.stop();
-
-    let mut cqrs_execute_runs = Vec::new();
-    let mut raw_insert_runs = Vec::new();
-    for run in 1..=options.runs {
-        ui::step(&format!(
-            "CqrsFramework::execute into events (run {run} of {})",
-            options.runs
-        ));
-        cqrs_execute_runs.push(
-            cqrs_execute(
-                &db.pool,
-                10_000.min(options.agents.max(100)),
-                options.duration,
-            )
-            .await
-            .context("the CqrsFramework::execute path")?,
-        );
-        ui::step(&format!(
-            "raw batched INSERT into checkins (run {run} of {})",
-            options.runs
-        ));
-        raw_insert_runs.push(
-            raw_insert(&db.pool, options.duration)
-                .await
-                .context("the raw INSERT path")?,
-        );
-    }
     db.drop_unless_kept().await;
     let saturated_per_sec = median(&mut saturated_runs.clone());
     let cqrs_execute_per_sec = median(&mut cqrs_execute_runs.clone());
     let raw_insert_rows_per_sec = median(&mut raw_insert_runs.clone());
+    let ratio_vs_execute_runs = pair_ratios(&saturated_runs, &cqrs_execute_runs);
+    let ratio_vs_raw = median(&mut pair_ratios(&saturated_runs, &raw_insert_runs));
     let cpu_median =
         |part: fn(&CpuSplit) -> f64| median(&mut cpu_runs.iter().map(part).collect::<Vec<_>>());
     let cpu_us_per_checkin = CpuSplit {
@@ -767,14 +801,28 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
         cqrs_execute_runs,
         raw_insert_rows_per_sec,
         raw_insert_runs,
-        ratio_vs_execute: saturated_per_sec / cqrs_execute_per_sec.max(f64::MIN_POSITIVE),
-        ratio_vs_raw: saturated_per_sec / raw_insert_rows_per_sec.max(f64::MIN_POSITIVE),
+        ratio_vs_execute: median(&mut ratio_vs_execute_runs.clone()),
+        ratio_vs_execute_runs,
+        ratio_vs_raw,
         gateway_peak_rss_mib,
         agent_rss_mib,
         agent_peak_rss_mib,
         cpu_us_per_checkin,
         cpu_us_per_checkin_runs: cpu_runs,
     })
+}
+
+/// How long the gateway is left to finish a saturated phase's work (the read models' last
+/// windows) before a comparison path is measured beside it.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// Each run's rate over the comparison path's rate measured right after it.
+fn pair_ratios(checkins: &[f64], path: &[f64]) -> Vec<f64> {
+    checkins
+        .iter()
+        .zip(path)
+        .map(|(checkins, path)| checkins / path.max(f64::MIN_POSITIVE))
+        .collect()
 }
 
 /// The mean of a Prometheus histogram in the text exposition.
