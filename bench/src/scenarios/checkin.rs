@@ -667,14 +667,7 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
     let client = CheckinClient::new(&gateway, &agents)?;
     let real_agent = RealAgent::start(&gateway, &site_id, "5s").await?;
 
-    ui::step("warming up");
-    saturate(
-        &client,
-        agents.len(),
-        options.concurrency,
-        Duration::from_secs(2),
-    )
-    .await;
+    warm_up(&client, agents.len(), options.concurrency).await;
     // Created before the first phase: its migration writes too.
     let compare = BenchDb::open(targets, "logbook_bench_checkin_compare", false, false).await?;
     let mut saturated_runs = Vec::new();
@@ -685,14 +678,7 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
     let mut raw_insert_runs = Vec::new();
     for run in 1..=options.runs {
         if run > 1 {
-            ui::step("warming up");
-            saturate(
-                &client,
-                agents.len(),
-                options.concurrency,
-                Duration::from_secs(2),
-            )
-            .await;
+            warm_up(&client, agents.len(), options.concurrency).await;
         }
         ui::step(&format!(
             "check-ins at saturation for {} (run {run} of {})",
@@ -744,14 +730,7 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
     ui::step(&format!(
         "mean ingest batch {mean_batch:.0} check-ins, mean flush {mean_flush_ms:.1} ms"
     ));
-    ui::step("warming up");
-    saturate(
-        &client,
-        agents.len(),
-        options.concurrency,
-        Duration::from_secs(2),
-    )
-    .await;
+    warm_up(&client, agents.len(), options.concurrency).await;
     ui::step(&format!("check-ins at {}/s", options.rate));
     let FixedRate {
         achieved: fixed_rate_achieved,
@@ -815,6 +794,14 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
 /// How long the gateway is left to finish a saturated phase's work (the read models' last
 /// windows) before a comparison path is measured beside it.
 const SETTLE: Duration = Duration::from_secs(2);
+
+/// Two seconds of saturated check-ins, not measured: before the first phase, and before each
+/// phase that follows the comparison paths (connections the gateway closed while idle are
+/// opened again here, not in a measured phase).
+async fn warm_up(client: &Arc<CheckinClient>, agents: usize, concurrency: usize) {
+    ui::step("warming up");
+    saturate(client, agents, concurrency, Duration::from_secs(2)).await;
+}
 
 /// Each run's rate over the comparison path's rate measured right after it.
 fn pair_ratios(checkins: &[f64], path: &[f64]) -> Vec<f64> {
