@@ -519,31 +519,22 @@ SELECT i.agent_id, i.seq, i.checkin_id, $14, i.collected_at, i.hostname, i.os_fa
                         AND c.subject_id = i.agent_id AND c.revoked_at IS NULL LIMIT 1) c \
 RETURNING agent_id, sequence, checkin_id";
 
-/// About how many bytes the append's arguments take encoded: each row's texts, its fixed-size
-/// values, and the length sqlx writes before every array element.
-fn encoded_size(batch: &[Pending], metadata: &[String]) -> usize {
-    const ARRAYS: usize = 16;
-    // Per row: agent, check-in id (16 each), hash (32), collection time, sequence or order and
-    // last sequence (8 each), and a 4-byte length per element.
-    const FIXED_PER_ROW: usize = 16 + 16 + 32 + 8 + 8 + 8 + 4 * ARRAYS;
-    let texts: usize = batch
+/// The append's arguments: at most 16, of which all but one are arrays.
+const APPEND_ARGUMENTS: usize = 16;
+
+/// About how many bytes the append's arguments take encoded, besides the metadata: the texts of
+/// `text_columns`, each row's fixed-size values (agent and check-in id, 16 bytes each; the
+/// credential's hash, 32; the collection time, the sequence, the order and the last sequence, 8
+/// each), the 4-byte length sqlx writes before every array element, and each argument's header
+/// (24 bytes at most).
+fn encoded_size(text_columns: &[&[&str]], rows: usize) -> usize {
+    const FIXED_PER_ROW: usize = 16 + 16 + 32 + 8 * 4 + 4 * APPEND_ARGUMENTS;
+    let texts: usize = text_columns
         .iter()
-        .map(|pending| {
-            let s = &pending.submission;
-            let f = &s.facts;
-            s.payload.len()
-                + f.hostname.len()
-                + f.os_family.len()
-                + f.os_name.len()
-                + f.os_version.len()
-                + f.kernel_version.len()
-                + f.arch.len()
-                + f.agent_version.len()
-        })
+        .flat_map(|column| column.iter())
+        .map(|text| text.len())
         .sum();
-    let metadata: usize = metadata.iter().map(String::len).sum();
-    // An array's header (dimensions, element type, bounds) and its argument's length: 24 bytes.
-    texts + metadata + batch.len() * FIXED_PER_ROW + ARRAYS * 24
+    texts + rows * FIXED_PER_ROW + APPEND_ARGUMENTS * 24
 }
 
 /// Why rows were left out of the append. The lookup of each id is a `LATERAL ... LIMIT 1`, an
@@ -625,7 +616,18 @@ async fn append(
     // check-ins the kernel's page zeroing alone was 2.6 % of the gateway's CPU, 0.5 % since
     // (BENCHMARKS.md, the nineteenth machine).
     let mut arguments = PgArguments::default();
-    arguments.reserve(16, encoded_size(batch, &metadata));
+    let texts: [&[&str]; 8] = [
+        &payloads,
+        &hostnames,
+        &families,
+        &names,
+        &versions,
+        &kernels,
+        &arches,
+        &agent_versions,
+    ];
+    let metadata_bytes: usize = metadata.iter().map(String::len).sum();
+    arguments.reserve(APPEND_ARGUMENTS, encoded_size(&texts, n) + metadata_bytes);
     let query = sqlx::query_with(sql, arguments)
         .bind(&agents)
         .bind(&hashes)

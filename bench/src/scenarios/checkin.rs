@@ -667,7 +667,6 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
     let client = CheckinClient::new(&gateway, &agents)?;
     let real_agent = RealAgent::start(&gateway, &site_id, "5s").await?;
 
-    warm_up(&client, agents.len(), options.concurrency).await;
     // Created before the first phase: its migration writes too.
     let compare = BenchDb::open(targets, "logbook_bench_checkin_compare", false, false).await?;
     let mut saturated_runs = Vec::new();
@@ -677,9 +676,7 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
     let mut cqrs_execute_runs = Vec::new();
     let mut raw_insert_runs = Vec::new();
     for run in 1..=options.runs {
-        if run > 1 {
-            warm_up(&client, agents.len(), options.concurrency).await;
-        }
+        warm_up(&client, agents.len(), options.concurrency).await;
         ui::step(&format!(
             "check-ins at saturation for {} (run {run} of {})",
             humantime::format_duration(options.duration),
@@ -795,9 +792,9 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
 /// windows) before a comparison path is measured beside it.
 const SETTLE: Duration = Duration::from_secs(2);
 
-/// Two seconds of saturated check-ins, not measured: before the first phase, and before each
-/// phase that follows the comparison paths (connections the gateway closed while idle are
-/// opened again here, not in a measured phase).
+/// Two seconds of saturated check-ins, not measured, before each measured phase: the first
+/// opens the connections, and the later ones reopen any the gateway closed while it idled
+/// through the comparison paths, so that no measured phase pays for it.
 async fn warm_up(client: &Arc<CheckinClient>, agents: usize, concurrency: usize) {
     ui::step("warming up");
     saturate(client, agents, concurrency, Duration::from_secs(2)).await;
