@@ -29,7 +29,7 @@ struct Cli {
     /// Simulated agents.
     #[arg(long, default_value_t = 10_000)]
     agents: usize,
-    /// Length of each measured phase.
+    /// Length of each measured phase (the raw batched INSERT's: at most 5 s).
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     duration: Duration,
     /// Requests in flight during the saturation phase.
