@@ -20,10 +20,6 @@ use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use futures::{StreamExt, TryStreamExt};
-use http_body_util::{BodyExt, Full};
-use hyper::Uri;
-use hyper::body::Bytes;
-use hyper::header::{self, HeaderValue};
 use logbook_domain::checkin::{CheckinReport, CpuInfo, DiskUsage, MemoryInfo, OsInfo};
 use logbook_domain::ids::CorrelationId;
 use logbook_domain::metadata::{Actor, EventMetadata};
@@ -135,22 +131,81 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// The HTTP/1.1 client of the simulated agents' check-ins. Each request's target, credential
-/// header and report are prepared once per agent and every connection is kept open, so that
-/// the load generator, which shares the two cores with the gateway and Postgres, spends as
-/// little of them as it can (a general-purpose client cost about twice as much per request).
+/// The HTTP/1.1 client of the simulated agents' check-ins. Each request's head (target, host,
+/// credential and media types) and report are prepared once per agent and every connection is
+/// kept open, so that the load generator, which shares the two cores with the gateway and
+/// Postgres, spends as little of them as it can. For the same reason a connection is a plain
+/// TCP stream owned by the task that sends on it: the request goes out in one write and the
+/// answer is read back in the same task and parsed with `httparse`. (A general-purpose client
+/// cost about twice as much per request; hyper's connection-level client passes each request
+/// and its answer between two tasks, BENCHMARKS.md.)
 pub(crate) struct CheckinClient {
     addr: std::net::SocketAddr,
-    host: HeaderValue,
-    /// Per agent: the request path and its `Authorization` header.
-    targets: Vec<(Uri, HeaderValue)>,
+    /// Per agent: the request's head up to its `content-length` value.
+    heads: Vec<Box<[u8]>>,
     /// Per agent: its report, encoded without the collection time (see [`checkin_body`]).
-    reports: Vec<Bytes>,
+    reports: Vec<Box<[u8]>>,
     /// Open connections not in use (for requests sent from many tasks).
     idle: std::sync::Mutex<Vec<Connection>>,
 }
 
-type Connection = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+/// One keep-alive connection to the gateway and the buffers its requests reuse.
+pub(crate) struct Connection {
+    stream: tokio::net::TcpStream,
+    request: Vec<u8>,
+    response: Vec<u8>,
+}
+
+/// The most a check-in's answer may take (headers and body); the gateway's are far smaller.
+const MAX_RESPONSE: usize = 64 * 1024;
+
+impl Connection {
+    /// Sends `request` and reads the whole answer; returns its status.
+    async fn exchange(&mut self) -> anyhow::Result<u16> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        self.stream.write_all(&self.request).await?;
+        self.response.clear();
+        loop {
+            if self.response.len() >= MAX_RESPONSE {
+                bail!("the answer is larger than {MAX_RESPONSE} bytes");
+            }
+            if self.stream.read_buf(&mut self.response).await? == 0 {
+                bail!("the gateway closed the connection before answering in full");
+            }
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut response = httparse::Response::new(&mut headers);
+            let httparse::Status::Complete(head) = response.parse(&self.response)? else {
+                continue;
+            };
+            let status = response.code.context("an answer without a status")?;
+            let mut length = None;
+            for header in response.headers.iter() {
+                if header.name.eq_ignore_ascii_case("content-length") {
+                    length = Some(std::str::from_utf8(header.value)?.trim().parse::<usize>()?);
+                } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+                    bail!("an answer with a transfer encoding, which this client does not read");
+                } else if header.name.eq_ignore_ascii_case("connection")
+                    && header.value.eq_ignore_ascii_case(b"close")
+                {
+                    bail!("the gateway is closing the connection (status {status})");
+                }
+            }
+            let whole = head + length.context("an answer without a content-length")?;
+            if whole > MAX_RESPONSE {
+                bail!("the answer is larger than {MAX_RESPONSE} bytes");
+            }
+            while self.response.len() < whole {
+                if self.stream.read_buf(&mut self.response).await? == 0 {
+                    bail!("the gateway closed the connection before answering in full");
+                }
+            }
+            if self.response.len() > whole {
+                bail!("the gateway sent more than one answer");
+            }
+            return Ok(status);
+        }
+    }
+}
 
 impl CheckinClient {
     pub(crate) fn new(gateway: &Gateway, agents: &[SimAgent]) -> anyhow::Result<Arc<Self>> {
@@ -158,22 +213,29 @@ impl CheckinClient {
             .base
             .strip_prefix("http://")
             .context("the gateway's address is not http://")?;
-        let targets = agents
+        let heads = agents
             .iter()
             .map(|agent| {
-                Ok((
-                    Uri::try_from(format!("/api/v1/agents/{}/checkins", agent.id))?,
-                    HeaderValue::try_from(format!("Bearer {}", agent.credential))?,
-                ))
+                format!(
+                    "POST /api/v1/agents/{}/checkins HTTP/1.1\r\nhost: {authority}\r\n\
+                     authorization: Bearer {}\r\ncontent-type: {PROTOBUF}\r\n\
+                     accept: {PROTOBUF}\r\ncontent-length: ",
+                    agent.id, agent.credential
+                )
+                .into_bytes()
+                .into_boxed_slice()
             })
-            .collect::<anyhow::Result<_>>()?;
+            .collect();
         let reports = (0..agents.len())
-            .map(|index| Bytes::from(sample_report(&format!("sim-{index:06}"), 0).encode_to_vec()))
+            .map(|index| {
+                sample_report(&format!("sim-{index:06}"), 0)
+                    .encode_to_vec()
+                    .into_boxed_slice()
+            })
             .collect();
         Ok(Arc::new(Self {
             addr: authority.parse()?,
-            host: HeaderValue::try_from(authority)?,
-            targets,
+            heads,
             reports,
             idle: std::sync::Mutex::default(),
         }))
@@ -182,37 +244,44 @@ impl CheckinClient {
     async fn connect(&self) -> anyhow::Result<Connection> {
         let stream = tokio::net::TcpStream::connect(self.addr).await?;
         stream.set_nodelay(true)?;
-        let (sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-        tokio::spawn(connection);
-        Ok(sender)
+        Ok(Connection {
+            stream,
+            request: Vec::with_capacity(2048),
+            response: Vec::with_capacity(1024),
+        })
     }
 
-    /// Sends one check-in of agent `index` on `connection` (opened first if there is none or
-    /// it broke); succeeds on `201 Created`.
+    /// Sends one check-in of agent `index` on `connection` (opened first if there is none; left
+    /// empty if it broke, so that the next request opens another); succeeds on `201 Created`.
+    /// A kept-open connection the gateway closed while it was idle is replaced once, as any
+    /// HTTP client does (a resent check-in is recorded once: it keeps its id).
     async fn send_on(
         &self,
         connection: &mut Option<Connection>,
         index: usize,
     ) -> anyhow::Result<()> {
-        let mut sender = match connection.take() {
-            Some(sender) if !sender.is_closed() => sender,
-            _ => self.connect().await?,
+        use std::io::Write;
+        let (mut open, reused) = match connection.take() {
+            Some(open) => (open, true),
+            None => (self.connect().await?, false),
         };
         let body = checkin_body(uuid::Uuid::now_v7(), now_ms(), &self.reports[index]);
-        let (uri, authorization) = &self.targets[index];
-        let request = hyper::Request::post(uri.clone())
-            .header(header::HOST, self.host.clone())
-            .header(header::AUTHORIZATION, authorization.clone())
-            .header(header::CONTENT_TYPE, PROTOBUF)
-            .header(header::ACCEPT, PROTOBUF)
-            .body(Full::new(body))?;
-        sender.ready().await?;
-        let response = sender.send_request(request).await?;
-        let status = response.status();
-        response.into_body().collect().await?;
-        *connection = Some(sender);
-        if status.as_u16() != 201 {
+        open.request.clear();
+        open.request.extend_from_slice(&self.heads[index]);
+        write!(open.request, "{}\r\n\r\n", body.len())?;
+        open.request.extend_from_slice(&body);
+        let status = match open.exchange().await {
+            Ok(status) => status,
+            Err(_) if reused && open.response.is_empty() => {
+                let mut fresh = self.connect().await?;
+                std::mem::swap(&mut fresh.request, &mut open.request);
+                open = fresh;
+                open.exchange().await?
+            }
+            Err(error) => return Err(error),
+        };
+        *connection = Some(open);
+        if status != 201 {
             bail!("check-in answered {status}");
         }
         Ok(())
@@ -257,7 +326,7 @@ impl CheckinClient {
 /// its id, its collection time and the rest of its report already encoded (`report` without
 /// `collected_at_unix_ms`, field 1, which protobuf writes first), so that a request costs no
 /// report to build and encode.
-fn checkin_body(checkin_id: uuid::Uuid, collected_at_ms: i64, report: &[u8]) -> Bytes {
+fn checkin_body(checkin_id: uuid::Uuid, collected_at_ms: i64, report: &[u8]) -> Vec<u8> {
     use prost::bytes::BufMut;
     use prost::encoding::{WireType, encode_key, encode_varint, int64};
     let mut id = uuid::Uuid::encode_buffer();
@@ -279,10 +348,10 @@ fn checkin_body(checkin_id: uuid::Uuid, collected_at_ms: i64, report: &[u8]) -> 
         int64::encode(1, &collected_at_ms, &mut body);
     }
     body.put_slice(report);
-    Bytes::from(body)
+    body
 }
 
-const PROTOBUF: HeaderValue = HeaderValue::from_static(logbook_proto::PROTOBUF_MEDIA_TYPE);
+const PROTOBUF: &str = logbook_proto::PROTOBUF_MEDIA_TYPE;
 
 /// As many check-ins as `concurrency` connections can push for `duration`.
 pub(crate) async fn saturate(
@@ -846,10 +915,7 @@ mod tests {
                 report: Some(sample_report("sim-000042", collected_at)),
             }
             .encode_to_vec();
-            assert_eq!(
-                checkin_body(id, collected_at, &report).as_ref(),
-                &expected[..]
-            );
+            assert_eq!(checkin_body(id, collected_at, &report), expected);
         }
     }
 }
