@@ -211,8 +211,12 @@ impl AgentsConfig {
 pub struct IngestConfig {
     /// Most check-ins appended by one statement.
     pub max_batch: usize,
-    /// How long a batch may wait for more check-ins once it has one (0: flush at once when a
-    /// flush slot is free; batches still grow under load while all slots are busy).
+    /// A batch smaller than this waits up to `max_wait` for more check-ins before it is
+    /// appended (not when the lane's previous batch was a lone check-in: a quiet gateway
+    /// answers at once).
+    pub min_batch: usize,
+    /// How long a batch smaller than `min_batch` may wait for more check-ins (0: append at once
+    /// whenever a lane is free; batches still grow under load while the lanes are busy).
     #[serde(with = "humantime_serde")]
     pub max_wait: Duration,
     /// Batches being appended at the same time.
@@ -225,7 +229,8 @@ impl Default for IngestConfig {
     fn default() -> Self {
         Self {
             max_batch: 500,
-            max_wait: Duration::ZERO,
+            min_batch: 32,
+            max_wait: Duration::from_millis(2),
             concurrent_flushes: 2,
             queue_capacity: 10_000,
         }
@@ -404,6 +409,16 @@ impl GatewayConfig {
             "must be between 1 and 10000",
         );
         p.check(
+            (1..=self.ingest.max_batch.max(1)).contains(&self.ingest.min_batch),
+            "ingest.min_batch",
+            "must be between 1 and ingest.max_batch",
+        );
+        p.check(
+            self.ingest.max_wait <= Duration::from_secs(1),
+            "ingest.max_wait",
+            "must be at most 1s (every check-in of a batch waits for it)",
+        );
+        p.check(
             (1..=64).contains(&self.ingest.concurrent_flushes),
             "ingest.concurrent_flushes",
             "must be between 1 and 64",
@@ -463,6 +478,20 @@ mod tests {
         .expect("valid");
         assert_eq!(config.agents.overdue_after, Duration::from_secs(120));
         assert_eq!(config.agents.offline_after, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn the_ingest_linger_is_bounded() {
+        let err = load(
+            "[ingest]\nmax_batch = 100\nmin_batch = 101\nmax_wait = \"5s\"\n",
+            &[],
+        )
+        .expect_err("invalid");
+        let text = err.to_string();
+        for needle in ["ingest.min_batch", "ingest.max_wait"] {
+            assert!(text.contains(needle), "{needle} missing from: {text}");
+        }
+        load("[ingest]\nmin_batch = 1\nmax_wait = \"0s\"\n", &[]).expect("no linger");
     }
 
     #[test]
