@@ -251,8 +251,9 @@ async fn lane(
 ) {
     let mut sequences = Sequences::default();
     let wait_until = config.min_batch.min(config.max_batch);
-    // Whether the previous batch was a single check-in (see the module documentation).
-    let mut lone = false;
+    // Whether the previous batch was a single check-in (see the module documentation); a lane
+    // starts as a quiet one, so that the first check-in is appended at once.
+    let mut lone = true;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < config.max_batch {

@@ -285,6 +285,38 @@ async fn two_gateways_checking_in_one_agent_at_once_record_each_checkin_once_in_
 }
 
 #[tokio::test]
+async fn a_quiet_lane_appends_a_lone_checkin_at_once_however_long_a_batch_may_wait() {
+    use logbook_gateway::config::IngestConfig;
+    use logbook_gateway::ingest::Ingest;
+    use logbook_gateway::notify::LogNotifier;
+
+    let app = TestApp::new().await;
+    let (client_id, site_id) = app.site().await;
+    let agent = app.agent_in(&client_id, &site_id, "quiet").await;
+    // A batch below min_batch would wait half a minute for company, but not on a quiet lane.
+    let (ingest, _) = Ingest::start(
+        app.pool.clone(),
+        IngestConfig {
+            concurrent_flushes: 1,
+            min_batch: 32,
+            max_wait: std::time::Duration::from_secs(30),
+            ..IngestConfig::default()
+        },
+        LogNotifier::disabled(),
+    );
+    for sequence in 1..=3 {
+        let recorded = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            ingest.submit(submission(&agent, new_id().parse().expect("id"), "h")),
+        )
+        .await
+        .expect("a lone check-in is appended without waiting for company")
+        .expect("recorded");
+        assert_eq!(recorded.sequence, sequence);
+    }
+}
+
+#[tokio::test]
 async fn a_batch_the_lane_vouches_for_records_its_agents_in_order_and_refuses_a_revoked_one() {
     use logbook_gateway::config::IngestConfig;
     use logbook_gateway::ingest::{Ingest, IngestError};
