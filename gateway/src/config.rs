@@ -411,12 +411,15 @@ impl GatewayConfig {
         p.check(
             (1..=self.ingest.max_batch.max(1)).contains(&self.ingest.min_batch),
             "ingest.min_batch",
-            "must be between 1 and ingest.max_batch",
+            format!(
+                "must be between 1 and ingest.max_batch ({})",
+                self.ingest.max_batch
+            ),
         );
         p.check(
             self.ingest.max_wait <= Duration::from_secs(1),
             "ingest.max_wait",
-            "must be at most 1s (every check-in of a batch waits for it)",
+            "must be at most 1s (a check-in in a batch below ingest.min_batch may wait that long)",
         );
         p.check(
             (1..=64).contains(&self.ingest.concurrent_flushes),

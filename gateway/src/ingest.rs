@@ -44,11 +44,12 @@
 //! takes the next; while a lane's append runs its queue grows and the next batch is bigger. At a
 //! moderate rate that alone leaves batches of one or two, and each batch costs a statement, a
 //! commit and its WAL flush, and the wake-ups of every process on the way (at 5,000 check-ins/s
-//! the machine was 70-78 % busy, against 44 % with batches of a few milliseconds, BENCHMARKS.md).
-//! So a batch smaller than `min_batch` waits up to `max_wait` for more, unless the lane's
-//! previous batch was a lone check-in: on a quiet gateway, where waiting would gather nothing, a
-//! check-in is appended at once. Because an agent always lands in the same lane, two batches of one
-//! gateway never hold the same agent: its check-ins keep their order and never contend for the
+//! the machine was 70-78 % busy, against 45-53 % with this wait, BENCHMARKS.md).
+//! So a batch smaller than `min_batch` waits up to `max_wait` for more (and then takes whatever
+//! else queued meanwhile, up to `max_batch`), unless the lane's previous batch was a lone
+//! check-in: on a quiet gateway, where waiting would gather nothing, a check-in is appended at
+//! once. Because an agent always lands in the same lane, two batches of one gateway never hold
+//! the same agent: its check-ins keep their order and never contend for the
 //! same sequence numbers (rows are also inserted in agent order, so batches of two gateways
 //! cannot deadlock; a deadlock or serialization failure would be retried like a unique-index race).
 
@@ -268,6 +269,13 @@ async fn lane(
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
                     Ok(Some(next)) => batch.push(next),
                     _ => break,
+                }
+            }
+            // What queued meanwhile beyond `min_batch` goes too, rather than a flush later.
+            while batch.len() < config.max_batch {
+                match rx.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
                 }
             }
         }

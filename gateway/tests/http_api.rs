@@ -285,35 +285,54 @@ async fn two_gateways_checking_in_one_agent_at_once_record_each_checkin_once_in_
 }
 
 #[tokio::test]
-async fn a_quiet_lane_appends_a_lone_checkin_at_once_however_long_a_batch_may_wait() {
+async fn a_lane_waits_for_company_after_a_batch_of_several_and_not_after_a_lone_checkin() {
     use logbook_gateway::config::IngestConfig;
     use logbook_gateway::ingest::Ingest;
     use logbook_gateway::notify::LogNotifier;
+    use std::time::{Duration, Instant};
 
     let app = TestApp::new().await;
     let (client_id, site_id) = app.site().await;
-    let agent = app.agent_in(&client_id, &site_id, "quiet").await;
-    // A batch below min_batch would wait half a minute for company, but not on a quiet lane.
+    let agents = [
+        app.agent_in(&client_id, &site_id, "first").await,
+        app.agent_in(&client_id, &site_id, "second").await,
+    ];
+    let wait = Duration::from_secs(3);
     let (ingest, _) = Ingest::start(
         app.pool.clone(),
         IngestConfig {
             concurrent_flushes: 1,
             min_batch: 32,
-            max_wait: std::time::Duration::from_secs(30),
+            max_wait: wait,
             ..IngestConfig::default()
         },
         LogNotifier::disabled(),
     );
-    for sequence in 1..=3 {
-        let recorded = tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            ingest.submit(submission(&agent, new_id().parse().expect("id"), "h")),
-        )
-        .await
-        .expect("a lone check-in is appended without waiting for company")
-        .expect("recorded");
-        assert_eq!(recorded.sequence, sequence);
-    }
+    let submit = |agent: &support::Agent| {
+        let ingest = ingest.clone();
+        let submission = submission(agent, new_id().parse().expect("id"), "h");
+        async move {
+            let submitted = Instant::now();
+            ingest.submit(submission).await.expect("recorded");
+            submitted.elapsed()
+        }
+    };
+    // A lane starts quiet: its first check-in is appended at once.
+    assert!(submit(&agents[0]).await < wait, "the first check-in waited");
+    // Two submitted together (this test's runtime has one thread: both are queued before the
+    // lane runs) make a batch of two, not a quiet lane: the next lone check-in waits for company.
+    futures::future::join_all(agents.iter().map(&submit)).await;
+    let waited = submit(&agents[0]).await;
+    assert!(
+        waited >= wait,
+        "after a batch of two a lone check-in waited only {waited:?}"
+    );
+    // It found none, so the lane is quiet again and the next is appended at once.
+    let answered = submit(&agents[1]).await;
+    assert!(
+        answered < wait,
+        "after a lone check-in the next waited {answered:?}"
+    );
 }
 
 #[tokio::test]
@@ -329,7 +348,8 @@ async fn a_batch_the_lane_vouches_for_records_its_agents_in_order_and_refuses_a_
         app.agent_in(&client_id, &site_id, "revoked").await,
         app.agent_in(&client_id, &site_id, "other").await,
     ];
-    // One lane that gathers a batch for a while: check-ins submitted together share a batch.
+    // One lane: check-ins submitted together (on this test's one-thread runtime, all queued
+    // before the lane runs) share a batch, and later ones wait for company for a while.
     let (ingest, _) = Ingest::start(
         app.pool.clone(),
         IngestConfig {

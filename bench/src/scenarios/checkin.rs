@@ -159,12 +159,20 @@ pub(crate) struct Connection {
 /// The most a check-in's answer may take (headers and body); the gateway's are far smaller.
 const MAX_RESPONSE: usize = 64 * 1024;
 
+/// What a connection's answer said.
+struct Answer {
+    status: u16,
+    /// Whether the gateway keeps the connection open for the next request.
+    keep_alive: bool,
+}
+
 impl Connection {
-    /// Sends `request` and reads the whole answer; returns its status.
-    async fn exchange(&mut self) -> anyhow::Result<u16> {
+    /// Sends `request` and reads the whole answer.
+    async fn exchange(&mut self) -> anyhow::Result<Answer> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        self.stream.write_all(&self.request).await?;
+        // Emptied first, so that a failed write leaves it empty: nothing of an answer was read.
         self.response.clear();
+        self.stream.write_all(&self.request).await?;
         loop {
             if self.response.len() >= MAX_RESPONSE {
                 bail!("the answer is larger than {MAX_RESPONSE} bytes");
@@ -179,15 +187,17 @@ impl Connection {
             };
             let status = response.code.context("an answer without a status")?;
             let mut length = None;
+            let mut keep_alive = true;
             for header in response.headers.iter() {
                 if header.name.eq_ignore_ascii_case("content-length") {
                     length = Some(std::str::from_utf8(header.value)?.trim().parse::<usize>()?);
                 } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
                     bail!("an answer with a transfer encoding, which this client does not read");
-                } else if header.name.eq_ignore_ascii_case("connection")
-                    && header.value.eq_ignore_ascii_case(b"close")
-                {
-                    bail!("the gateway is closing the connection (status {status})");
+                } else if header.name.eq_ignore_ascii_case("connection") {
+                    keep_alive &= !header
+                        .value
+                        .split(|&byte| byte == b',')
+                        .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
                 }
             }
             let whole = head + length.context("an answer without a content-length")?;
@@ -202,7 +212,7 @@ impl Connection {
             if self.response.len() > whole {
                 bail!("the gateway sent more than one answer");
             }
-            return Ok(status);
+            return Ok(Answer { status, keep_alive });
         }
     }
 }
@@ -252,9 +262,11 @@ impl CheckinClient {
     }
 
     /// Sends one check-in of agent `index` on `connection` (opened first if there is none; left
-    /// empty if it broke, so that the next request opens another); succeeds on `201 Created`.
-    /// A kept-open connection the gateway closed while it was idle is replaced once, as any
-    /// HTTP client does (a resent check-in is recorded once: it keeps its id).
+    /// empty if it broke or the gateway is closing it, so that the next request opens another);
+    /// succeeds on `201 Created`. A kept-open connection that the gateway closed while it was
+    /// idle fails before any answer is read; the check-in is then sent once more on a new
+    /// connection, which is safe because it keeps its id: had the first attempt been recorded
+    /// after all, the second is answered `200 OK` as a duplicate, which also counts as done.
     async fn send_on(
         &self,
         connection: &mut Option<Connection>,
@@ -270,21 +282,24 @@ impl CheckinClient {
         open.request.extend_from_slice(&self.heads[index]);
         write!(open.request, "{}\r\n\r\n", body.len())?;
         open.request.extend_from_slice(&body);
-        let status = match open.exchange().await {
-            Ok(status) => status,
+        let (answer, resent) = match open.exchange().await {
+            Ok(answer) => (answer, false),
             Err(_) if reused && open.response.is_empty() => {
                 let mut fresh = self.connect().await?;
                 std::mem::swap(&mut fresh.request, &mut open.request);
                 open = fresh;
-                open.exchange().await?
+                (open.exchange().await?, true)
             }
             Err(error) => return Err(error),
         };
-        *connection = Some(open);
-        if status != 201 {
-            bail!("check-in answered {status}");
+        if answer.keep_alive {
+            *connection = Some(open);
         }
-        Ok(())
+        match answer.status {
+            201 => Ok(()),
+            200 if resent => Ok(()),
+            status => bail!("check-in answered {status}"),
+        }
     }
 
     /// Opens connections until at least `n` are idle, a few at a time: a burst of hundreds of
