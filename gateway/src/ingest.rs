@@ -257,12 +257,7 @@ async fn lane(
     let mut lone = true;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
-        while batch.len() < config.max_batch {
-            match rx.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
+        take_queued(&mut rx, &mut batch, config.max_batch);
         if batch.len() < wait_until && !lone && !config.max_wait.is_zero() {
             let deadline = tokio::time::Instant::now() + config.max_wait;
             while batch.len() < wait_until {
@@ -272,16 +267,21 @@ async fn lane(
                 }
             }
             // What queued meanwhile beyond `min_batch` goes too, rather than a flush later.
-            while batch.len() < config.max_batch {
-                match rx.try_recv() {
-                    Ok(next) => batch.push(next),
-                    Err(_) => break,
-                }
-            }
+            take_queued(&mut rx, &mut batch, config.max_batch);
         }
         lone = batch.len() == 1;
         metrics::gauge!("logbook_ingest_queue_depth").set(rx.len() as f64);
         flush(&pool, batch, &retry, &notifier, &mut sequences).await;
+    }
+}
+
+/// Moves what is already queued into `batch`, up to `max` check-ins in all.
+fn take_queued(rx: &mut mpsc::Receiver<Pending>, batch: &mut Vec<Pending>, max: usize) {
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(next) => batch.push(next),
+            Err(_) => break,
+        }
     }
 }
 

@@ -150,7 +150,7 @@ pub(crate) struct CheckinClient {
 }
 
 /// One keep-alive connection to the gateway and the buffers its requests reuse.
-pub(crate) struct Connection {
+struct Connection {
     stream: tokio::net::TcpStream,
     request: Vec<u8>,
     response: Vec<u8>,
@@ -169,51 +169,62 @@ struct Answer {
 impl Connection {
     /// Sends `request` and reads the whole answer.
     async fn exchange(&mut self) -> anyhow::Result<Answer> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         // Emptied first, so that a failed write leaves it empty: nothing of an answer was read.
         self.response.clear();
         self.stream.write_all(&self.request).await?;
-        loop {
-            if self.response.len() >= MAX_RESPONSE {
-                bail!("the answer is larger than {MAX_RESPONSE} bytes");
-            }
-            if self.stream.read_buf(&mut self.response).await? == 0 {
-                bail!("the gateway closed the connection before answering in full");
-            }
+        let (answer, whole) = loop {
+            self.read_more().await?;
             let mut headers = [httparse::EMPTY_HEADER; 32];
             let mut response = httparse::Response::new(&mut headers);
-            let httparse::Status::Complete(head) = response.parse(&self.response)? else {
-                continue;
-            };
-            let status = response.code.context("an answer without a status")?;
-            let mut length = None;
-            let mut keep_alive = true;
-            for header in response.headers.iter() {
-                if header.name.eq_ignore_ascii_case("content-length") {
-                    length = Some(std::str::from_utf8(header.value)?.trim().parse::<usize>()?);
-                } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
-                    bail!("an answer with a transfer encoding, which this client does not read");
-                } else if header.name.eq_ignore_ascii_case("connection") {
-                    keep_alive &= !header
-                        .value
-                        .split(|&byte| byte == b',')
-                        .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
-                }
+            if let httparse::Status::Complete(head) = response.parse(&self.response)? {
+                break Self::head(&response, head)?;
             }
-            let whole = head + length.context("an answer without a content-length")?;
-            if whole > MAX_RESPONSE {
-                bail!("the answer is larger than {MAX_RESPONSE} bytes");
-            }
-            while self.response.len() < whole {
-                if self.stream.read_buf(&mut self.response).await? == 0 {
-                    bail!("the gateway closed the connection before answering in full");
-                }
-            }
-            if self.response.len() > whole {
-                bail!("the gateway sent more than one answer");
-            }
-            return Ok(Answer { status, keep_alive });
+        };
+        while self.response.len() < whole {
+            self.read_more().await?;
         }
+        if self.response.len() > whole {
+            bail!("the gateway sent more than one answer");
+        }
+        Ok(answer)
+    }
+
+    /// The answer's status and whether the connection stays open, and its whole length from
+    /// the head's `head` bytes and its `content-length`.
+    fn head(response: &httparse::Response, head: usize) -> anyhow::Result<(Answer, usize)> {
+        let status = response.code.context("an answer without a status")?;
+        let mut length = None;
+        let mut keep_alive = true;
+        for header in response.headers.iter() {
+            if header.name.eq_ignore_ascii_case("content-length") {
+                length = Some(std::str::from_utf8(header.value)?.trim().parse::<usize>()?);
+            } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+                bail!("an answer with a transfer encoding, which this client does not read");
+            } else if header.name.eq_ignore_ascii_case("connection") {
+                keep_alive &= !header
+                    .value
+                    .split(|&byte| byte == b',')
+                    .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
+            }
+        }
+        let whole = head + length.context("an answer without a content-length")?;
+        if whole > MAX_RESPONSE {
+            bail!("the answer is larger than {MAX_RESPONSE} bytes");
+        }
+        Ok((Answer { status, keep_alive }, whole))
+    }
+
+    /// Reads what the gateway has sent next into `response`.
+    async fn read_more(&mut self) -> anyhow::Result<()> {
+        use tokio::io::AsyncReadExt;
+        if self.response.len() >= MAX_RESPONSE {
+            bail!("the answer is larger than {MAX_RESPONSE} bytes");
+        }
+        if self.stream.read_buf(&mut self.response).await? == 0 {
+            bail!("the gateway closed the connection before answering in full");
+        }
+        Ok(())
     }
 }
 
