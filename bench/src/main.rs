@@ -70,6 +70,11 @@ struct Cli {
     /// Where to write the results as JSON.
     #[arg(long, default_value = "bench-results.json")]
     out: PathBuf,
+    /// Also write every check-in of the check-in scenario's fixed-rate phase to this CSV file
+    /// (when it was scheduled, in ms from the phase's start; its agent; its latency), to see
+    /// whether a tail is the whole server stalling or some agents being slow.
+    #[arg(long)]
+    latency_log: Option<PathBuf>,
     /// Gateway settings to try, as section.key=value (for example ingest.max_batch=1000 or
     /// projections.enabled=false); passed as LOGBOOK_SECTION__KEY.
     #[arg(long = "set", value_parser = parse_setting)]
@@ -174,6 +179,7 @@ fn main() -> anyhow::Result<()> {
                             concurrency: cli.concurrency,
                             rate: cli.rate,
                             runs: cli.runs.max(1),
+                            latency_log: cli.latency_log.clone(),
                         };
                         report.checkin = Some(scenarios::checkin::run(&targets, &options).await?);
                     }

@@ -7,6 +7,7 @@ use std::process::Command;
 fn a_smoke_run_completes_and_writes_its_report() {
     let dir = tempfile_path();
     let out = dir.join("bench.json");
+    let latency_log = dir.join("fixed-rate.csv");
     let postgres = std::env::var("LOGBOOK_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
     let output = Command::new(env!("CARGO_BIN_EXE_logbook-bench"))
@@ -20,8 +21,10 @@ fn a_smoke_run_completes_and_writes_its_report() {
             "checkin,jobs,reconnect,projections,history",
             "--postgres",
             &postgres,
-            "--out",
+            "--latency-log",
         ])
+        .arg(&latency_log)
+        .arg("--out")
         .arg(&out)
         .output()
         .expect("run logbook-bench");
@@ -68,6 +71,26 @@ fn a_smoke_run_completes_and_writes_its_report() {
         host.iter()
             .any(|s| s["busy_pct"].as_f64().is_some_and(|b| b > 0.0)),
         "{report}"
+    );
+    // Every check-in the fixed-rate phase answered, one line each, in the order scheduled.
+    let log = std::fs::read_to_string(&latency_log).expect("the latency log written");
+    let mut lines = log.lines();
+    assert_eq!(lines.next(), Some("scheduled_ms,agent,latency_ms"));
+    let rows: Vec<Vec<f64>> = lines
+        .map(|line| line.split(',').map(|v| v.parse().expect(line)).collect())
+        .collect();
+    assert_eq!(
+        rows.len() as u64,
+        checkin["fixed_rate_latency"]["count"]
+            .as_u64()
+            .expect("count"),
+        "{log}"
+    );
+    assert!(rows.windows(2).all(|w| w[0][0] < w[1][0]), "{log}");
+    assert!(
+        rows.iter()
+            .all(|r| r.len() == 3 && r[1] < 100.0 && r[2] > 0.0),
+        "{log}"
     );
     let jobs = &report["jobs"];
     assert!(

@@ -40,6 +40,8 @@ pub(crate) struct Options {
     pub(crate) concurrency: usize,
     pub(crate) rate: u64,
     pub(crate) runs: usize,
+    /// Where to write every check-in of the fixed-rate phase (see [`FixedRate::write_log`]).
+    pub(crate) latency_log: Option<std::path::PathBuf>,
 }
 
 /// What it measured.
@@ -463,7 +465,7 @@ pub(crate) async fn fixed_rate(
         }
         seconds
     });
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Duration)>();
     for n in 0..total {
         let scheduled = started + interval * n as u32;
         tokio::time::sleep_until(scheduled).await;
@@ -474,7 +476,7 @@ pub(crate) async fn fixed_rate(
         tokio::spawn(async move {
             match client.send(i).await {
                 Ok(()) => {
-                    let _ = tx.send((n / rate, scheduled.elapsed()));
+                    let _ = tx.send((n, scheduled.elapsed()));
                 }
                 Err(_) => {
                     errors.fetch_add(1, Ordering::Relaxed);
@@ -484,8 +486,10 @@ pub(crate) async fn fixed_rate(
     }
     drop(tx);
     let mut seconds: Vec<Latencies> = Vec::new();
-    while let Some((second, latency)) = rx.recv().await {
-        let second = second as usize;
+    let mut answered = Vec::with_capacity(total as usize);
+    while let Some((n, latency)) = rx.recv().await {
+        answered.push((n, latency));
+        let second = (n / rate) as usize;
         if seconds.len() <= second {
             seconds.resize_with(second + 1, Latencies::default);
         }
@@ -504,6 +508,9 @@ pub(crate) async fn fixed_rate(
         host_by_second: host.await.unwrap_or_default(),
         started_at,
         errors: errors.load(Ordering::Relaxed),
+        rate,
+        agents,
+        answered,
     }
 }
 
@@ -521,6 +528,38 @@ pub(crate) struct FixedRate {
     pub(crate) started_at: DateTime<Utc>,
     /// Check-ins that failed.
     pub(crate) errors: u64,
+    rate: u64,
+    agents: usize,
+    /// Every check-in answered: its place in the schedule and its latency.
+    answered: Vec<(u64, Duration)>,
+}
+
+impl FixedRate {
+    /// Writes every answered check-in as a CSV line (when it was scheduled, in ms from the
+    /// phase's start, `fixed_rate_started_at` in the report; which agent sent it, by its index;
+    /// its latency in ms), in the order they were scheduled. A tail's shape shows there: a stall of the whole server makes every
+    /// check-in of one window late whatever its agent, while something wrong with some agents
+    /// makes the same agents late each time round.
+    pub(crate) fn write_log(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        use std::io::Write;
+        let mut answered = self.answered.clone();
+        answered.sort_unstable_by_key(|(n, _)| *n);
+        let mut out = std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        );
+        writeln!(out, "scheduled_ms,agent,latency_ms")?;
+        for (n, latency) in answered {
+            writeln!(
+                out,
+                "{:.3},{},{:.3}",
+                n as f64 * 1000.0 / self.rate as f64,
+                n as usize % self.agents.max(1),
+                latency.as_secs_f64() * 1000.0
+            )?;
+        }
+        out.flush()?;
+        Ok(())
+    }
 }
 
 /// The aggregate a plain cqrs-es design would use: every check-in an event of the agent,
@@ -823,6 +862,14 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
     ));
     warm_up(&client, agents.len(), options.concurrency).await;
     ui::step(&format!("check-ins at {}/s", options.rate));
+    let phase = fixed_rate(&client, agents.len(), options.rate, options.duration).await;
+    if let Some(path) = &options.latency_log {
+        phase.write_log(path)?;
+        ui::step(&format!(
+            "every check-in of the fixed-rate phase written to {}",
+            path.display()
+        ));
+    }
     let FixedRate {
         achieved: fixed_rate_achieved,
         latencies: mut fixed,
@@ -830,7 +877,8 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
         host_by_second: fixed_rate_host_by_second,
         started_at: fixed_rate_started_at,
         errors: errors_b,
-    } = fixed_rate(&client, agents.len(), options.rate, options.duration).await;
+        ..
+    } = phase;
 
     let (gateway_peak_rss_mib, _) = env::memory_mib(gateway.pid());
     let (agent_peak_rss_mib, agent_rss_mib) = real_agent.pid().map_or((0.0, 0.0), env::memory_mib);
