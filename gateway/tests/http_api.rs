@@ -284,11 +284,24 @@ async fn two_gateways_checking_in_one_agent_at_once_record_each_checkin_once_in_
     }
 }
 
+/// An ingest of one lane (so that check-ins submitted together share a batch) whose batches
+/// below `ingest.min_batch` (32) wait up to `max_wait` for company.
+fn one_lane_ingest(
+    app: &TestApp,
+    max_wait: std::time::Duration,
+) -> logbook_gateway::ingest::Ingest {
+    let config = logbook_gateway::config::IngestConfig {
+        concurrent_flushes: 1,
+        min_batch: 32,
+        max_wait,
+        ..Default::default()
+    };
+    let notifier = logbook_gateway::notify::LogNotifier::disabled();
+    logbook_gateway::ingest::Ingest::start(app.pool.clone(), config, notifier).0
+}
+
 #[tokio::test]
 async fn a_lane_waits_for_company_after_a_batch_of_several_and_not_after_a_lone_checkin() {
-    use logbook_gateway::config::IngestConfig;
-    use logbook_gateway::ingest::Ingest;
-    use logbook_gateway::notify::LogNotifier;
     use std::time::{Duration, Instant};
 
     let app = TestApp::new().await;
@@ -298,16 +311,7 @@ async fn a_lane_waits_for_company_after_a_batch_of_several_and_not_after_a_lone_
         app.agent_in(&client_id, &site_id, "second").await,
     ];
     let wait = Duration::from_secs(3);
-    let (ingest, _) = Ingest::start(
-        app.pool.clone(),
-        IngestConfig {
-            concurrent_flushes: 1,
-            min_batch: 32,
-            max_wait: wait,
-            ..IngestConfig::default()
-        },
-        LogNotifier::disabled(),
-    );
+    let ingest = one_lane_ingest(&app, wait);
     let submit = |agent: &support::Agent| {
         let ingest = ingest.clone();
         let submission = submission(agent, new_id().parse().expect("id"), "h");
@@ -337,9 +341,7 @@ async fn a_lane_waits_for_company_after_a_batch_of_several_and_not_after_a_lone_
 
 #[tokio::test]
 async fn a_batch_the_lane_vouches_for_records_its_agents_in_order_and_refuses_a_revoked_one() {
-    use logbook_gateway::config::IngestConfig;
-    use logbook_gateway::ingest::{Ingest, IngestError};
-    use logbook_gateway::notify::LogNotifier;
+    use logbook_gateway::ingest::IngestError;
 
     let app = TestApp::new().await;
     let (client_id, site_id) = app.site().await;
@@ -350,15 +352,7 @@ async fn a_batch_the_lane_vouches_for_records_its_agents_in_order_and_refuses_a_
     ];
     // One lane: check-ins submitted together (on this test's one-thread runtime, all queued
     // before the lane runs) share a batch, and later ones wait for company for a while.
-    let (ingest, _) = Ingest::start(
-        app.pool.clone(),
-        IngestConfig {
-            concurrent_flushes: 1,
-            max_wait: std::time::Duration::from_millis(300),
-            ..IngestConfig::default()
-        },
-        LogNotifier::disabled(),
-    );
+    let ingest = one_lane_ingest(&app, std::time::Duration::from_millis(300));
     let submit = |agent: &support::Agent| {
         let ingest = ingest.clone();
         let submission = submission(agent, new_id().parse().expect("id"), "h");

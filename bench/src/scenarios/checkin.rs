@@ -465,7 +465,7 @@ pub(crate) async fn fixed_rate(
         }
         seconds
     });
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Duration)>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Answered>();
     for n in 0..total {
         let scheduled = started + interval * n as u32;
         tokio::time::sleep_until(scheduled).await;
@@ -476,7 +476,11 @@ pub(crate) async fn fixed_rate(
         tokio::spawn(async move {
             match client.send(i).await {
                 Ok(()) => {
-                    let _ = tx.send((n, scheduled.elapsed()));
+                    let _ = tx.send(Answered {
+                        n,
+                        agent: i,
+                        latency: scheduled.elapsed(),
+                    });
                 }
                 Err(_) => {
                     errors.fetch_add(1, Ordering::Relaxed);
@@ -487,14 +491,15 @@ pub(crate) async fn fixed_rate(
     drop(tx);
     let mut seconds: Vec<Latencies> = Vec::new();
     let mut answered = Vec::with_capacity(total as usize);
-    while let Some((n, latency)) = rx.recv().await {
-        answered.push((n, latency));
-        let second = (n / rate) as usize;
+    while let Some(check_in) = rx.recv().await {
+        let second = (check_in.n / rate) as usize;
         if seconds.len() <= second {
             seconds.resize_with(second + 1, Latencies::default);
         }
-        seconds[second].record(latency);
+        seconds[second].record(check_in.latency);
+        answered.push(check_in);
     }
+    answered.sort_unstable_by_key(|check_in| check_in.n);
     let elapsed = started.elapsed().as_secs_f64();
     let by_second = seconds.iter_mut().map(Latencies::summary).collect();
     let mut latencies = Latencies::default();
@@ -509,7 +514,6 @@ pub(crate) async fn fixed_rate(
         started_at,
         errors: errors.load(Ordering::Relaxed),
         rate,
-        agents,
         answered,
     }
 }
@@ -529,32 +533,39 @@ pub(crate) struct FixedRate {
     /// Check-ins that failed.
     pub(crate) errors: u64,
     rate: u64,
-    agents: usize,
-    /// Every check-in answered: its place in the schedule and its latency.
-    answered: Vec<(u64, Duration)>,
+    /// Every check-in answered, in the order scheduled.
+    answered: Vec<Answered>,
+}
+
+/// A check-in of the fixed-rate phase that was answered.
+struct Answered {
+    /// Its place in the schedule: the phase's `n`th check-in.
+    n: u64,
+    /// The simulated agent that sent it, by index.
+    agent: usize,
+    /// From when it was scheduled until it was answered.
+    latency: Duration,
 }
 
 impl FixedRate {
     /// Writes every answered check-in as a CSV line (when it was scheduled, in ms from the
     /// phase's start, `fixed_rate_started_at` in the report; which agent sent it, by its index;
-    /// its latency in ms), in the order they were scheduled. A tail's shape shows there: a stall of the whole server makes every
-    /// check-in of one window late whatever its agent, while something wrong with some agents
-    /// makes the same agents late each time round.
+    /// its latency in ms), in the order they were scheduled. A tail's shape shows there: a stall
+    /// of the whole server makes every check-in of one window late whatever its agent, while
+    /// something wrong with some agents makes the same agents late each time round.
     pub(crate) fn write_log(&self, path: &std::path::Path) -> anyhow::Result<()> {
         use std::io::Write;
-        let mut answered = self.answered.clone();
-        answered.sort_unstable_by_key(|(n, _)| *n);
         let mut out = std::io::BufWriter::new(
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
         );
         writeln!(out, "scheduled_ms,agent,latency_ms")?;
-        for (n, latency) in answered {
+        for check_in in &self.answered {
             writeln!(
                 out,
                 "{:.3},{},{:.3}",
-                n as f64 * 1000.0 / self.rate as f64,
-                n as usize % self.agents.max(1),
-                latency.as_secs_f64() * 1000.0
+                check_in.n as f64 * 1000.0 / self.rate as f64,
+                check_in.agent,
+                check_in.latency.as_secs_f64() * 1000.0
             )?;
         }
         out.flush()?;
