@@ -32,6 +32,35 @@ pub fn job_shard(agent_id: &str) -> u32 {
     hash % JOB_SHARDS
 }
 
+/// How an agent asks its consumer for jobs. The agent and the benchmark's simulated agents both
+/// use [`JOB_PULL`], so that what is measured is what agents cost nats-server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobPull {
+    /// Jobs one pull request asks for. The consumer still hands out one at a time
+    /// (`max_ack_pending` 1); asking for several lets the next follow the acknowledgement at
+    /// once, without a new request.
+    pub batch: usize,
+    /// How long a pull request waits before the agent sends a new one.
+    pub expires: std::time::Duration,
+    /// How often nats-server tells a waiting pull request that it is still alive; the agent
+    /// binds again after two missed, which catches a request the server lost while the
+    /// connection stayed up. (After a reconnect the client asks again by itself.)
+    pub heartbeat: std::time::Duration,
+}
+
+/// The agents' pull settings. Every waiting agent costs nats-server one message per heartbeat
+/// and one request per expiry: 1,333 a second for 10,000 idle agents here, against 4,333 with
+/// the 10 s expiry and 3 s heartbeat used before. Under load those were also too short
+/// (BENCHMARKS.md, the twenty-third machine): while 600,000 jobs went through, 97 of 10,000
+/// simulated agents missed two heartbeats and bound again, each with a JetStream API request at
+/// the server's busiest moment; and in three bulk jobs that came as the fleet's pull requests
+/// expired, a few dozen agents had their job 4.6 s after the rest.
+pub const JOB_PULL: JobPull = JobPull {
+    batch: 16,
+    expires: std::time::Duration::from_secs(30),
+    heartbeat: std::time::Duration::from_secs(10),
+};
+
 /// The names of one installation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {

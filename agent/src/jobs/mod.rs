@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, AckKind, consumer};
 use futures::StreamExt;
 use logbook_proto::agent::v1 as pb;
-use logbook_proto::subjects::Names;
+use logbook_proto::subjects::{JOB_PULL, Names};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
@@ -235,15 +235,16 @@ impl Worker {
                 )
                 .await;
             let messages = match consumer {
-                // Short pull expiries and heartbeats: after a NATS restart the worker notices
-                // within seconds and binds again. A pull asks for several jobs so that the next
-                // one follows the acknowledgement at once; the consumer still hands out one at a
-                // time (`max_ack_pending` 1), so none waits here while another runs.
+                // After a NATS restart the client asks again by itself; a pull request the server
+                // lost otherwise shows as missed heartbeats, and the worker binds again. A pull
+                // asks for several jobs so that the next one follows the acknowledgement at
+                // once; the consumer still hands out one at a time (`max_ack_pending` 1), so
+                // none waits here while another runs (`JOB_PULL`).
                 Ok(consumer) => consumer
                     .stream()
-                    .max_messages_per_batch(16)
-                    .expires(Duration::from_secs(10))
-                    .heartbeat(Duration::from_secs(3))
+                    .max_messages_per_batch(JOB_PULL.batch)
+                    .expires(JOB_PULL.expires)
+                    .heartbeat(JOB_PULL.heartbeat)
                     .messages()
                     .await
                     .map_err(|e| e.to_string()),

@@ -52,7 +52,10 @@ pub(crate) struct Results {
     /// Median over the runs; each run's figure is in `saturated_runs`.
     pub(crate) saturated_per_sec: f64,
     pub(crate) saturated_runs: Vec<f64>,
+    /// Over every run's check-ins; each run's own is in `saturated_latency_runs`, so that a
+    /// tail can be told apart from one run's bad seconds.
     pub(crate) saturated_latency: Summary,
+    pub(crate) saturated_latency_runs: Vec<Summary>,
     pub(crate) fixed_rate_target: u64,
     pub(crate) fixed_rate_achieved: f64,
     pub(crate) fixed_rate_latency: Summary,
@@ -816,6 +819,7 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
     let compare = BenchDb::open(targets, "logbook_bench_checkin_compare", false, false).await?;
     let mut saturated_runs = Vec::new();
     let mut saturated = Latencies::default();
+    let mut saturated_latency_runs = Vec::new();
     let mut errors_a = 0;
     let mut cpu_runs = Vec::new();
     let mut cqrs_execute_runs = Vec::new();
@@ -828,12 +832,17 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
             options.runs
         ));
         let before = CpuTimes::now(gateway.pid(), &db.name);
-        let (rate, latencies, errors) =
+        let (rate, mut latencies, errors) =
             saturate(&client, agents.len(), options.concurrency, options.duration).await;
         let cpu = CpuTimes::now(gateway.pid(), &db.name).since(&before);
         cpu_runs.push(cpu.scaled(1e6 / latencies.len().max(1) as f64));
-        ui::step(&format!("{rate:.0} check-ins/s"));
+        let summary = latencies.summary();
+        ui::step(&format!(
+            "{rate:.0} check-ins/s, latency p99 {:.1} ms",
+            summary.p99_ms
+        ));
         saturated_runs.push(rate);
+        saturated_latency_runs.push(summary);
         saturated.extend(latencies);
         errors_a += errors;
 
@@ -920,6 +929,7 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
         saturated_per_sec,
         saturated_runs,
         saturated_latency: saturated.summary(),
+        saturated_latency_runs,
         fixed_rate_target: options.rate,
         fixed_rate_achieved,
         fixed_rate_latency: fixed.summary(),
