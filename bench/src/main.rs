@@ -406,6 +406,15 @@ fn print_table(report: &Report) {
             Some(c.gateway_peak_rss_mib < 300.0),
         );
         row(
+            &format!(
+                "gateway RSS, {} agents' connections open (MiB)",
+                c.connections_held
+            ),
+            format!("{:.0}", c.gateway_rss_connected_mib),
+            "< 300",
+            Some(c.gateway_rss_connected_mib < 300.0 && c.connections_held == c.agents),
+        );
+        row(
             "agent RSS idle / peak (MiB)",
             format!("{:.1} / {:.1}", c.agent_rss_mib, c.agent_peak_rss_mib),
             "< 20",

@@ -56,6 +56,26 @@ fn a_smoke_run_completes_and_writes_its_report() {
         "{report}"
     );
     assert_eq!(checkin["errors"], 0);
+    // Every agent held a connection of its own, and the gateway's memory was read then.
+    assert_eq!(checkin["connections_held"], checkin["agents"], "{report}");
+    assert!(
+        checkin["gateway_rss_connected_mib"]
+            .as_f64()
+            .expect("RSS")
+            > 0.0,
+        "{report}"
+    );
+    // Each saturated run's own latency, beside the runs' pooled one.
+    assert_eq!(
+        checkin["saturated_latency_runs"]
+            .as_array()
+            .expect("each run's latency")
+            .len(),
+        1,
+        "{report}"
+    );
+    let jobs_bulk_p99 = &report["jobs"]["bulk_dispatched_p99_secs"];
+    assert!(jobs_bulk_p99.as_f64().is_some(), "{report}");
     // The host was read beside each second of the fixed-rate phase, and was busy then.
     let host = checkin["fixed_rate_host_by_second"]
         .as_array()

@@ -80,6 +80,11 @@ pub(crate) struct Results {
     /// The median of the same ratios to the raw `INSERT`.
     pub(crate) ratio_vs_raw: f64,
     pub(crate) gateway_peak_rss_mib: f64,
+    /// The gateway's RSS while every agent holds a connection of its own, as a fleet does
+    /// between check-ins (the phases above use a few hundred), after the phases above.
+    pub(crate) gateway_rss_connected_mib: f64,
+    /// How many agents' connections were open then.
+    pub(crate) connections_held: usize,
     pub(crate) agent_rss_mib: f64,
     pub(crate) agent_peak_rss_mib: f64,
     /// Microseconds of CPU per recorded check-in while saturated (median over the runs): what
@@ -901,6 +906,22 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
     } = phase;
 
     let (gateway_peak_rss_mib, _) = env::memory_mib(gateway.pid());
+    ui::step(&format!(
+        "every agent checks in on a connection of its own and keeps it open ({})",
+        agents.len()
+    ));
+    let held = hold_every_connection(&client, agents.len()).await;
+    let connections_held = held.len();
+    // The gateway has answered each of them; what it keeps per idle connection is what counts.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (_, gateway_rss_connected_mib) = env::memory_mib(gateway.pid());
+    drop(held);
+    if connections_held < agents.len() {
+        ui::step(&format!(
+            "only {connections_held} of {} connections could be opened and used",
+            agents.len()
+        ));
+    }
     let (agent_peak_rss_mib, agent_rss_mib) = real_agent.pid().map_or((0.0, 0.0), env::memory_mib);
     drop(real_agent);
     gateway.remove_streams().await;
@@ -947,6 +968,8 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
         ratio_vs_execute_runs,
         ratio_vs_raw,
         gateway_peak_rss_mib,
+        gateway_rss_connected_mib,
+        connections_held,
         agent_rss_mib,
         agent_peak_rss_mib,
         cpu_us_per_checkin,
@@ -969,6 +992,24 @@ const SETTLE: Duration = Duration::from_secs(2);
 /// Two seconds of saturated check-ins, not measured, before each measured phase: the first
 /// opens the connections, and the later ones reopen any the gateway closed while it idled
 /// through the comparison paths, so that no measured phase pays for it.
+/// One check-in per agent, each on a new connection that is then kept open (a few dozen
+/// opened at a time, as in [`CheckinClient::open`]); returns the connections still open.
+async fn hold_every_connection(client: &Arc<CheckinClient>, agents: usize) -> Vec<Connection> {
+    futures::stream::iter(0..agents)
+        .map(|index| async move {
+            let mut connection = None;
+            client
+                .send_on(&mut connection, index)
+                .await
+                .ok()
+                .and(connection)
+        })
+        .buffer_unordered(32)
+        .filter_map(|connection| async move { connection })
+        .collect()
+        .await
+}
+
 async fn warm_up(client: &Arc<CheckinClient>, agents: usize, concurrency: usize) {
     ui::step("warming up");
     saturate(client, agents, concurrency, Duration::from_secs(2)).await;
