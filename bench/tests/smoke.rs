@@ -59,10 +59,7 @@ fn a_smoke_run_completes_and_writes_its_report() {
     // Every agent held a connection of its own, and the gateway's memory was read then.
     assert_eq!(checkin["connections_held"], checkin["agents"], "{report}");
     assert!(
-        checkin["gateway_rss_connected_mib"]
-            .as_f64()
-            .expect("RSS")
-            > 0.0,
+        checkin["gateway_rss_connected_mib"].as_f64().expect("RSS") > 0.0,
         "{report}"
     );
     // Each saturated run's own latency, beside the runs' pooled one.
