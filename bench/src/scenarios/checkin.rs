@@ -989,9 +989,6 @@ const RAW_INSERT_PHASE: Duration = Duration::from_secs(5);
 /// windows) before a comparison path is measured beside it.
 const SETTLE: Duration = Duration::from_secs(2);
 
-/// Two seconds of saturated check-ins, not measured, before each measured phase: the first
-/// opens the connections, and the later ones reopen any the gateway closed while it idled
-/// through the comparison paths, so that no measured phase pays for it.
 /// One check-in per agent, each on a new connection that is then kept open (a few dozen
 /// opened at a time, as in [`CheckinClient::open`]); returns the connections still open.
 async fn hold_every_connection(client: &Arc<CheckinClient>, agents: usize) -> Vec<Connection> {
@@ -1010,6 +1007,9 @@ async fn hold_every_connection(client: &Arc<CheckinClient>, agents: usize) -> Ve
         .await
 }
 
+/// Two seconds of saturated check-ins, not measured, before each measured phase: the first
+/// opens the connections, and the later ones reopen any the gateway closed while it idled
+/// through the comparison paths, so that no measured phase pays for it.
 async fn warm_up(client: &Arc<CheckinClient>, agents: usize, concurrency: usize) {
     ui::step("warming up");
     saturate(client, agents, concurrency, Duration::from_secs(2)).await;

@@ -106,6 +106,7 @@ impl Fleet {
     ///
     /// Dropping the connections is not enough: the server notices a closed connection on its own
     /// time, and a job published in between goes to the dead connection's pull request.
+    ///
     /// Says how often an agent's pull stream had to be bound again, if it did.
     async fn close(mut self) {
         let tasks = std::mem::take(&mut self.tasks);
@@ -156,18 +157,17 @@ async fn connect_fleet(
         let rebinds = rebinds.clone();
         tasks.push(tokio::spawn(async move {
             let js = jetstream::new(client.clone());
-            let mut first = true;
+            let mut bound_before = false;
             // As the real agent does: bind, receive until the pull stream ends or fails (a
             // missed heartbeat, a reconnect), and bind again.
             loop {
-                if !first {
-                    rebinds.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
                 let Some(mut messages) = bind(&js, &names, &agent_id).await else {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 };
-                if std::mem::take(&mut first) {
+                if std::mem::replace(&mut bound_before, true) {
+                    rebinds.fetch_add(1, Ordering::Relaxed);
+                } else {
                     let _ = bound.send(i);
                 }
                 while let Some(Ok(message)) = messages.next().await {
@@ -190,6 +190,7 @@ async fn connect_fleet(
                         let _ = received.send((i, job, at, when));
                     }
                 }
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }));
     }
