@@ -54,6 +54,12 @@ pub struct HttpConfig {
     /// Longest a request may take before it is answered with 503.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Longest a connection waits for the next request's headers: a kept-open connection idle
+    /// this long is closed, and so is a client that sends its headers slower than this. Agents
+    /// that check in less often than this open a new connection for each check-in; a longer
+    /// value keeps their connections (about 17 KiB of memory each, BENCHMARKS.md) instead.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
     /// How long shutdown waits for requests in flight.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -66,6 +72,7 @@ impl Default for HttpConfig {
             listen_backlog: 4096,
             max_body_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(20),
         }
     }
@@ -337,6 +344,11 @@ impl GatewayConfig {
             !self.http.request_timeout.is_zero(),
             "http.request_timeout",
             "must be more than 0",
+        );
+        p.check(
+            self.http.idle_timeout >= Duration::from_secs(1),
+            "http.idle_timeout",
+            "must be at least 1s",
         );
         p.check(
             self.database.url.starts_with("postgres://")

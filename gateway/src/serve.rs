@@ -112,7 +112,12 @@ pub async fn run(
     let address = listener.local_addr()?;
     tracing::info!(%address, "Logbook API listening on http://{address}");
 
-    let server = http::server::serve(listener, http::router(state), shutdown.clone());
+    let server = http::server::serve(
+        listener,
+        http::router(state),
+        config.http.idle_timeout,
+        shutdown.clone(),
+    );
     tokio::pin!(server);
     let startup = start_up(&pool, &commands, &config, &shutdown);
     tokio::pin!(startup);

@@ -1040,3 +1040,81 @@ async fn a_token_used_past_a_snapshot_still_counts_every_use() {
     );
     assert_eq!(app.event_count().await, before);
 }
+
+/// Reads one answer (head and `content-length` body) from `stream`; `None` if the gateway closed
+/// the connection first.
+async fn read_answer(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    loop {
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some(head_end) = text.find("\r\n\r\n") {
+            let length = text[..head_end]
+                .lines()
+                .find_map(|line| {
+                    let (name, value) = line.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if got.len() >= head_end + 4 + length {
+                return Some(text);
+            }
+        }
+        let mut buf = [0u8; 4096];
+        match stream.read(&mut buf).await.expect("read") {
+            0 => return None,
+            n => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_kept_open_connection_lives_while_used_and_is_closed_after_the_idle_timeout() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let app = TestApp::new().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let idle_timeout = Duration::from_secs(1);
+    let server = tokio::spawn(logbook_gateway::http::server::serve(
+        listener,
+        app.router.clone(),
+        idle_timeout,
+        shutdown.clone(),
+    ));
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    // Requests half the timeout apart keep sharing the one connection.
+    for _ in 0..3 {
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: test\r\n\r\n")
+            .await
+            .expect("write");
+        let answer = read_answer(&mut stream)
+            .await
+            .expect("the connection was closed while in use");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        tokio::time::sleep(idle_timeout / 2).await;
+    }
+    // Left idle, it is closed once the timeout has passed since the last answer.
+    let idle_since = Instant::now() - idle_timeout / 2;
+    let mut rest = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut rest))
+        .await
+        .expect("the idle connection was not closed within 10 s")
+        .expect("read");
+    assert_eq!(read, 0, "the gateway sent more than it was asked");
+    let idle = idle_since.elapsed();
+    assert!(
+        idle >= idle_timeout - Duration::from_millis(100) && idle < idle_timeout * 4,
+        "closed after {idle:?} idle, with a timeout of {idle_timeout:?}"
+    );
+    shutdown.cancel();
+    server.await.expect("the server stops");
+}

@@ -1,9 +1,10 @@
 //! Serving the router: HTTP/1.1 over TCP, one task per connection, with graceful shutdown.
 //!
-//! Agents keep their connection open between check-ins, so a fleet of 10,000 holds 10,000 idle
-//! connections, and what one costs decides the gateway's memory. `axum::serve` detects HTTP/2 on
-//! every connection (the API is HTTP/1.1 only) and cost about 31 KiB per idle connection in a
-//! bare router; hyper's HTTP/1.1 connection alone about 19 KiB.
+//! Agents keep their connection open between check-ins (as long as `http.idle_timeout` allows),
+//! so a fleet of 10,000 can hold 10,000 idle connections, and what one costs decides the
+//! gateway's memory. `axum::serve` detects HTTP/2 on every connection (the API is HTTP/1.1 only)
+//! and cost about 31 KiB per idle connection in a bare router; hyper's HTTP/1.1 connection alone
+//! about 19 KiB.
 
 use std::time::Duration;
 
@@ -16,12 +17,20 @@ use tokio_util::sync::CancellationToken;
 
 /// Serves `router` on `listener` until `shutdown`; then stops accepting, closes idle
 /// connections and waits for requests in flight to be answered.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) {
+///
+/// A connection waits at most `idle_timeout` for the next request's headers: hyper starts that
+/// clock when it begins waiting, so it closes a kept-open connection idle that long as well as
+/// a client that sends its headers too slowly (`http.idle_timeout`).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    idle_timeout: Duration,
+    shutdown: CancellationToken,
+) {
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
-    // With a timer, a client that takes longer than hyper's default (30 s) to send a request's
-    // headers is disconnected.
     http.timer(TokioTimer::new());
+    http.header_read_timeout(idle_timeout);
     loop {
         let stream = tokio::select! {
             _ = shutdown.cancelled() => break,
