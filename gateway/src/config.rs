@@ -56,8 +56,9 @@ pub struct HttpConfig {
     pub request_timeout: Duration,
     /// Longest a connection waits for the next request's headers: a kept-open connection idle
     /// this long is closed, and so is a client that sends its headers slower than this. Agents
-    /// that check in less often than this open a new connection for each check-in; a longer
-    /// value keeps their connections (about 17 KiB of memory each, BENCHMARKS.md) instead.
+    /// whose check-ins come further apart (interval plus jitter, 60-70 s by default) open a new
+    /// connection for each; above that, and below the agents' own 90 s limit on an idle
+    /// connection, their connections are kept (17-20 KiB of memory each, BENCHMARKS.md).
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// How long shutdown waits for requests in flight.

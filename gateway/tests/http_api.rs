@@ -1091,6 +1091,7 @@ async fn a_kept_open_connection_lives_while_used_and_is_closed_after_the_idle_ti
         .await
         .expect("connect");
     // Requests half the timeout apart keep sharing the one connection.
+    let mut answered = Instant::now();
     for _ in 0..3 {
         stream
             .write_all(b"GET /healthz HTTP/1.1\r\nhost: test\r\n\r\n")
@@ -1100,10 +1101,11 @@ async fn a_kept_open_connection_lives_while_used_and_is_closed_after_the_idle_ti
             .await
             .expect("the connection was closed while in use");
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        answered = Instant::now();
         tokio::time::sleep(idle_timeout / 2).await;
     }
     // Left idle, it is closed once the timeout has passed since the last answer.
-    let idle_since = Instant::now() - idle_timeout / 2;
+    let idle_since = answered;
     let mut rest = [0u8; 16];
     let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut rest))
         .await

@@ -51,9 +51,9 @@ pub struct JobPull {
 /// The agents' pull settings. Every waiting agent costs nats-server one message per heartbeat
 /// and one request per expiry: 1,333 a second for 10,000 idle agents here, against 4,333 with
 /// the 10 s expiry and 3 s heartbeat used before. Under load those were also too short
-/// (BENCHMARKS.md, the twenty-third machine): while 600,000 jobs went through, 97 of 10,000
-/// simulated agents missed two heartbeats and bound again, each with a JetStream API request at
-/// the server's busiest moment; and in three bulk jobs that came as the fleet's pull requests
+/// (BENCHMARKS.md, the twenty-third machine): while 600,000 jobs went through, the pull streams
+/// of 10,000 simulated agents missed two heartbeats and were bound again 97 times, each with a
+/// JetStream API request at the server's busiest moment; and in three bulk jobs that came as the fleet's pull requests
 /// expired, a few dozen agents had their job 4.6 s after the rest.
 pub const JOB_PULL: JobPull = JobPull {
     batch: 16,

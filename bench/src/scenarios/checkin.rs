@@ -81,7 +81,8 @@ pub(crate) struct Results {
     pub(crate) ratio_vs_raw: f64,
     pub(crate) gateway_peak_rss_mib: f64,
     /// The gateway's RSS while every agent holds a connection of its own, as a fleet does
-    /// between check-ins (the phases above use a few hundred), after the phases above.
+    /// between check-ins when they come more often than the gateway's `http.idle_timeout` (the
+    /// phases above use a few hundred), after the phases above.
     pub(crate) gateway_rss_connected_mib: f64,
     /// How many agents' connections were open then.
     pub(crate) connections_held: usize,
@@ -989,8 +990,9 @@ const RAW_INSERT_PHASE: Duration = Duration::from_secs(5);
 /// windows) before a comparison path is measured beside it.
 const SETTLE: Duration = Duration::from_secs(2);
 
-/// One check-in per agent, each on a new connection that is then kept open (a few dozen
-/// opened at a time, as in [`CheckinClient::open`]); returns the connections still open.
+/// One check-in per agent, each on a new connection that is then kept open (32 at a time, so
+/// that the gateway's accept queue does not overflow, see [`CheckinClient::open`]); returns
+/// the connections the gateway answered and kept open.
 async fn hold_every_connection(client: &Arc<CheckinClient>, agents: usize) -> Vec<Connection> {
     futures::stream::iter(0..agents)
         .map(|index| async move {
