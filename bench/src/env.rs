@@ -329,7 +329,7 @@ impl CpuSplit {
 
 /// User plus system time of a process in seconds, from `/proc/<pid>/stat` (clock ticks of
 /// `USER_HZ`, which is 100 on Linux).
-fn cpu_seconds(pid: &str) -> Option<f64> {
+pub(crate) fn cpu_seconds(pid: &str) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces; the fields after it are plain numbers.
     let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
@@ -387,9 +387,24 @@ impl CpuTimes {
     }
 }
 
+/// CPU seconds consumed so far by every process named `nats-server` (the benchmark's NATS is the
+/// local one).
+pub(crate) fn nats_server_cpu_seconds() -> f64 {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.to_string();
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            (comm.trim_end() == "nats-server").then(|| cpu_seconds(&pid))?
+        })
+        .sum()
+}
+
 /// Seconds the machine's CPUs have spent on anything but idling and waiting for I/O, summed
 /// over the CPUs, from the first line of `/proc/stat` (in `USER_HZ` ticks).
-fn machine_busy_seconds() -> Option<f64> {
+pub(crate) fn machine_busy_seconds() -> Option<f64> {
     let (busy, _) = busy_and_total(&machine_ticks()?);
     Some(busy as f64 / 100.0)
 }

@@ -50,6 +50,12 @@ struct Cli {
     /// Jobs pushed through the stream before the second reconnect storm.
     #[arg(long, default_value_t = 600_000)]
     stream_history_jobs: usize,
+    /// NATS connections the jobs and reconnect scenarios' simulated agents share. By default
+    /// every simulated agent opens one of its own, as every agent of a real fleet does, and a
+    /// reconnect storm opens them all at once; a few shared connections measure nats-server
+    /// without that per-connection work.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    nats_connections: Option<u64>,
     /// Keep the generated history database and reuse it next time (it takes minutes to write).
     #[arg(long)]
     reuse: bool,
@@ -192,6 +198,7 @@ fn main() -> anyhow::Result<()> {
                                 history_jobs: cli.stream_history_jobs,
                                 jobs: cli.scenario.contains(&Scenario::Jobs),
                                 reconnect: cli.scenario.contains(&Scenario::Reconnect),
+                                nats_connections: cli.nats_connections.map(|n| n as usize),
                             };
                             report.jobs = Some(scenarios::jobs::run(&targets, &options).await?);
                         }
@@ -252,17 +259,33 @@ fn row(what: &str, value: String, target: &str, ok: Option<bool>) {
     println!("| {what:<48} | {value:>18} | {target:<16} | {verdict:<6} |");
 }
 
-/// A reconnect storm's per-agent times until drained.
-fn drain_row(drain: &stats::Summary) {
-    row(
-        "  per agent, until drained: p50 / p99 / max (ms)",
-        format!(
-            "{:.0} / {:.0} / {:.0}",
-            drain.p50_ms, drain.p99_ms, drain.max_ms
-        ),
-        "",
-        None,
-    );
+/// A reconnect storm's per-agent times until bound and until drained.
+fn storm_rows(
+    bound: Option<&stats::Summary>,
+    drain: Option<&stats::Summary>,
+    cpu: Option<&scenarios::jobs::StormCpu>,
+) {
+    for (what, summary) in [("bound", bound), ("drained", drain)] {
+        if let Some(s) = summary {
+            row(
+                &format!("  per agent, until {what}: p50 / p99 / max (ms)"),
+                format!("{:.0} / {:.0} / {:.0}", s.p50_ms, s.p99_ms, s.max_ms),
+                "",
+                None,
+            );
+        }
+    }
+    if let Some(c) = cpu {
+        row(
+            "  CPU s: nats-server / load gen / gateway / machine",
+            format!(
+                "{:.1} / {:.1} / {:.1} / {:.1}",
+                c.nats_server, c.load_generator, c.gateway, c.machine
+            ),
+            "",
+            None,
+        );
+    }
 }
 
 fn print_table(report: &Report) {
@@ -422,6 +445,13 @@ fn print_table(report: &Report) {
         );
     }
     if let Some(j) = &report.jobs {
+        row(
+            "simulated agents' NATS connections",
+            j.nats_connections
+                .map_or("one each".to_string(), |n| format!("{n} shared")),
+            "",
+            None,
+        );
         if let Some(l) = &j.issue_to_start {
             row(
                 "job issue-to-start, online agent p50 / p99 (ms)",
@@ -493,9 +523,11 @@ fn print_table(report: &Report) {
                 Some(rate >= 2000.0),
             );
         }
-        if let Some(drain) = &j.reconnect_drain {
-            drain_row(drain);
-        }
+        storm_rows(
+            j.reconnect_bound.as_ref(),
+            j.reconnect_drain.as_ref(),
+            j.reconnect_cpu.as_ref(),
+        );
         if let Some(rate) = j.reconnect_after_history_agents_per_sec {
             row(
                 &format!("  again after {} jobs through the stream", j.history_jobs),
@@ -504,9 +536,11 @@ fn print_table(report: &Report) {
                 Some(rate >= 2000.0),
             );
         }
-        if let Some(drain) = &j.reconnect_after_history_drain {
-            drain_row(drain);
-        }
+        storm_rows(
+            j.reconnect_after_history_bound.as_ref(),
+            j.reconnect_after_history_drain.as_ref(),
+            j.reconnect_after_history_cpu.as_ref(),
+        );
         row(
             "gateway peak RSS (MiB)",
             format!("{:.0}", j.gateway_peak_rss_mib),

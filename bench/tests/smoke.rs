@@ -128,6 +128,23 @@ fn a_smoke_run_completes_and_writes_its_report() {
             .expect("rate")
             > 0.0
     );
+    // Every simulated agent had a connection of its own, and each storm timed every agent's
+    // bind and read nats-server's CPU time.
+    assert!(jobs["nats_connections"].is_null(), "{report}");
+    for storm in ["reconnect", "reconnect_after_history"] {
+        assert_eq!(
+            jobs[format!("{storm}_bound")]["count"].as_u64(),
+            Some(100),
+            "{report}"
+        );
+        // A hundred agents' storm may take less than a clock tick of nats-server's CPU.
+        assert!(
+            jobs[format!("{storm}_cpu")]["nats_server"]
+                .as_f64()
+                .is_some_and(|s| s >= 0.0),
+            "{report}"
+        );
+    }
     let history = &report["history"];
     assert!(
         history["rebuild_timeline_events_per_sec"]

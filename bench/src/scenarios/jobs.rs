@@ -1,11 +1,12 @@
 //! `jobs` and `reconnect`: simulated agents that speak the real job protocol over NATS (bind
-//! their consumer, claim, publish results, acknowledge), against a real gateway.
+//! their consumer, claim, publish results, acknowledge), against a real gateway. Each simulated
+//! agent has a NATS connection of its own unless `--nats-connections` says how many they share.
 //!
 //! - single jobs to online agents: time from the API request to the agent's claim being granted;
 //! - a bulk job to every agent: time until every agent has it (the message is in the agent's
 //!   hands), until every agent's claim was granted, and until every result is recorded;
 //! - an offline catch-up: a real `logbook-agent` that was stopped while 1,000 jobs were queued;
-//! - reconnect storms: every agent reconnects at once and drains one waiting job, before and
+//! - reconnect storms: every agent connects at once, binds and drains one waiting job, before and
 //!   after hundreds of thousands of jobs have passed through the stream.
 
 use std::collections::HashMap;
@@ -36,6 +37,8 @@ pub(crate) struct Options {
     pub(crate) history_jobs: usize,
     pub(crate) jobs: bool,
     pub(crate) reconnect: bool,
+    /// NATS connections the simulated agents share; `None`: one each, as a real fleet has.
+    pub(crate) nats_connections: Option<usize>,
 }
 
 /// What they measured.
@@ -61,9 +64,18 @@ pub(crate) struct Results {
     pub(crate) reconnect_agents_per_sec: Option<f64>,
     /// Per agent, from the storm's start until its waiting job was acknowledged.
     pub(crate) reconnect_drain: Option<Summary>,
+    /// Per agent, from the storm's start until its pull stream was bound (connected, its
+    /// consumer looked up, its first pull request sent).
+    pub(crate) reconnect_bound: Option<Summary>,
+    /// CPU seconds the storm cost (until every agent had drained its job).
+    pub(crate) reconnect_cpu: Option<StormCpu>,
     pub(crate) history_jobs: usize,
     pub(crate) reconnect_after_history_agents_per_sec: Option<f64>,
     pub(crate) reconnect_after_history_drain: Option<Summary>,
+    pub(crate) reconnect_after_history_bound: Option<Summary>,
+    pub(crate) reconnect_after_history_cpu: Option<StormCpu>,
+    /// NATS connections the simulated agents shared; `None`: one each.
+    pub(crate) nats_connections: Option<usize>,
     pub(crate) gateway_peak_rss_mib: f64,
     pub(crate) agent_rss_mib: f64,
 }
@@ -81,12 +93,12 @@ enum Mode {
 /// granted (for agents that only acknowledge: when the acknowledgement was confirmed).
 type Received = (usize, String, Instant, Instant);
 
-/// Binds every agent's consumer over `connections` NATS connections and consumes until the
-/// returned handle is dropped.
+/// Binds every agent's consumer and consumes until the returned handle is dropped.
 struct Fleet {
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    // Held so that the connections close when the fleet is dropped.
-    clients: Vec<async_nats::Client>,
+    /// Every connection the fleet opened, so that [`Fleet::close`] can fence each and the
+    /// connections close when the fleet is dropped.
+    clients: Arc<Mutex<Vec<async_nats::Client>>>,
     /// How often an agent's pull stream ended or failed and was bound again.
     rebinds: Arc<AtomicU64>,
 }
@@ -119,9 +131,12 @@ impl Fleet {
         }
         // A JetStream request on each connection is answered only after the server has read
         // everything sent before it on that connection, the unsubscribes included.
-        for client in &self.clients {
-            let _ = jetstream::new(client.clone()).query_account().await;
-        }
+        let clients = std::mem::take(&mut *self.clients.lock().unwrap_or_else(|e| e.into_inner()));
+        futures::stream::iter(clients)
+            .for_each_concurrent(256, |client| async move {
+                let _ = jetstream::new(client).query_account().await;
+            })
+            .await;
         let rebinds = self.rebinds.load(Ordering::Relaxed);
         if rebinds > 0 {
             ui::step(&format!(
@@ -131,31 +146,76 @@ impl Fleet {
     }
 }
 
+/// How the simulated agents reach NATS: `connections` shared among them, or, when `None`, one
+/// connection each, opened by the agent itself as it starts (a real fleet: every agent
+/// connects, then binds).
+#[derive(Debug, Clone)]
+struct FleetNats {
+    url: String,
+    connections: Option<usize>,
+}
+
+impl FleetNats {
+    /// A connection with the real agent's settings (it keeps trying until it is connected, and
+    /// reconnects without limit) and a smaller read buffer.
+    fn connect(
+        &self,
+    ) -> impl std::future::Future<Output = Result<async_nats::Client, async_nats::ConnectError>> + use<>
+    {
+        async_nats::ConnectOptions::new()
+            // A simulated agent receives messages of a few hundred bytes; the client's default
+            // 64 KiB read buffer, ten thousand times over, cost the load generator a third more
+            // CPU in a reconnect storm (BENCHMARKS.md, the twenty-fourth machine). The buffer
+            // grows for a larger message.
+            .read_buffer_capacity(4096)
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connect(self.url.clone())
+    }
+}
+
 async fn connect_fleet(
-    nats_url: &str,
+    nats: &FleetNats,
     names: &Names,
     agents: &[SimAgent],
     mode: Mode,
     received: mpsc::UnboundedSender<Received>,
-    bound: mpsc::UnboundedSender<usize>,
+    bound: mpsc::UnboundedSender<(usize, Instant)>,
 ) -> anyhow::Result<Fleet> {
-    const CONNECTIONS: usize = 8;
-    let mut clients = Vec::new();
-    for _ in 0..CONNECTIONS {
-        clients.push(async_nats::ConnectOptions::new().connect(nats_url).await?);
+    let mut shared = Vec::new();
+    for _ in 0..nats.connections.unwrap_or(0) {
+        shared.push(nats.connect().await?);
     }
+    let clients = Arc::new(Mutex::new(shared.clone()));
     let mut tasks = Vec::new();
     let rebinds = Arc::new(AtomicU64::new(0));
     for (i, agent) in agents.iter().enumerate() {
-        let client = clients[i % CONNECTIONS].clone();
+        let client = (!shared.is_empty()).then(|| shared[i % shared.len()].clone());
+        let own = client.is_none().then(|| nats.connect());
         let (names, agent_id, received, bound) = (
             names.clone(),
             agent.id.clone(),
             received.clone(),
             bound.clone(),
         );
-        let rebinds = rebinds.clone();
+        let (rebinds, clients) = (rebinds.clone(), clients.clone());
         tasks.push(tokio::spawn(async move {
+            let client = match (client, own) {
+                (Some(client), _) => client,
+                (None, Some(connecting)) => match connecting.await {
+                    Ok(client) => {
+                        clients
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(client.clone());
+                        client
+                    }
+                    // Only a malformed address fails here; the agent is then never bound, and
+                    // the phase waiting for it says so.
+                    Err(_) => return,
+                },
+                (None, None) => return,
+            };
             let js = jetstream::new(client.clone());
             let mut bound_before = false;
             // As the real agent does: bind, receive until the pull stream ends or fails (a
@@ -168,7 +228,7 @@ async fn connect_fleet(
                 if std::mem::replace(&mut bound_before, true) {
                     rebinds.fetch_add(1, Ordering::Relaxed);
                 } else {
-                    let _ = bound.send(i);
+                    let _ = bound.send((i, Instant::now()));
                 }
                 while let Some(Ok(message)) = messages.next().await {
                     let at = Instant::now();
@@ -288,23 +348,20 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
     let (site_id, agents) = env::enroll_fleet(&gateway, options.agents, &bar).await?;
     bar.finish_and_clear();
     let names = gateway.names();
+    let nats = FleetNats {
+        url: gateway.nats_url.clone(),
+        connections: options.nats_connections,
+    };
     let mut results = Results {
         agents: agents.len(),
+        nats_connections: options.nats_connections,
         ..Default::default()
     };
 
     if options.jobs {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let (bound_tx, mut bound_rx) = mpsc::unbounded_channel();
-        let fleet = connect_fleet(
-            &gateway.nats_url,
-            &names,
-            &agents,
-            Mode::Protocol,
-            tx,
-            bound_tx,
-        )
-        .await?;
+        let fleet = connect_fleet(&nats, &names, &agents, Mode::Protocol, tx, bound_tx).await?;
         wait_count(&mut bound_rx, agents.len(), Duration::from_secs(120)).await;
 
         ui::step(&format!(
@@ -502,18 +559,22 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
     }
 
     if options.reconnect {
-        let (rate, drain) = reconnect_storm(&gateway, &names, &agents).await?;
-        results.reconnect_agents_per_sec = Some(rate);
-        results.reconnect_drain = Some(drain);
+        let storm = reconnect_storm(&gateway, &nats, &names, &agents).await?;
+        results.reconnect_agents_per_sec = Some(storm.agents_per_sec);
+        results.reconnect_drain = Some(storm.drained);
+        results.reconnect_bound = Some(storm.bound);
+        results.reconnect_cpu = Some(storm.cpu);
         ui::step(&format!(
             "pushing {} jobs through the stream",
             options.history_jobs
         ));
-        push_history(&gateway, &names, &agents, options.history_jobs).await?;
+        push_history(&gateway, &nats, &names, &agents, options.history_jobs).await?;
         results.history_jobs = options.history_jobs;
-        let (rate, drain) = reconnect_storm(&gateway, &names, &agents).await?;
-        results.reconnect_after_history_agents_per_sec = Some(rate);
-        results.reconnect_after_history_drain = Some(drain);
+        let storm = reconnect_storm(&gateway, &nats, &names, &agents).await?;
+        results.reconnect_after_history_agents_per_sec = Some(storm.agents_per_sec);
+        results.reconnect_after_history_drain = Some(storm.drained);
+        results.reconnect_after_history_bound = Some(storm.bound);
+        results.reconnect_after_history_cpu = Some(storm.cpu);
     }
 
     results.gateway_peak_rss_mib = env::memory_mib(gateway.pid()).0;
@@ -523,13 +584,52 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
     Ok(results)
 }
 
-/// One waiting job per agent, then every agent connects at once, binds and drains it. Returns
-/// agents/s and, per agent, the time from the storm's start until its job was acknowledged.
+/// CPU seconds a reconnect storm cost, per process and for the whole machine.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub(crate) struct StormCpu {
+    pub(crate) nats_server: f64,
+    pub(crate) load_generator: f64,
+    pub(crate) gateway: f64,
+    pub(crate) machine: f64,
+}
+
+impl StormCpu {
+    fn now(gateway: u32) -> Self {
+        Self {
+            nats_server: env::nats_server_cpu_seconds(),
+            load_generator: env::cpu_seconds("self").unwrap_or_default(),
+            gateway: env::cpu_seconds(&gateway.to_string()).unwrap_or_default(),
+            machine: env::machine_busy_seconds().unwrap_or_default(),
+        }
+    }
+
+    fn since(self, earlier: Self) -> Self {
+        Self {
+            nats_server: self.nats_server - earlier.nats_server,
+            load_generator: self.load_generator - earlier.load_generator,
+            gateway: self.gateway - earlier.gateway,
+            machine: self.machine - earlier.machine,
+        }
+    }
+}
+
+/// What a reconnect storm measured.
+struct Storm {
+    agents_per_sec: f64,
+    cpu: StormCpu,
+    /// Per agent, from the storm's start until its pull stream was bound.
+    bound: Summary,
+    /// Per agent, from the storm's start until its job was acknowledged.
+    drained: Summary,
+}
+
+/// One waiting job per agent, then every agent connects at once, binds and drains it.
 async fn reconnect_storm(
     gateway: &Gateway,
+    nats: &FleetNats,
     names: &Names,
     agents: &[SimAgent],
-) -> anyhow::Result<(f64, Summary)> {
+) -> anyhow::Result<Storm> {
     let client = async_nats::connect(gateway.nats_url.as_str()).await?;
     let js = jetstream::new(client);
     // In windows: the JetStream context holds at most 5,000 unacknowledged publishes, and a
@@ -545,20 +645,18 @@ async fn reconnect_storm(
     }
     ui::step(&format!("reconnect storm: {} agents at once", agents.len()));
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let (bound_tx, _bound_rx) = mpsc::unbounded_channel();
+    let (bound_tx, mut bound_rx) = mpsc::unbounded_channel();
     let started = Instant::now();
-    let fleet = connect_fleet(
-        &gateway.nats_url,
-        names,
-        agents,
-        Mode::AckOnly,
-        tx,
-        bound_tx,
-    )
-    .await?;
+    let cpu_before = StormCpu::now(gateway.pid());
+    let fleet = connect_fleet(nats, names, agents, Mode::AckOnly, tx, bound_tx).await?;
     let drained = wait_count(&mut rx, agents.len(), Duration::from_secs(300)).await;
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = StormCpu::now(gateway.pid()).since(cpu_before);
     fleet.close().await;
+    let mut bound = Latencies::default();
+    while let Ok((_, at)) = bound_rx.try_recv() {
+        bound.record(at - started);
+    }
     let mut per_agent = Latencies::default();
     for (_, _, _, acked) in &drained {
         per_agent.record(*acked - started);
@@ -570,32 +668,38 @@ async fn reconnect_storm(
         agents.len()
     );
     let rate = agents.len() as f64 / elapsed;
-    let per_agent = per_agent.summary();
+    let (bound, drained) = (bound.summary(), per_agent.summary());
     ui::step(&format!(
-        "{rate:.0} agents/s; per agent p50 {:.0} ms, slowest {:.0} ms",
-        per_agent.p50_ms, per_agent.max_ms
+        "{rate:.0} agents/s; per agent bound p50 {:.0} ms, slowest {:.0} ms; drained p50 {:.0} ms, slowest {:.0} ms; \
+         CPU s: nats-server {:.2}, load generator {:.2}, gateway {:.2}, machine {:.2}",
+        bound.p50_ms,
+        bound.max_ms,
+        drained.p50_ms,
+        drained.max_ms,
+        cpu.nats_server,
+        cpu.load_generator,
+        cpu.gateway,
+        cpu.machine
     ));
-    Ok((rate, per_agent))
+    Ok(Storm {
+        agents_per_sec: rate,
+        cpu,
+        bound,
+        drained,
+    })
 }
 
 /// Publishes `total` jobs spread over the agents' subjects and lets the agents consume them.
 async fn push_history(
     gateway: &Gateway,
+    nats: &FleetNats,
     names: &Names,
     agents: &[SimAgent],
     total: usize,
 ) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let (bound_tx, mut bound_rx) = mpsc::unbounded_channel();
-    let fleet = connect_fleet(
-        &gateway.nats_url,
-        names,
-        agents,
-        Mode::AckOnly,
-        tx,
-        bound_tx,
-    )
-    .await?;
+    let fleet = connect_fleet(nats, names, agents, Mode::AckOnly, tx, bound_tx).await?;
     wait_count(&mut bound_rx, agents.len(), Duration::from_secs(120)).await;
     let client = async_nats::connect(gateway.nats_url.as_str()).await?;
     let js = jetstream::new(client);
