@@ -387,9 +387,8 @@ impl CpuTimes {
     }
 }
 
-/// CPU seconds consumed so far by every process named `nats-server` (the benchmark's NATS is the
-/// local one).
-pub(crate) fn nats_server_cpu_seconds() -> f64 {
+/// The process ids of every process named `nats-server` (the benchmark's NATS is a local one).
+fn nats_servers() -> Vec<String> {
     std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
@@ -397,9 +396,26 @@ pub(crate) fn nats_server_cpu_seconds() -> f64 {
         .filter_map(|entry| {
             let pid = entry.file_name().to_str()?.to_string();
             let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-            (comm.trim_end() == "nats-server").then(|| cpu_seconds(&pid))?
+            (comm.trim_end() == "nats-server").then_some(pid)
         })
+        .collect()
+}
+
+/// CPU seconds consumed so far by every local nats-server.
+pub(crate) fn nats_server_cpu_seconds() -> f64 {
+    nats_servers()
+        .iter()
+        .filter_map(|pid| cpu_seconds(pid))
         .sum()
+}
+
+/// The resident memory of the largest local nats-server now, in MiB.
+pub(crate) fn nats_server_rss_mib() -> f64 {
+    nats_servers()
+        .iter()
+        .filter_map(|pid| pid.parse().ok())
+        .map(|pid| memory_mib(pid).1)
+        .fold(0.0, f64::max)
 }
 
 /// Seconds the machine's CPUs have spent on anything but idling and waiting for I/O, summed

@@ -264,6 +264,7 @@ fn storm_rows(
     bound: Option<&stats::Summary>,
     drain: Option<&stats::Summary>,
     cpu: Option<&scenarios::jobs::StormCpu>,
+    nats_server_rss_mib: Option<f64>,
 ) {
     for (what, summary) in [("bound", bound), ("drained", drain)] {
         if let Some(s) = summary {
@@ -282,6 +283,14 @@ fn storm_rows(
                 "{:.1} / {:.1} / {:.1} / {:.1}",
                 c.nats_server, c.load_generator, c.gateway, c.machine
             ),
+            "",
+            None,
+        );
+    }
+    if let Some(mib) = nats_server_rss_mib {
+        row(
+            "  nats-server RSS, every agent connected (MiB)",
+            format!("{mib:.0}"),
             "",
             None,
         );
@@ -527,6 +536,7 @@ fn print_table(report: &Report) {
             j.reconnect_bound.as_ref(),
             j.reconnect_drain.as_ref(),
             j.reconnect_cpu.as_ref(),
+            j.reconnect_nats_server_rss_mib,
         );
         if let Some(rate) = j.reconnect_after_history_agents_per_sec {
             row(
@@ -540,6 +550,7 @@ fn print_table(report: &Report) {
             j.reconnect_after_history_bound.as_ref(),
             j.reconnect_after_history_drain.as_ref(),
             j.reconnect_after_history_cpu.as_ref(),
+            j.reconnect_after_history_nats_server_rss_mib,
         );
         row(
             "gateway peak RSS (MiB)",

@@ -69,11 +69,15 @@ pub(crate) struct Results {
     pub(crate) reconnect_bound: Option<Summary>,
     /// CPU seconds the storm cost (until every agent had drained its job).
     pub(crate) reconnect_cpu: Option<StormCpu>,
+    /// The local nats-server's resident memory once the storm had drained, every agent still
+    /// connected.
+    pub(crate) reconnect_nats_server_rss_mib: Option<f64>,
     pub(crate) history_jobs: usize,
     pub(crate) reconnect_after_history_agents_per_sec: Option<f64>,
     pub(crate) reconnect_after_history_drain: Option<Summary>,
     pub(crate) reconnect_after_history_bound: Option<Summary>,
     pub(crate) reconnect_after_history_cpu: Option<StormCpu>,
+    pub(crate) reconnect_after_history_nats_server_rss_mib: Option<f64>,
     /// NATS connections the simulated agents shared; `None`: one each.
     pub(crate) nats_connections: Option<usize>,
     pub(crate) gateway_peak_rss_mib: f64,
@@ -564,6 +568,7 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
         results.reconnect_drain = Some(storm.drained);
         results.reconnect_bound = Some(storm.bound);
         results.reconnect_cpu = Some(storm.cpu);
+        results.reconnect_nats_server_rss_mib = Some(storm.nats_server_rss_mib);
         ui::step(&format!(
             "pushing {} jobs through the stream",
             options.history_jobs
@@ -575,6 +580,7 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
         results.reconnect_after_history_drain = Some(storm.drained);
         results.reconnect_after_history_bound = Some(storm.bound);
         results.reconnect_after_history_cpu = Some(storm.cpu);
+        results.reconnect_after_history_nats_server_rss_mib = Some(storm.nats_server_rss_mib);
     }
 
     results.gateway_peak_rss_mib = env::memory_mib(gateway.pid()).0;
@@ -617,6 +623,8 @@ impl StormCpu {
 struct Storm {
     agents_per_sec: f64,
     cpu: StormCpu,
+    /// nats-server's resident memory once every agent had drained, all still connected.
+    nats_server_rss_mib: f64,
     /// Per agent, from the storm's start until its pull stream was bound.
     bound: Summary,
     /// Per agent, from the storm's start until its job was acknowledged.
@@ -652,6 +660,7 @@ async fn reconnect_storm(
     let drained = wait_count(&mut rx, agents.len(), Duration::from_secs(300)).await;
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = StormCpu::now(gateway.pid()).since(cpu_before);
+    let nats_server_rss_mib = env::nats_server_rss_mib();
     fleet.close().await;
     let mut bound = Latencies::default();
     while let Ok((_, at)) = bound_rx.try_recv() {
@@ -684,6 +693,7 @@ async fn reconnect_storm(
     Ok(Storm {
         agents_per_sec: rate,
         cpu,
+        nats_server_rss_mib,
         bound,
         drained,
     })
