@@ -12,6 +12,7 @@ mod ui;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use serde::Serialize;
 
@@ -157,6 +158,17 @@ fn main() -> anyhow::Result<()> {
         cli.history_events = 5_000;
         cli.stream_history_jobs = 1_000;
     }
+    // A connection per simulated agent (HTTP in the check-in scenario's last phase, NATS in the
+    // jobs scenario), and the gateway it starts inherits the limit.
+    let needed = cli.agents as u64 + 1024;
+    let limit = rlimit::increase_nofile_limit(u64::MAX).context("raising the open files limit")?;
+    anyhow::ensure!(
+        limit >= needed,
+        "--agents {} needs about {needed} open files (a connection per simulated agent), and \
+         this process may open only {limit}: raise the hard limit (ulimit -Hn {needed}, or \
+         LimitNOFILE), or simulate fewer agents",
+        cli.agents
+    );
     rustls::crypto::ring::default_provider()
         .install_default()
         .ok();

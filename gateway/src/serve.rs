@@ -29,6 +29,14 @@ use crate::notify::LogNotifier;
 use crate::store::EventStore;
 use crate::{db, hosting};
 
+/// Raises this process's soft limit on open files to its hard limit, and returns the limit now
+/// in force. Every agent that keeps its connection open holds a file; a shell's soft limit is
+/// often 1,024 where the hard one allows far more (a gateway started by systemd has the
+/// `LimitNOFILE` of `ops/systemd/logbook.service`).
+pub fn raise_open_files_limit() -> std::io::Result<u64> {
+    rlimit::increase_nofile_limit(u64::MAX)
+}
+
 /// Runs the gateway until `shutdown` is cancelled. Binds `config.http.listen` unless a listener
 /// is given (tests pass one bound to port 0).
 pub async fn run(
@@ -250,6 +258,22 @@ mod tests {
         let streams = futures::future::join_all(connects).await;
         drop(listener);
         streams.iter().filter(|s| matches!(s, Ok(Ok(_)))).count()
+    }
+
+    #[test]
+    fn the_open_files_limit_is_raised_to_the_hard_limit() {
+        // A soft limit below the hard one, as a login shell's 1,024 usually is. (Each test runs
+        // in a process of its own under nextest; a lower soft limit is harmless to others.)
+        let (_, hard) = rlimit::Resource::NOFILE.get().expect("read the limit");
+        let low = hard.min(256);
+        rlimit::Resource::NOFILE
+            .set(low, hard)
+            .expect("lower the soft limit");
+        assert_eq!(super::raise_open_files_limit().expect("raise"), hard);
+        assert_eq!(
+            rlimit::Resource::NOFILE.get().expect("read the limit"),
+            (hard, hard)
+        );
     }
 
     #[tokio::test]
