@@ -401,21 +401,21 @@ fn nats_servers() -> Vec<String> {
         .collect()
 }
 
-/// CPU seconds consumed so far by every local nats-server.
-pub(crate) fn nats_server_cpu_seconds() -> f64 {
-    nats_servers()
-        .iter()
-        .filter_map(|pid| cpu_seconds(pid))
-        .sum()
+/// CPU seconds consumed so far by every local nats-server (an idle one adds nothing to a
+/// difference of two readings); `None` if there is none.
+pub(crate) fn nats_server_cpu_seconds() -> Option<f64> {
+    let servers = nats_servers();
+    (!servers.is_empty()).then(|| servers.iter().filter_map(|pid| cpu_seconds(pid)).sum())
 }
 
-/// The resident memory of the largest local nats-server now, in MiB.
-pub(crate) fn nats_server_rss_mib() -> f64 {
+/// The resident memory of the largest local nats-server now, in MiB (the one the benchmark
+/// loads, where an idle one runs beside it); `None` if there is none.
+pub(crate) fn nats_server_rss_mib() -> Option<f64> {
     nats_servers()
         .iter()
         .filter_map(|pid| pid.parse().ok())
         .map(|pid| memory_mib(pid).1)
-        .fold(0.0, f64::max)
+        .reduce(f64::max)
 }
 
 /// Seconds the machine's CPUs have spent on anything but idling and waiting for I/O, summed

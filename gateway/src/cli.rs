@@ -168,15 +168,7 @@ pub async fn execute(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     match command {
-        Command::Serve => {
-            match serve::raise_open_files_limit() {
-                Ok(limit) => tracing::info!(limit, "open files"),
-                Err(e) => {
-                    tracing::warn!(error = %e, "the open files limit could not be raised")
-                }
-            }
-            serve::run(config, None, shutdown).await
-        }
+        Command::Serve => serve::run(config, None, shutdown).await,
         Command::Migrate => {
             let pool = connect(&config).await?;
             db::migrate(&pool).await.context("applying migrations")?;

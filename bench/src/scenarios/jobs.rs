@@ -64,8 +64,8 @@ pub(crate) struct Results {
     pub(crate) reconnect_agents_per_sec: Option<f64>,
     /// Per agent, from the storm's start until its waiting job was acknowledged.
     pub(crate) reconnect_drain: Option<Summary>,
-    /// Per agent, from the storm's start until its pull stream was bound (connected, its
-    /// consumer looked up, its first pull request sent).
+    /// Per agent, from the storm's start until its pull stream was bound (its consumer looked
+    /// up and its inbox subscribed; the pulls start as the stream is first read).
     pub(crate) reconnect_bound: Option<Summary>,
     /// CPU seconds the storm cost (until every agent had drained its job).
     pub(crate) reconnect_cpu: Option<StormCpu>,
@@ -168,9 +168,9 @@ impl FleetNats {
     {
         async_nats::ConnectOptions::new()
             // A simulated agent receives messages of a few hundred bytes; the client's default
-            // 64 KiB read buffer, ten thousand times over, cost the load generator a third more
-            // CPU in a reconnect storm (BENCHMARKS.md, the twenty-fourth machine). The buffer
-            // grows for a larger message.
+            // 64 KiB read buffer, ten thousand times over, cost the load generator about half as
+            // much CPU again in a fresh process's first reconnect storm (BENCHMARKS.md, the
+            // twenty-fourth machine). The buffer grows for a larger message.
             .read_buffer_capacity(4096)
             .retry_on_initial_connect()
             .max_reconnects(None)
@@ -214,8 +214,8 @@ async fn connect_fleet(
                             .push(client.clone());
                         client
                     }
-                    // Only a malformed address fails here; the agent is then never bound, and
-                    // the phase waiting for it says so.
+                    // Only a malformed address fails here (a refused connection is retried);
+                    // the agent is then never bound, which `wait_bound` and the storm report.
                     Err(_) => return,
                 },
                 (None, None) => return,
@@ -341,6 +341,21 @@ async fn wait_count<T>(rx: &mut mpsc::UnboundedReceiver<T>, n: usize, timeout: D
     got
 }
 
+/// Waits until `n` agents have bound their consumers, and fails naming the likely causes if
+/// they do not within two minutes: a client that cannot connect keeps trying without an error.
+async fn wait_bound(
+    rx: &mut mpsc::UnboundedReceiver<(usize, Instant)>,
+    n: usize,
+) -> anyhow::Result<()> {
+    let bound = wait_count(rx, n, Duration::from_secs(120)).await.len();
+    anyhow::ensure!(
+        bound == n,
+        "only {bound} of {n} simulated agents bound their consumers within 120 s: is nats-server \
+         reachable, and does its open files limit allow a connection per agent?"
+    );
+    Ok(())
+}
+
 /// Publishes sent before their acknowledgements are awaited.
 const PUBLISH_WINDOW: usize = 2048;
 
@@ -366,7 +381,7 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
         let (tx, mut rx) = mpsc::unbounded_channel();
         let (bound_tx, mut bound_rx) = mpsc::unbounded_channel();
         let fleet = connect_fleet(&nats, &names, &agents, Mode::Protocol, tx, bound_tx).await?;
-        wait_count(&mut bound_rx, agents.len(), Duration::from_secs(120)).await;
+        wait_bound(&mut bound_rx, agents.len()).await?;
 
         ui::step(&format!(
             "{} single jobs to online agents",
@@ -568,7 +583,7 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
         results.reconnect_drain = Some(storm.drained);
         results.reconnect_bound = Some(storm.bound);
         results.reconnect_cpu = Some(storm.cpu);
-        results.reconnect_nats_server_rss_mib = Some(storm.nats_server_rss_mib);
+        results.reconnect_nats_server_rss_mib = storm.nats_server_rss_mib;
         ui::step(&format!(
             "pushing {} jobs through the stream",
             options.history_jobs
@@ -580,7 +595,7 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
         results.reconnect_after_history_drain = Some(storm.drained);
         results.reconnect_after_history_bound = Some(storm.bound);
         results.reconnect_after_history_cpu = Some(storm.cpu);
-        results.reconnect_after_history_nats_server_rss_mib = Some(storm.nats_server_rss_mib);
+        results.reconnect_after_history_nats_server_rss_mib = storm.nats_server_rss_mib;
     }
 
     results.gateway_peak_rss_mib = env::memory_mib(gateway.pid()).0;
@@ -593,7 +608,8 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
 /// CPU seconds a reconnect storm cost, per process and for the whole machine.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub(crate) struct StormCpu {
-    pub(crate) nats_server: f64,
+    /// `None` when no local nats-server was found (a remote one is not measured).
+    pub(crate) nats_server: Option<f64>,
     pub(crate) load_generator: f64,
     pub(crate) gateway: f64,
     pub(crate) machine: f64,
@@ -611,7 +627,10 @@ impl StormCpu {
 
     fn since(self, earlier: Self) -> Self {
         Self {
-            nats_server: self.nats_server - earlier.nats_server,
+            nats_server: self
+                .nats_server
+                .zip(earlier.nats_server)
+                .map(|(a, b)| a - b),
             load_generator: self.load_generator - earlier.load_generator,
             gateway: self.gateway - earlier.gateway,
             machine: self.machine - earlier.machine,
@@ -624,7 +643,7 @@ struct Storm {
     agents_per_sec: f64,
     cpu: StormCpu,
     /// nats-server's resident memory once every agent had drained, all still connected.
-    nats_server_rss_mib: f64,
+    nats_server_rss_mib: Option<f64>,
     /// Per agent, from the storm's start until its pull stream was bound.
     bound: Summary,
     /// Per agent, from the storm's start until its job was acknowledged.
@@ -654,8 +673,8 @@ async fn reconnect_storm(
     ui::step(&format!("reconnect storm: {} agents at once", agents.len()));
     let (tx, mut rx) = mpsc::unbounded_channel();
     let (bound_tx, mut bound_rx) = mpsc::unbounded_channel();
-    let started = Instant::now();
     let cpu_before = StormCpu::now(gateway.pid());
+    let started = Instant::now();
     let fleet = connect_fleet(nats, names, agents, Mode::AckOnly, tx, bound_tx).await?;
     let drained = wait_count(&mut rx, agents.len(), Duration::from_secs(300)).await;
     let elapsed = started.elapsed().as_secs_f64();
@@ -680,15 +699,16 @@ async fn reconnect_storm(
     let (bound, drained) = (bound.summary(), per_agent.summary());
     ui::step(&format!(
         "{rate:.0} agents/s; per agent bound p50 {:.0} ms, slowest {:.0} ms; drained p50 {:.0} ms, slowest {:.0} ms; \
-         CPU s: nats-server {:.2}, load generator {:.2}, gateway {:.2}, machine {:.2}",
+         CPU s: nats-server {}, load generator {:.2}, gateway {:.2}, machine {:.2}; nats-server RSS {} MiB",
         bound.p50_ms,
         bound.max_ms,
         drained.p50_ms,
         drained.max_ms,
-        cpu.nats_server,
+        cpu.nats_server.map_or("n/a".into(), |s| format!("{s:.2}")),
         cpu.load_generator,
         cpu.gateway,
-        cpu.machine
+        cpu.machine,
+        nats_server_rss_mib.map_or("n/a".into(), |m| format!("{m:.0}"))
     ));
     Ok(Storm {
         agents_per_sec: rate,
@@ -710,7 +730,7 @@ async fn push_history(
     let (tx, mut rx) = mpsc::unbounded_channel();
     let (bound_tx, mut bound_rx) = mpsc::unbounded_channel();
     let fleet = connect_fleet(nats, names, agents, Mode::AckOnly, tx, bound_tx).await?;
-    wait_count(&mut bound_rx, agents.len(), Duration::from_secs(120)).await;
+    wait_bound(&mut bound_rx, agents.len()).await?;
     let client = async_nats::connect(gateway.nats_url.as_str()).await?;
     let js = jetstream::new(client);
     let bar = ui::bar("jobs through the stream");
