@@ -220,8 +220,16 @@ impl BenchDb {
                 .fetch_one(&mut conn)
                 .await?;
         if exists && !reuse {
+            // Left by an earlier run that did not finish; under another role it is not ours to
+            // drop.
             conn.execute(format!(r#"DROP DATABASE "{name}" WITH (FORCE)"#).as_str())
-                .await?;
+                .await
+                .with_context(|| {
+                    format!(
+                        "dropping the database {name} an earlier run left behind (if another \
+                         role owns it, drop it as that role or as a superuser)"
+                    )
+                })?;
         }
         if !exists || !reuse {
             conn.execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
