@@ -196,13 +196,17 @@ fn settings_file(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// A database created for one benchmark run.
+/// A database created for one benchmark run. Dropped by [`BenchDb::drop_unless_kept`], or, when
+/// a run fails or is interrupted before that, when the value is dropped: a database left behind
+/// under one role stops the next run under another.
 pub(crate) struct BenchDb {
     pub(crate) name: String,
     pub(crate) url: String,
     pub(crate) pool: PgPool,
     admin: PgConnectOptions,
     keep: bool,
+    /// Set once the database was dropped (or kept) on purpose.
+    settled: bool,
 }
 
 impl BenchDb {
@@ -252,21 +256,51 @@ impl BenchDb {
             pool,
             admin,
             keep,
+            settled: false,
         })
     }
 
-    pub(crate) async fn drop_unless_kept(self) {
+    pub(crate) async fn drop_unless_kept(mut self) {
+        self.settled = true;
         self.pool.close().await;
-        if self.keep {
+        if !self.keep {
+            drop_database(&self.admin, &self.name).await;
+        }
+    }
+}
+
+impl Drop for BenchDb {
+    fn drop(&mut self) {
+        if self.settled || self.keep {
             return;
         }
-        if let Ok(mut conn) = self.admin.connect().await {
-            let _ = conn
-                .execute(
-                    format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.name).as_str(),
-                )
-                .await;
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        finish_aside(async move { drop_database(&admin, &name).await });
+    }
+}
+
+/// Runs `work` to its end, or for at most 30 s, on a runtime of its own in a thread of its own,
+/// and waits for it: `Drop` cannot wait for a future, and may run on the runtime's own thread.
+fn finish_aside(work: impl std::future::Future<Output = ()> + Send + 'static) {
+    let _ = std::thread::spawn(move || {
+        if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            runtime.block_on(async {
+                let _ = tokio::time::timeout(Duration::from_secs(30), work).await;
+            });
         }
+    })
+    .join();
+}
+
+/// Drops the database `name`, closing whatever is still connected to it.
+async fn drop_database(admin: &PgConnectOptions, name: &str) {
+    if let Ok(mut conn) = admin.connect().await {
+        let _ = conn
+            .execute(format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#).as_str())
+            .await;
     }
 }
 
@@ -710,22 +744,7 @@ impl Drop for Gateway {
         let _ = self.child.wait();
         if !self.streams_removed {
             let (url, names) = (self.nats_url.clone(), self.names());
-            // Drop cannot wait for a future, and may run on the runtime's own thread.
-            let _ = std::thread::spawn(move || {
-                if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    runtime.block_on(async {
-                        let _ = tokio::time::timeout(
-                            Duration::from_secs(30),
-                            remove_streams(&url, names),
-                        )
-                        .await;
-                    });
-                }
-            })
-            .join();
+            finish_aside(async move { remove_streams(&url, names).await });
         }
     }
 }
