@@ -371,7 +371,7 @@ impl CpuSplit {
 
 /// User plus system time of a process in seconds, from `/proc/<pid>/stat` (clock ticks of
 /// `USER_HZ`, which is 100 on Linux).
-pub(crate) fn cpu_seconds(pid: &str) -> Option<f64> {
+fn cpu_seconds(pid: &str) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces; the fields after it are plain numbers.
     let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
@@ -462,7 +462,7 @@ pub(crate) fn nats_server_rss_mib() -> Option<f64> {
 
 /// Seconds the machine's CPUs have spent on anything but idling and waiting for I/O, summed
 /// over the CPUs, from the first line of `/proc/stat` (in `USER_HZ` ticks).
-pub(crate) fn machine_busy_seconds() -> Option<f64> {
+fn machine_busy_seconds() -> Option<f64> {
     let (busy, _) = busy_and_total(&machine_ticks()?);
     Some(busy as f64 / 100.0)
 }
@@ -550,6 +550,8 @@ impl HostSample {
 /// A running `logbook serve`.
 pub(crate) struct Gateway {
     child: Child,
+    /// The database it serves, whose Postgres backends [`CpuTimes`] counts.
+    pub(crate) database: String,
     pub(crate) namespace: String,
     pub(crate) nats_url: String,
     pub(crate) base: String,
@@ -659,6 +661,7 @@ impl Gateway {
             http,
             dir,
             streams_removed: false,
+            database: db.name.clone(),
         })
     }
 

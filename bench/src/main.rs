@@ -309,9 +309,9 @@ fn storm_rows(
             format!(
                 "{} / {:.1} / {:.1} / {:.1}",
                 c.nats_server.map_or("n/a".into(), |s| format!("{s:.1}")),
-                c.load_generator,
-                c.gateway,
-                c.machine
+                c.split.load_generator,
+                c.split.gateway,
+                c.split.machine
             ),
             "",
             None,

@@ -53,8 +53,8 @@ pub struct JobPull {
 /// the 10 s expiry and 3 s heartbeat used before. Under load those were also too short
 /// (BENCHMARKS.md, the twenty-third machine): while 600,000 jobs went through, the pull streams
 /// of 10,000 simulated agents missed two heartbeats and were bound again 97 times, each with a
-/// JetStream API request at the server's busiest moment; and in three bulk jobs that came as the fleet's pull requests
-/// expired, a few dozen agents had their job 4.6 s after the rest.
+/// JetStream API request at the server's busiest moment; and in three bulk jobs that came as the
+/// fleet's pull requests expired, a few dozen agents had their job 4.6 s after the rest.
 pub const JOB_PULL: JobPull = JobPull {
     batch: 16,
     expires: std::time::Duration::from_secs(30),

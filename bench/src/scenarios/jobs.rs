@@ -24,7 +24,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::env::{self, BenchDb, Gateway, RealAgent, SimAgent, Targets};
+use crate::env::{self, BenchDb, CpuSplit, CpuTimes, Gateway, RealAgent, SimAgent, Targets};
 use crate::stats::{Latencies, Summary};
 use crate::ui;
 
@@ -162,10 +162,7 @@ struct FleetNats {
 impl FleetNats {
     /// A connection with the real agent's settings (it keeps trying until it is connected, and
     /// reconnects without limit) and a smaller read buffer.
-    fn connect(
-        &self,
-    ) -> impl std::future::Future<Output = Result<async_nats::Client, async_nats::ConnectError>> + use<>
-    {
+    async fn connect(&self) -> Result<async_nats::Client, async_nats::ConnectError> {
         async_nats::ConnectOptions::new()
             // A simulated agent receives messages of a few hundred bytes; the client's default
             // 64 KiB read buffer, ten thousand times over, cost the load generator about half as
@@ -174,7 +171,8 @@ impl FleetNats {
             .read_buffer_capacity(4096)
             .retry_on_initial_connect()
             .max_reconnects(None)
-            .connect(self.url.clone())
+            .connect(self.url.as_str())
+            .await
     }
 }
 
@@ -194,9 +192,9 @@ async fn connect_fleet(
     let mut tasks = Vec::new();
     let rebinds = Arc::new(AtomicU64::new(0));
     for (i, agent) in agents.iter().enumerate() {
-        let client = (!shared.is_empty()).then(|| shared[i % shared.len()].clone());
-        let own = client.is_none().then(|| nats.connect());
-        let (names, agent_id, received, bound) = (
+        let shared = (!shared.is_empty()).then(|| shared[i % shared.len()].clone());
+        let (nats, names, agent_id, received, bound) = (
+            nats.clone(),
             names.clone(),
             agent.id.clone(),
             received.clone(),
@@ -204,9 +202,9 @@ async fn connect_fleet(
         );
         let (rebinds, clients) = (rebinds.clone(), clients.clone());
         tasks.push(tokio::spawn(async move {
-            let client = match (client, own) {
-                (Some(client), _) => client,
-                (None, Some(connecting)) => match connecting.await {
+            let client = match shared {
+                Some(client) => client,
+                None => match nats.connect().await {
                     Ok(client) => {
                         clients
                             .lock()
@@ -218,7 +216,6 @@ async fn connect_fleet(
                     // the agent is then never bound, which `wait_bound` and the storm report.
                     Err(_) => return,
                 },
-                (None, None) => return,
             };
             let js = jetstream::new(client.clone());
             let mut bound_before = false;
@@ -605,37 +602,13 @@ pub(crate) async fn run(targets: &Targets, options: &Options) -> anyhow::Result<
     Ok(results)
 }
 
-/// CPU seconds a reconnect storm cost, per process and for the whole machine.
+/// CPU seconds a reconnect storm cost: split as a check-in's is, and every local nats-server's.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub(crate) struct StormCpu {
+    #[serde(flatten)]
+    pub(crate) split: CpuSplit,
     /// `None` when no local nats-server was found (a remote one is not measured).
     pub(crate) nats_server: Option<f64>,
-    pub(crate) load_generator: f64,
-    pub(crate) gateway: f64,
-    pub(crate) machine: f64,
-}
-
-impl StormCpu {
-    fn now(gateway: u32) -> Self {
-        Self {
-            nats_server: env::nats_server_cpu_seconds(),
-            load_generator: env::cpu_seconds("self").unwrap_or_default(),
-            gateway: env::cpu_seconds(&gateway.to_string()).unwrap_or_default(),
-            machine: env::machine_busy_seconds().unwrap_or_default(),
-        }
-    }
-
-    fn since(self, earlier: Self) -> Self {
-        Self {
-            nats_server: self
-                .nats_server
-                .zip(earlier.nats_server)
-                .map(|(a, b)| a - b),
-            load_generator: self.load_generator - earlier.load_generator,
-            gateway: self.gateway - earlier.gateway,
-            machine: self.machine - earlier.machine,
-        }
-    }
 }
 
 /// What a reconnect storm measured.
@@ -673,12 +646,18 @@ async fn reconnect_storm(
     ui::step(&format!("reconnect storm: {} agents at once", agents.len()));
     let (tx, mut rx) = mpsc::unbounded_channel();
     let (bound_tx, mut bound_rx) = mpsc::unbounded_channel();
-    let cpu_before = StormCpu::now(gateway.pid());
+    let cpu_before = CpuTimes::now(gateway.pid(), &gateway.database);
+    let nats_server_before = env::nats_server_cpu_seconds();
     let started = Instant::now();
     let fleet = connect_fleet(nats, names, agents, Mode::AckOnly, tx, bound_tx).await?;
     let drained = wait_count(&mut rx, agents.len(), Duration::from_secs(300)).await;
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu = StormCpu::now(gateway.pid()).since(cpu_before);
+    let cpu = StormCpu {
+        split: CpuTimes::now(gateway.pid(), &gateway.database).since(&cpu_before),
+        nats_server: env::nats_server_cpu_seconds()
+            .zip(nats_server_before)
+            .map(|(now, before)| now - before),
+    };
     let nats_server_rss_mib = env::nats_server_rss_mib();
     fleet.close().await;
     let mut bound = Latencies::default();
@@ -698,16 +677,17 @@ async fn reconnect_storm(
     let rate = agents.len() as f64 / elapsed;
     let (bound, drained) = (bound.summary(), per_agent.summary());
     ui::step(&format!(
-        "{rate:.0} agents/s; per agent bound p50 {:.0} ms, slowest {:.0} ms; drained p50 {:.0} ms, slowest {:.0} ms; \
-         CPU s: nats-server {}, load generator {:.2}, gateway {:.2}, machine {:.2}; nats-server RSS {} MiB",
+        "{rate:.0} agents/s; per agent bound p50 {:.0} ms, slowest {:.0} ms; drained p50 {:.0} \
+         ms, slowest {:.0} ms; CPU s: nats-server {}, load generator {:.2}, gateway {:.2}, \
+         machine {:.2}; nats-server RSS {} MiB",
         bound.p50_ms,
         bound.max_ms,
         drained.p50_ms,
         drained.max_ms,
         cpu.nats_server.map_or("n/a".into(), |s| format!("{s:.2}")),
-        cpu.load_generator,
-        cpu.gateway,
-        cpu.machine,
+        cpu.split.load_generator,
+        cpu.split.gateway,
+        cpu.split.machine,
         nats_server_rss_mib.map_or("n/a".into(), |m| format!("{m:.0}"))
     ));
     Ok(Storm {
